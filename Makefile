@@ -1,0 +1,46 @@
+# Everything installs itself: a fresh machine needs only Python 3.11+ and make.
+SHELL := /bin/bash
+PYTHON ?= python3
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: help install test lint format contracts up reset clean
+
+help:
+	@echo "make up       start the whole platform on http://localhost:8080 (PORT to change)"
+	@echo "make test     run every test (real PostgreSQL and NATS, started from wheels)"
+	@echo "make lint     ruff and mypy"
+	@echo "make reset    delete local-mode data"
+
+# uv itself, in a private virtual environment (no system-wide install, no curl | sh).
+$(UV):
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	$(PYTHON) -m venv $(TOOLS) || (rm -rf $(TOOLS) && $(PYTHON) -m pip install --quiet --target $(TOOLS)/lib uv && mkdir -p $(TOOLS)/bin && ln -sf ../lib/bin/uv $(UV))
+	[ -x $(UV) ] || $(TOOLS)/bin/python -m pip install --quiet "uv>=0.9,<1"
+
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml */pyproject.toml
+	$(UV) sync --all-packages --locked --python $(PYTHON)
+	@touch $@
+
+install: $(VENV)/.synced
+
+test: install
+	UV=$(abspath $(UV)) $(VENV)/bin/pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+contracts: install
+	$(VENV)/bin/ticketing-schemas
+
+clean:
+	rm -rf $(VENV) $(TOOLS)

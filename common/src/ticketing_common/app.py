@@ -1,0 +1,153 @@
+"""The scaffolding every service shares: one factory builds the FastAPI app.
+
+It wires the error handlers, request ids and logs, ``/healthz`` and ``/readyz``, and a lifespan
+that opens the database and NATS, ensures the stream, and runs the outbox relay and the
+service's consumer; on shutdown it stops taking events, finishes the one in hand, flushes the
+outbox and drains NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+import nats
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+from nats.aio.client import Client as NatsClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from ticketing_common.db import make_engine, make_sessionmaker
+from ticketing_common.errors import error_item, error_response, install_error_handlers
+from ticketing_common.messaging import Consumer, ConsumerRunner, OutboxRelay, ensure_stream
+from ticketing_common.observability import RequestIdMiddleware
+from ticketing_common.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+NATS_CONNECT_ATTEMPTS = 30
+
+
+@dataclass
+class Runtime:
+    """What a running service holds: its database, its NATS connection, its background work."""
+
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    nc: NatsClient
+    relay: OutboxRelay
+    consumer: ConsumerRunner | None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+async def connect_nats(settings: ServiceSettings) -> NatsClient:
+    """Connect, retrying while NATS is not up yet (it may start after us)."""
+    for attempt in range(1, NATS_CONNECT_ATTEMPTS + 1):
+        try:
+            return await nats.connect(
+                settings.nats_url,
+                name=settings.service_name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+            )
+        except Exception as exc:
+            if attempt == NATS_CONNECT_ATTEMPTS:
+                raise
+            log.warning("NATS not reachable (%r), retrying", exc)
+            await asyncio.sleep(min(attempt * 0.5, 3.0))
+    raise AssertionError("unreachable")
+
+
+@contextlib.asynccontextmanager
+async def run_service(
+    settings: ServiceSettings, consumer: Consumer | None
+) -> AsyncIterator[Runtime]:
+    engine = make_engine(settings.database_url)
+    sessionmaker = make_sessionmaker(engine)
+    nc = await connect_nats(settings)
+    js = nc.jetstream()
+    await ensure_stream(js)
+    relay = OutboxRelay(engine, sessionmaker, js, poll_seconds=settings.outbox_poll_seconds)
+    runner = (
+        ConsumerRunner(
+            consumer,
+            js,
+            sessionmaker,
+            max_deliveries=settings.consumer_max_deliveries,
+            ack_wait_seconds=settings.consumer_ack_wait_seconds,
+        )
+        if consumer
+        else None
+    )
+    runtime = Runtime(engine, sessionmaker, nc, relay, runner)
+    runtime.tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
+    if runner:
+        await runner.ensure_consumer()
+        runtime.tasks.append(asyncio.create_task(runner.run(), name="consumer"))
+    try:
+        yield runtime
+    finally:
+        if runner:
+            runner.stop()
+        relay.stop()
+        await asyncio.gather(*runtime.tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        await engine.dispose()
+
+
+def create_service_app(
+    settings: ServiceSettings,
+    *,
+    title: str,
+    routers: Sequence[APIRouter],
+    consumer: Consumer | None = None,
+    description: str = "",
+    configure: Callable[[FastAPI], None] | None = None,
+) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with run_service(settings, consumer) as runtime:
+            app.state.runtime = runtime
+            app.state.sessionmaker = runtime.sessionmaker
+            log.info("%s started", settings.service_name)
+            yield
+            log.info("%s stopping", settings.service_name)
+
+    app = FastAPI(title=title, description=description, lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+    for router in routers:
+        app.include_router(router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+        problems = []
+        if runtime is None:
+            problems.append(error_item("Service is starting"))
+        else:
+            try:
+                async with runtime.engine.connect() as conn:
+                    await asyncio.wait_for(conn.execute(text("SELECT 1")), 2)
+            except Exception:
+                problems.append(error_item("Database unreachable"))
+            if not runtime.nc.is_connected:
+                problems.append(error_item("NATS unreachable"))
+        if problems:
+            return error_response(503, problems)
+        return JSONResponse({"status": "ready"})
+
+    if configure:
+        configure(app)
+    return app

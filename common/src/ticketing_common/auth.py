@@ -1,0 +1,91 @@
+"""JWT-in-a-cookie sessions, verified by every service with the shared ``JWT_KEY``.
+
+A missing, expired, tampered or wrongly-signed token all mean the same: not signed in.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import jwt
+from fastapi import Depends, Request, Response
+from pydantic import BaseModel, ConfigDict
+
+from ticketing_common.errors import NotAuthorizedError
+from ticketing_common.settings import ServiceSettings
+
+SESSION_COOKIE = "session"
+JWT_ALGORITHM = "HS256"
+
+
+class UserClaims(BaseModel):
+    """The signed-in user, as the session token states it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID
+    email: str
+
+
+def create_session_token(user: UserClaims, settings: ServiceSettings) -> str:
+    now = datetime.now(UTC)
+    claims = {
+        "sub": str(user.id),
+        "email": user.email,
+        "iat": now,
+        "exp": now + timedelta(seconds=settings.session_ttl_seconds),
+    }
+    return jwt.encode(claims, settings.jwt_key.get_secret_value(), algorithm=JWT_ALGORITHM)
+
+
+def decode_session_token(token: str, settings: ServiceSettings) -> UserClaims | None:
+    try:
+        claims = jwt.decode(
+            token,
+            settings.jwt_key.get_secret_value(),
+            algorithms=[JWT_ALGORITHM],
+            options={"require": ["sub", "email", "iat", "exp"]},
+        )
+        return UserClaims(id=uuid.UUID(claims["sub"]), email=claims["email"])
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+        return None
+
+
+def set_session_cookie(response: Response, token: str, settings: ServiceSettings) -> None:
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=settings.session_ttl_seconds,
+        httponly=True,
+        secure=settings.cookie_secure,
+        samesite="lax",
+        path="/",
+    )
+
+
+def clear_session_cookie(response: Response, settings: ServiceSettings) -> None:
+    response.delete_cookie(
+        SESSION_COOKIE, httponly=True, secure=settings.cookie_secure, samesite="lax", path="/"
+    )
+
+
+def _settings(request: Request) -> ServiceSettings:
+    settings: ServiceSettings = request.app.state.settings
+    return settings
+
+
+def optional_user(request: Request) -> UserClaims | None:
+    token = request.cookies.get(SESSION_COOKIE)
+    return decode_session_token(token, _settings(request)) if token else None
+
+
+def required_user(user: Annotated[UserClaims | None, Depends(optional_user)]) -> UserClaims:
+    if user is None:
+        raise NotAuthorizedError()
+    return user
+
+
+OptionalUser = Annotated[UserClaims | None, Depends(optional_user)]
+CurrentUser = Annotated[UserClaims, Depends(required_user)]

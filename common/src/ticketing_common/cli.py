@@ -1,0 +1,91 @@
+"""The command line every service shares: ``python -m <service> serve|migrate|parked``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from ticketing_common.db import make_engine, make_sessionmaker
+from ticketing_common.messaging import Consumer
+from ticketing_common.messaging.consumer import list_parked, replay_parked
+from ticketing_common.migrations import upgrade
+from ticketing_common.observability import configure_logging
+from ticketing_common.settings import ServiceSettings
+
+# Kubernetes gives 30s between SIGTERM and SIGKILL; finish in-flight work well inside that.
+GRACEFUL_SHUTDOWN_SECONDS = 20
+
+
+def service_main(
+    *,
+    settings_factory: Callable[[], ServiceSettings],
+    app_factory: Callable[[ServiceSettings], FastAPI],
+    migrations_dir: Path,
+    consumer: Consumer | None = None,
+    argv: list[str] | None = None,
+) -> int:
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP service, its relay and consumer")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--migrate", action="store_true", help="apply migrations first")
+    commands.add_parser("migrate", help="apply database migrations")
+    parked = commands.add_parser("parked", help="events whose handler kept failing")
+    parked_commands = parked.add_subparsers(dest="parked_command", required=True)
+    parked_commands.add_parser("list")
+    replay = parked_commands.add_parser("replay")
+    replay.add_argument("event_id", type=uuid.UUID)
+    args = parser.parse_args(argv)
+
+    settings = settings_factory()
+    configure_logging(settings.service_name, settings.log_level, settings.log_json)
+    if args.command == "migrate" or (args.command == "serve" and args.migrate):
+        upgrade(migrations_dir, settings.database_url)
+    if args.command == "serve":
+        uvicorn.run(
+            app_factory(settings),
+            host=args.host,
+            port=args.port,
+            log_config=None,
+            proxy_headers=True,
+            forwarded_allow_ips="*",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
+    elif args.command == "parked":
+        if consumer is None:
+            print("this service consumes no events")
+            return 1
+        return asyncio.run(
+            _parked(settings, consumer, args.parked_command, getattr(args, "event_id", None))
+        )
+    return 0
+
+
+async def _parked(
+    settings: ServiceSettings, consumer: Consumer, command: str, event_id: uuid.UUID | None
+) -> int:
+    engine = make_engine(settings.database_url, pool_size=1)
+    sessionmaker = make_sessionmaker(engine)
+    try:
+        if command == "list":
+            for row in await list_parked(sessionmaker):
+                print(json.dumps(row, default=str))
+            return 0
+        assert event_id is not None
+        replayed = await replay_parked(sessionmaker, consumer, event_id)
+        print("replayed" if replayed else "failed again; see `parked list`")
+        return 0 if replayed else 1
+    except LookupError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    finally:
+        await engine.dispose()

@@ -1,0 +1,148 @@
+"""One error type per case, one handler that shapes them all.
+
+Every error response is ``{"errors": [{"message": ..., "field": ...}]}`` (``field`` only where
+one field is at fault). Raise an :class:`AppError` subclass from anywhere in a request; FastAPI's
+own validation errors, unknown routes and unexpected exceptions are shaped the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    status_code = 500
+    message = "Something went wrong"
+
+    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
+        self.message = message or type(self).message
+        self.field = field
+        super().__init__(self.message)
+
+    def errors(self) -> list[dict[str, str]]:
+        return [error_item(self.message, self.field)]
+
+
+class BadRequestError(AppError):
+    status_code = 400
+    message = "Bad request"
+
+
+class NotAuthorizedError(AppError):
+    status_code = 401
+    message = "Not authorized"
+
+
+class PaymentRequiredError(AppError):
+    status_code = 402
+    message = "Payment declined"
+
+
+class ForbiddenError(AppError):
+    status_code = 403
+    message = "Forbidden"
+
+
+class NotFoundError(AppError):
+    status_code = 404
+    message = "Not found"
+
+
+class TooManyRequestsError(AppError):
+    status_code = 429
+    message = "Too many requests"
+
+    def __init__(self, message: str | None = None, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def error_item(message: str, field: str | None = None) -> dict[str, str]:
+    return {"message": message} | ({"field": field} if field else {})
+
+
+def error_response(
+    status_code: int, errors: Sequence[dict[str, str]], headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"errors": list(errors)}, status_code=status_code, headers=headers)
+
+
+def _field_of(loc: Sequence[Any]) -> str | None:
+    # ("body", "price") -> "price"; ("query", "limit") -> "limit"; ("body",) -> None
+    parts = [str(p) for p in loc[1:] if not isinstance(p, int)]
+    return ".".join(parts) or None
+
+
+def _validation_message(error: dict[str, Any]) -> str:
+    if error.get("type") == "json_invalid":
+        return "Request body is not valid JSON"
+    if error.get("type") == "missing":
+        return "Field required"
+    message = str(error.get("msg", "Invalid value"))
+    return message.removeprefix("Value error, ")
+
+
+async def _app_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    headers = None
+    if isinstance(exc, TooManyRequestsError) and exc.retry_after is not None:
+        headers = {"Retry-After": str(exc.retry_after)}
+    return error_response(exc.status_code, exc.errors(), headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    items = [error_item(_validation_message(e), _field_of(e.get("loc", ()))) for e in exc.errors()]
+    return error_response(400, items)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    message = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, str(exc.detail))
+    return error_response(exc.status_code, [error_item(message)], exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, [error_item("Something went wrong")])
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+# Documents the error shape in every service's OpenAPI.
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"message": {"type": "string"}, "field": {"type": "string"}},
+                "required": ["message"],
+            },
+        }
+    },
+    "required": ["errors"],
+}
+
+
+def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: each listed status documented with the common error shape."""
+    return {
+        code: {"description": "Error", "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+        for code in status_codes
+    }

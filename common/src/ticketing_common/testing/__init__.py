@@ -1,0 +1,13 @@
+"""Test helpers every service reuses; the fixtures live in ``testing.plugin`` (a pytest plugin
+registered by this package, so ``cd <service> && pytest`` and a root ``pytest`` both get them).
+"""
+
+from ticketing_common.testing.helpers import (
+    EventProbe,
+    ServiceHarness,
+    TestDatabase,
+    session_cookie,
+    test_settings,
+)
+
+__all__ = ["EventProbe", "ServiceHarness", "TestDatabase", "session_cookie", "test_settings"]

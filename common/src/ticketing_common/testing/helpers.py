@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import httpx
+from fastapi import FastAPI
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from ticketing_common.auth import SESSION_COOKIE, UserClaims, create_session_token
+from ticketing_common.events import EventEnvelope
+from ticketing_common.messaging.streams import STREAM_NAME
+from ticketing_common.migrations import upgrade
+from ticketing_common.settings import ServiceSettings
+
+S = TypeVar("S", bound=ServiceSettings)
+
+TEST_JWT_KEY = "test-key-0123456789-0123456789-0123456789"
+
+
+def test_settings(settings_cls: type[S], database_url: str, nats_url: str, **overrides: Any) -> S:
+    """Settings for a service under test: real servers, fast relay poll, few redeliveries."""
+    values: dict[str, Any] = {
+        "environment": "test",
+        "database_url": database_url,
+        "nats_url": nats_url,
+        "jwt_key": TEST_JWT_KEY,
+        "outbox_poll_seconds": 0.5,
+        "consumer_max_deliveries": 4,
+        "log_json": False,
+    }
+    return settings_cls(**(values | overrides))
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test, whatever its name
+
+
+def session_cookie(
+    settings: ServiceSettings, user_id: uuid.UUID | None = None, email: str | None = None
+) -> dict[str, str]:
+    """Cookies of a signed-in user (a new one unless ``user_id`` is given)."""
+    user_id = user_id or uuid.uuid4()
+    claims = UserClaims(id=user_id, email=email or f"user-{user_id.hex[:8]}@example.com")
+    return {SESSION_COOKIE: create_session_token(claims, settings)}
+
+
+def _dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+class TestDatabase:
+    """A fresh database for one service and one test run, migrated to head."""
+
+    __test__ = False
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @classmethod
+    async def create(
+        cls, server_url: str, name: str, migrations_dir: Path | None = None
+    ) -> TestDatabase:
+        """Create the database; apply the service's migrations when ``migrations_dir`` is given."""
+        database = f"test_{name}_{uuid.uuid4().hex[:8]}"
+        conn = await asyncpg.connect(_dsn(server_url))
+        try:
+            await conn.execute(f'CREATE DATABASE "{database}"')
+        finally:
+            await conn.close()
+        url = server_url.rsplit("/", 1)[0] + f"/{database}"
+        if migrations_dir is not None:
+            await asyncio.to_thread(upgrade, migrations_dir, url)
+        return cls(url)
+
+    async def truncate(self) -> None:
+        """Empty every table but Alembic's: the cheap reset between tests."""
+        conn = await asyncpg.connect(_dsn(self.url))
+        try:
+            tables = await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                "AND tablename <> 'alembic_version'"
+            )
+            if tables:
+                names = ", ".join(f'"{t["tablename"]}"' for t in tables)
+                await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+        finally:
+            await conn.close()
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        """Read the database directly, to assert what the service really stored."""
+        conn = await asyncpg.connect(_dsn(self.url))
+        try:
+            result: list[asyncpg.Record] = await conn.fetch(query, *args)
+            return result
+        finally:
+            await conn.close()
+
+
+class ServiceHarness:
+    """Runs a service app with its real lifespan (relay, consumer) and an HTTP client to it."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    @contextlib.asynccontextmanager
+    async def client(self) -> AsyncIterator[httpx.AsyncClient]:
+        async with self.app.router.lifespan_context(self.app):
+            transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://testserver"
+            ) as client:
+                yield client
+
+
+class EventProbe:
+    """Reads published events from the stream, from its start, to await one that matches.
+
+    Reading from the start (not subscribing from now) means an event published before the
+    probe looked is still seen; each test has a fresh stream.
+    """
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+
+    async def all(self, subject: str, timeout: float = 0.5) -> list[EventEnvelope]:
+        """Every event on ``subject`` published so far."""
+        sub = await self.js.pull_subscribe(
+            subject,
+            stream=STREAM_NAME,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=30,
+            ),
+        )
+        envelopes: list[EventEnvelope] = []
+        try:
+            while True:
+                try:
+                    batch = await sub.fetch(100, timeout=timeout)
+                except TimeoutError:
+                    return envelopes
+                envelopes += [EventEnvelope.model_validate(json.loads(m.data)) for m in batch]
+        finally:
+            await sub.unsubscribe()
+
+    async def wait_for(
+        self,
+        subject: str,
+        predicate: Callable[[EventEnvelope], bool] = lambda _: True,
+        timeout: float = 15.0,
+    ) -> EventEnvelope:
+        """The first event on ``subject`` that satisfies ``predicate``, within ``timeout``."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            for envelope in await self.all(subject, timeout=0.2):
+                if predicate(envelope):
+                    return envelope
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"no matching event on {subject} within {timeout}s")
+
+
+async def eventually(
+    check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05
+) -> Any:
+    """Poll an async ``check`` until it returns something truthy; return it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"condition not met within {timeout}s (last: {result!r})")
+        await asyncio.sleep(interval)

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import pytest
+from pydantic import ValidationError
+
+from ticketing_common.auth import UserClaims, create_session_token, decode_session_token
+from ticketing_common.settings import ServiceSettings
+
+KEY = "k" * 40
+
+
+def settings(**overrides: object) -> ServiceSettings:
+    return ServiceSettings(**({"jwt_key": KEY} | overrides))  # type: ignore[arg-type]
+
+
+def test_token_round_trip() -> None:
+    user = UserClaims(id=uuid.uuid4(), email="a@example.com")
+    token = create_session_token(user, settings())
+    assert decode_session_token(token, settings()) == user
+    claims = jwt.decode(token, KEY, algorithms=["HS256"])
+    assert set(claims) == {"sub", "email", "iat", "exp"}
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(
+            lambda: create_session_token(
+                UserClaims(id=uuid.uuid4(), email="a@b.c"), settings(jwt_key="x" * 40)
+            ),
+            id="wrong-key",
+        ),
+        pytest.param(
+            lambda: jwt.encode(
+                {
+                    "sub": str(uuid.uuid4()),
+                    "email": "a@b.c",
+                    "iat": datetime.now(UTC) - timedelta(days=2),
+                    "exp": datetime.now(UTC) - timedelta(days=1),
+                },
+                KEY,
+                algorithm="HS256",
+            ),
+            id="expired",
+        ),
+        pytest.param(
+            lambda: (
+                create_session_token(UserClaims(id=uuid.uuid4(), email="a@b.c"), settings())[:-3]
+                + "abc"
+            ),
+            id="tampered",
+        ),
+        pytest.param(
+            lambda: jwt.encode(
+                {"sub": str(uuid.uuid4()), "email": "a@b.c"}, KEY, algorithm="HS256"
+            ),
+            id="no-expiry",
+        ),
+        pytest.param(
+            lambda: jwt.encode(
+                {
+                    "sub": "x",
+                    "email": "a@b.c",
+                    "iat": datetime.now(UTC),
+                    "exp": datetime.now(UTC) + timedelta(hours=1),
+                },
+                KEY,
+                algorithm="HS256",
+            ),
+            id="bad-sub",
+        ),
+        pytest.param(lambda: "garbage", id="garbage"),
+    ],
+)
+def test_bad_tokens_mean_not_signed_in(token: object) -> None:
+    assert decode_session_token(token(), settings()) is None  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("key", [None, "secret", "short-key", "changeme"])
+def test_production_refuses_missing_or_weak_jwt_key(key: str | None) -> None:
+    values: dict[str, object] = {"environment": "production"}
+    if key is not None:
+        values["jwt_key"] = key
+    with pytest.raises(ValidationError, match="JWT_KEY"):
+        ServiceSettings(**values)  # type: ignore[arg-type]
+
+
+def test_production_accepts_a_strong_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("JWT_KEY", "0f" * 32)
+    assert ServiceSettings().environment == "production"

@@ -1,0 +1,97 @@
+"""Every error, ours or FastAPI's, leaves in the one shape."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import Field
+
+from ticketing_common.errors import ForbiddenError, TooManyRequestsError, install_error_handlers
+from ticketing_common.models import CamelModel, Money
+
+
+class Body(CamelModel):
+    title: str = Field(min_length=1)
+    unit_price: Money
+
+
+def make_app() -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/things")
+    async def create(body: Body) -> Body:
+        return body
+
+    @app.get("/forbidden")
+    async def forbidden() -> None:
+        raise ForbiddenError("Not your thing")
+
+    @app.get("/slow-down")
+    async def slow_down() -> None:
+        raise TooManyRequestsError(retry_after=30)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internals: password=hunter2")
+
+    return app
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=make_app(), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client
+
+
+async def test_validation_error_is_400_with_field(client: httpx.AsyncClient) -> None:
+    response = await client.post("/things", json={"title": "", "unitPrice": "1.234"})
+    assert response.status_code == 400
+    errors = response.json()["errors"]
+    assert {e["field"] for e in errors} == {"title", "unitPrice"}
+    assert all(e["message"] for e in errors)
+
+
+async def test_invalid_json_is_400(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/things", content=b"{nope", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["message"] == "Request body is not valid JSON"
+
+
+async def test_money_is_exact_and_a_string_on_the_wire(client: httpx.AsyncClient) -> None:
+    response = await client.post("/things", json={"title": "x", "unitPrice": 0.1})
+    assert response.status_code == 200
+    assert response.json()["unitPrice"] == "0.10"
+    assert Body.model_validate({"title": "x", "unitPrice": "19.99"}).unit_price == Decimal("19.99")
+
+
+async def test_app_error_keeps_its_status_and_message(client: httpx.AsyncClient) -> None:
+    response = await client.get("/forbidden")
+    assert response.status_code == 403
+    assert response.json() == {"errors": [{"message": "Not your thing"}]}
+    response = await client.get("/slow-down")
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "30"
+
+
+async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
+    response = await client.get("/nowhere")
+    assert response.status_code == 404
+    assert response.json() == {"errors": [{"message": "Not found"}]}
+    response = await client.delete("/things")
+    assert response.status_code == 405
+    assert response.json() == {"errors": [{"message": "Method not allowed"}]}
+
+
+async def test_unexpected_error_is_500_without_internals(client: httpx.AsyncClient) -> None:
+    response = await client.get("/boom")
+    assert response.status_code == 500
+    assert response.json() == {"errors": [{"message": "Something went wrong"}]}
+    assert "hunter2" not in response.text and "Traceback" not in response.text

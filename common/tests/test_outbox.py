@@ -1,0 +1,179 @@
+"""The outbox: events commit with the state change and reach JetStream exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+from nats.js import JetStreamContext
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from ticketing_common.events import TicketCreated
+from ticketing_common.messaging import OutboxRelay, ensure_stream, publish
+from ticketing_common.messaging.tables import outbox
+from ticketing_common.observability import request_id_var
+from ticketing_common.testing import EventProbe
+from ticketing_common.testing.helpers import eventually
+from ticketing_common.testing.plugin import NatsServer
+
+
+def ticket_created(title: str = "Concert") -> TicketCreated:
+    return TicketCreated(
+        id=uuid.uuid4(), version=0, title=title, price=Decimal("10.50"), user_id=uuid.uuid4()
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_relay(
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    js: JetStreamContext,
+    poll_seconds: float = 60.0,
+) -> AsyncIterator[OutboxRelay]:
+    relay = OutboxRelay(engine, sessionmaker, js, poll_seconds=poll_seconds, publish_timeout=1.0)
+    task = asyncio.create_task(relay.run())
+    try:
+        yield relay
+    finally:
+        relay.stop()
+        await task
+
+
+async def unpublished(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
+    async with sessionmaker() as session:
+        return (
+            await session.scalar(
+                select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+            )
+            or 0
+        )
+
+
+async def test_committed_event_is_published_promptly_with_its_id(
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    jetstream: JetStreamContext,
+    event_probe: EventProbe,
+) -> None:
+    await ensure_stream(jetstream)
+    # A 60s poll: only the commit's NOTIFY can wake the relay within the probe's timeout.
+    async with running_relay(engine, sessionmaker, jetstream, poll_seconds=60):
+        event = ticket_created()
+        request_id_var.set("req-123")
+        async with sessionmaker() as session:
+            envelope = await publish(session, event)
+            await session.commit()
+        request_id_var.set(None)
+        received = await event_probe.wait_for("ticket.created", timeout=5)
+
+    assert received.id == envelope.id
+    assert received.event() == event
+    msg = await jetstream.get_last_msg("EVENTS", "ticket.created")
+    assert msg.headers is not None
+    assert msg.headers["Nats-Msg-Id"] == str(envelope.id)
+    assert msg.headers["X-Request-Id"] == "req-123"
+    assert await unpublished(sessionmaker) == 0
+
+
+async def test_rolled_back_transaction_publishes_nothing(
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    jetstream: JetStreamContext,
+    event_probe: EventProbe,
+) -> None:
+    await ensure_stream(jetstream)
+    async with running_relay(engine, sessionmaker, jetstream, poll_seconds=0.1) as relay:
+        async with sessionmaker() as session:
+            await publish(session, ticket_created("rolled back"))
+            await session.rollback()
+        async with sessionmaker() as session:
+            await publish(session, ticket_created("committed"))
+            await session.commit()
+        await event_probe.wait_for("ticket.created", lambda e: e.data["title"] == "committed")
+        await relay.flush()
+    titles = [e.data["title"] for e in await event_probe.all("ticket.created")]
+    assert titles == ["committed"]
+
+
+async def test_nats_outage_loses_nothing_and_duplicates_nothing(
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    jetstream: JetStreamContext,
+    nats_server: NatsServer,
+    event_probe: EventProbe,
+) -> None:
+    await ensure_stream(jetstream)
+    # Two relays, as two replicas of a service would run.
+    async with (
+        running_relay(engine, sessionmaker, jetstream, poll_seconds=0.2),
+        running_relay(engine, sessionmaker, jetstream, poll_seconds=0.2),
+    ):
+        nats_server.stop()
+        committed = []
+        for i in range(20):
+            async with sessionmaker() as session:
+                committed.append((await publish(session, ticket_created(f"t{i}"))).id)
+                await session.commit()
+
+        async def relay_tried_and_failed() -> bool:
+            async with sessionmaker() as session:
+                attempts = await session.scalar(select(func.max(outbox.c.attempts)))
+            return bool(attempts)
+
+        await eventually(relay_tried_and_failed, timeout=10)
+        assert await unpublished(sessionmaker) == 20
+
+        nats_server.start()
+        await eventually(lambda: _none_left(sessionmaker), timeout=30)
+
+    seen = [e.id for e in await event_probe.all("ticket.created")]
+    assert sorted(seen) == sorted(committed)  # every one, and each exactly once
+    info = await jetstream.stream_info("EVENTS")
+    assert info.state.messages == 20
+
+
+async def _none_left(sessionmaker: async_sessionmaker[AsyncSession]) -> bool:
+    return await unpublished(sessionmaker) == 0
+
+
+async def test_republished_row_is_dropped_by_the_duplicate_window(
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    jetstream: JetStreamContext,
+    event_probe: EventProbe,
+) -> None:
+    """A relay that crashed after publishing but before marking the row sends it again."""
+    await ensure_stream(jetstream)
+    relay = OutboxRelay(engine, sessionmaker, jetstream)
+    async with sessionmaker() as session:
+        await publish(session, ticket_created())
+        await session.commit()
+    assert await relay.flush() == 1
+    async with sessionmaker() as session:  # as if the mark had never committed
+        await session.execute(outbox.update().values(published_at=None))
+        await session.commit()
+    assert await relay.flush() == 1
+    assert len(await event_probe.all("ticket.created")) == 1
+
+
+@pytest.mark.parametrize("count", [250])
+async def test_large_backlog_is_published_in_order(
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    jetstream: JetStreamContext,
+    event_probe: EventProbe,
+    count: int,
+) -> None:
+    await ensure_stream(jetstream)
+    async with sessionmaker() as session:
+        for i in range(count):
+            await publish(session, ticket_created(f"t{i:03}"))
+        await session.commit()
+    assert await OutboxRelay(engine, sessionmaker, jetstream).flush() == count
+    titles = [e.data["title"] for e in await event_probe.all("ticket.created")]
+    assert titles == [f"t{i:03}" for i in range(count)]

@@ -1,0 +1,1 @@
+"""The orders service: reserve a ticket, cancel, expire, complete; a replica of the tickets."""
