@@ -7,6 +7,8 @@ import pytest
 
 from auth.settings import AuthSettings
 from ticketing_common.testing import TestDatabase
+from ticketing_common.testing.helpers import eventually
+from ticketing_common.testing.plugin import NatsServer
 
 SIGNUP = "/api/users/signup"
 SIGNIN = "/api/users/signin"
@@ -187,3 +189,30 @@ async def test_openapi_documents_the_routes(client: httpx.AsyncClient) -> None:
         "/api/users/currentuser",
     } <= set(paths)
     assert "400" in paths["/api/users/signup"]["post"]["responses"]
+
+
+async def test_request_id_is_echoed_or_made(client: httpx.AsyncClient) -> None:
+    given = await client.get("/api/users/currentuser", headers={"X-Request-Id": "trace-42"})
+    assert given.headers["x-request-id"] == "trace-42"
+    made = await client.get("/api/users/currentuser")
+    assert len(made.headers["x-request-id"]) == 32
+
+
+async def test_readiness_follows_nats(client: httpx.AsyncClient, nats_server: NatsServer) -> None:
+    nats_server.stop()
+    try:
+
+        async def not_ready() -> bool:
+            response = await client.get("/readyz")
+            return response.status_code == 503 and response.json() == {
+                "errors": [{"message": "NATS unreachable"}]
+            }
+
+        await eventually(not_ready, timeout=10)
+    finally:
+        nats_server.start()
+
+    async def ready() -> bool:
+        return (await client.get("/readyz")).status_code == 200
+
+    await eventually(ready, timeout=15)
