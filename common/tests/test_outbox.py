@@ -177,3 +177,19 @@ async def test_large_backlog_is_published_in_order(
     assert await OutboxRelay(engine, sessionmaker, jetstream).flush() == count
     titles = [e.data["title"] for e in await event_probe.all("ticket.created")]
     assert titles == [f"t{i:03}" for i in range(count)]
+
+
+async def test_rows_left_by_a_crashed_service_go_out_when_a_relay_starts(
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    jetstream: JetStreamContext,
+    event_probe: EventProbe,
+) -> None:
+    """Committed, then the process died before its relay sent anything."""
+    await ensure_stream(jetstream)
+    async with sessionmaker() as session:
+        envelope = await publish(session, ticket_created("orphan"))
+        await session.commit()
+    async with running_relay(engine, sessionmaker, jetstream, poll_seconds=60):
+        received = await event_probe.wait_for("ticket.created", timeout=5)
+    assert received.id == envelope.id

@@ -92,10 +92,12 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Publish until stopped; a final flush sends what was committed before the stop."""
-        async with contextlib.AsyncExitStack() as stack:
-            await self._listen(stack)
-            backoff = 0.0
+        listener: asyncpg.Connection | None = None
+        backoff = 0.0
+        self._wake.set()  # rows committed while no relay was running go out at once
+        try:
             while not self._stopping:
+                listener = await self._listening(listener)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), backoff or self._poll_seconds)
                 self._wake.clear()
@@ -108,18 +110,31 @@ class OutboxRelay:
                 except Exception as exc:
                     backoff = min(max(backoff * 2, 0.1), 5.0)
                     log.warning("outbox relay failed, retrying in %.1fs: %r", backoff, exc)
+        finally:
+            if listener is not None:
+                with contextlib.suppress(Exception):
+                    await listener.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.flush(), self._publish_timeout)
 
-    async def _listen(self, stack: contextlib.AsyncExitStack) -> None:
-        # A dedicated connection LISTENs for commits that wrote to the outbox.
+    async def _listening(self, listener: asyncpg.Connection | None) -> asyncpg.Connection | None:
+        """A connection LISTENing for commits that wrote to the outbox, (re)opened as needed.
+
+        Without one the relay still works, on the poll alone.
+        """
+        if listener is not None and not listener.is_closed():
+            return listener
         try:
-            conn = await stack.enter_async_context(self._engine.connect())
-            raw = await conn.get_raw_connection()
-            driver: asyncpg.Connection = raw.driver_connection
-            await driver.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            dsn = self._engine.url.set(drivername="postgresql").render_as_string(
+                hide_password=False
+            )
+            listener = await asyncpg.connect(dsn)
+            await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            self._wake.set()  # a commit may have been missed while not listening
+            return listener
         except Exception as exc:
             log.warning("outbox relay cannot LISTEN, polling only: %r", exc)
+            return None
 
     def _on_notify(self, *_: Any) -> None:
         self._wake.set()
