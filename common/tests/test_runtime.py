@@ -13,13 +13,15 @@ from nats.js import JetStreamContext
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ticketing_common.db import make_metadata
 from ticketing_common.events import EventEnvelope, TicketCreated
 from ticketing_common.messaging import Consumer, ConsumerRunner, ensure_stream
 from ticketing_common.messaging.streams import DUPLICATE_WINDOW_SECONDS, STREAM_NAME
 from ticketing_common.observability import JsonFormatter, request_id_var
+from ticketing_common.testing import TestDatabase
 from ticketing_common.testing.helpers import eventually
 
-from .conftest import effects
+from .conftest import effects, test_metadata
 
 
 async def test_stream_is_created_idempotently_with_a_duplicate_window(
@@ -92,3 +94,11 @@ def test_json_log_lines_carry_the_request_id() -> None:
     assert line["requestId"] == "abc123"
     assert line["orderId"] == "o-1"
     assert line["level"] == "INFO"
+
+
+async def test_schema_drift_sees_a_table_the_models_lack(common_db: TestDatabase) -> None:
+    # The "effects" table exists in the database but not in this empty service metadata.
+    diffs = await common_db.schema_drift(make_metadata())
+    assert [d[0] for d in diffs] == ["remove_table"]
+    assert diffs[0][1].name == "effects"
+    assert await common_db.schema_drift(test_metadata) == []

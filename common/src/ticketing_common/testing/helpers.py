@@ -10,13 +10,19 @@ from typing import Any, TypeVar
 
 import asyncpg
 import httpx
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from fastapi import FastAPI
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from sqlalchemy import MetaData
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from ticketing_common.auth import SESSION_COOKIE, UserClaims, create_session_token
 from ticketing_common.events import EventEnvelope
 from ticketing_common.messaging.streams import STREAM_NAME
+from ticketing_common.messaging.tables import messaging_metadata
 from ticketing_common.migrations import upgrade
 from ticketing_common.settings import ServiceSettings
 
@@ -92,6 +98,21 @@ class TestDatabase:
                 await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
         finally:
             await conn.close()
+
+    async def schema_drift(self, service_metadata: MetaData) -> list[Any]:
+        """Differences between the migrated schema and the models (empty when they agree)."""
+
+        def compare(connection: Connection) -> list[Any]:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            diffs: list[Any] = compare_metadata(context, [service_metadata, messaging_metadata])
+            return diffs
+
+        engine = create_async_engine(self.url)
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(compare)
+        finally:
+            await engine.dispose()
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         """Read the database directly, to assert what the service really stored."""
