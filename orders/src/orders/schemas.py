@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from ticketing_common.events import OrderStatus
+from ticketing_common.models import CamelModel, Money
+
+
+class OrderIn(CamelModel):
+    ticket_id: uuid.UUID
+
+
+class OrderTicketOut(CamelModel):
+    id: uuid.UUID
+    title: str
+    price: Money
+
+
+class OrderOut(CamelModel):
+    id: uuid.UUID
+    status: OrderStatus
+    user_id: uuid.UUID
+    expires_at: datetime
+    version: int
+    ticket: OrderTicketOut

@@ -1,0 +1,220 @@
+"""Orders: the rules, apart from HTTP and from the broker."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from orders.models import LIVE_ORDER_INDEX, IdempotencyKey, Order, Ticket
+from orders.schemas import OrderIn, OrderOut, OrderTicketOut
+from ticketing_common.db import constraint_name, utcnow
+from ticketing_common.errors import BadRequestError, ForbiddenError, NotFoundError
+from ticketing_common.events import OrderCancelled, OrderCancelledTicket, OrderCreated, OrderStatus
+from ticketing_common.events import OrderCreatedTicket as EventTicket
+from ticketing_common.messaging import publish
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENCY_KEY_PK = "pk_idempotency_keys"
+
+
+class TicketNotFoundError(NotFoundError):
+    message = "Ticket not found"
+
+
+class TicketReservedError(BadRequestError):
+    message = "Ticket is already reserved"
+
+
+class OwnTicketError(BadRequestError):
+    message = "You cannot buy your own ticket"
+
+
+class IdempotencyKeyReusedError(BadRequestError):
+    message = "Idempotency-Key was already used with a different request"
+
+    def __init__(self) -> None:
+        super().__init__(field="Idempotency-Key")
+
+
+class OrderNotFoundError(NotFoundError):
+    message = "Order not found"
+
+
+class NotOrderOwnerError(ForbiddenError):
+    message = "This order is not yours"
+
+
+class OrderCompleteError(BadRequestError):
+    message = "Order is already complete and cannot be cancelled"
+
+
+def order_out(order: Order, ticket: Ticket) -> OrderOut:
+    return OrderOut(
+        id=order.id,
+        status=order.status,
+        user_id=order.user_id,
+        expires_at=order.expires_at,
+        version=order.version,
+        ticket=OrderTicketOut(id=ticket.id, title=ticket.title, price=ticket.price),
+    )
+
+
+class Answer:
+    """What POST /api/orders answers: a new order, or the stored first answer to a retry."""
+
+    def __init__(self, status_code: int, body: dict[str, Any], replayed: bool) -> None:
+        self.status_code = status_code
+        self.body = body
+        self.replayed = replayed
+
+
+async def _stored_answer(
+    session: AsyncSession, user_id: uuid.UUID, key: str, request_hash: str
+) -> Answer | None:
+    stored = await session.get(IdempotencyKey, (user_id, key))
+    if stored is None:
+        return None
+    if stored.request_hash != request_hash:
+        raise IdempotencyKeyReusedError()
+    return Answer(stored.status_code, stored.response, replayed=True)
+
+
+async def create_order(
+    session: AsyncSession,
+    user_id: uuid.UUID,
+    request: OrderIn,
+    *,
+    expiration_seconds: int,
+    idempotency_key: str | None = None,
+) -> Answer:
+    """Reserve a ticket. With an idempotency key, a retry gets the first answer back.
+
+    Only a created order is remembered under the key: a refusal changed nothing, so a retry
+    simply asks again (and may succeed once, say, the ticket is released).
+    """
+    request_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+    if idempotency_key is not None:
+        stored = await _stored_answer(session, user_id, idempotency_key, request_hash)
+        if stored is not None:
+            return stored
+
+    ticket = await session.get(Ticket, request.ticket_id)
+    if ticket is None:
+        # Unknown, or its ticket.created has not reached our replica yet.
+        raise TicketNotFoundError(field="ticketId")
+    if ticket.user_id == user_id:
+        raise OwnTicketError(field="ticketId")
+
+    order = Order(
+        id=uuid.uuid4(),
+        user_id=user_id,
+        ticket_id=ticket.id,
+        status=OrderStatus.CREATED,
+        expires_at=utcnow() + timedelta(seconds=expiration_seconds),
+        version=0,
+    )
+    body = order_out(order, ticket).model_dump(mode="json", by_alias=True)
+    try:
+        if idempotency_key is not None:
+            # First, so a concurrent twin of this request waits here for ours to finish.
+            session.add(
+                IdempotencyKey(
+                    user_id=user_id,
+                    key=idempotency_key,
+                    request_hash=request_hash,
+                    status_code=201,
+                    response=body,
+                )
+            )
+            await session.flush()
+        session.add(order)
+        await session.flush()
+    except IntegrityError as exc:
+        await session.rollback()
+        constraint = constraint_name(exc)
+        if constraint == IDEMPOTENCY_KEY_PK and idempotency_key is not None:
+            stored = await _stored_answer(session, user_id, idempotency_key, request_hash)
+            if stored is not None:
+                return stored
+        if constraint == LIVE_ORDER_INDEX:
+            raise TicketReservedError(field="ticketId") from exc
+        raise
+    await publish(
+        session,
+        OrderCreated(
+            id=order.id,
+            version=order.version,
+            status=order.status,
+            user_id=order.user_id,
+            expires_at=order.expires_at,
+            ticket=EventTicket(id=ticket.id, price=ticket.price),
+        ),
+    )
+    await session.commit()
+    return Answer(201, body, replayed=False)
+
+
+async def list_orders(session: AsyncSession, user_id: uuid.UUID) -> list[OrderOut]:
+    rows = await session.execute(
+        select(Order, Ticket)
+        .join(Ticket, Order.ticket_id == Ticket.id)
+        .where(Order.user_id == user_id)
+        .order_by(Order.created_at.desc(), Order.id.desc())
+    )
+    return [order_out(order, ticket) for order, ticket in rows.all()]
+
+
+async def _owned_order(
+    session: AsyncSession, user_id: uuid.UUID, order_id: uuid.UUID, *, lock: bool = False
+) -> Order:
+    query = select(Order).where(Order.id == order_id)
+    order = await session.scalar(query.with_for_update() if lock else query)
+    if order is None:
+        raise OrderNotFoundError()
+    if order.user_id != user_id:
+        raise NotOrderOwnerError()
+    return order
+
+
+async def get_order(session: AsyncSession, user_id: uuid.UUID, order_id: uuid.UUID) -> OrderOut:
+    order = await _owned_order(session, user_id, order_id)
+    ticket = await session.get_one(Ticket, order.ticket_id)
+    return order_out(order, ticket)
+
+
+async def lock_order(session: AsyncSession, order_id: uuid.UUID) -> Order | None:
+    """The order, row-locked until commit: a cancel, an expiry and a payment take turns."""
+    order: Order | None = await session.scalar(
+        select(Order).where(Order.id == order_id).with_for_update()
+    )
+    return order
+
+
+async def cancel(session: AsyncSession, order: Order) -> None:
+    """Cancel a live order and announce it; the caller commits."""
+    order.status = OrderStatus.CANCELLED
+    order.version += 1
+    await publish(
+        session,
+        OrderCancelled(
+            id=order.id, version=order.version, ticket=OrderCancelledTicket(id=order.ticket_id)
+        ),
+    )
+
+
+async def cancel_order(session: AsyncSession, user_id: uuid.UUID, order_id: uuid.UUID) -> None:
+    order = await _owned_order(session, user_id, order_id, lock=True)
+    if order.status == OrderStatus.COMPLETE:
+        raise OrderCompleteError()
+    if order.status == OrderStatus.CANCELLED:
+        return  # already done: nothing changes, nothing is published again
+    await cancel(session, order)
+    await session.commit()

@@ -1,0 +1,458 @@
+"""The orders HTTP API, every route and status, against real PostgreSQL and NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from nats.js import JetStreamContext
+
+from orders.app import create_app
+from orders.settings import OrdersSettings
+from ticketing_common.events import PaymentCreated, TicketCreated
+from ticketing_common.testing import EventProbe, ServiceHarness, TestDatabase
+from ticketing_common.testing.helpers import eventually
+
+from .conftest import Tickets, Users, handled, send_event
+
+
+def error_fields(response: httpx.Response) -> list[str | None]:
+    body = response.json()
+    assert set(body) == {"errors"} and body["errors"], body
+    assert all(e["message"] for e in body["errors"])
+    return [e.get("field") for e in body["errors"]]
+
+
+async def order(
+    client: httpx.AsyncClient, users: Users, buyer: uuid.UUID, ticket: TicketCreated, **headers: str
+) -> dict[str, Any]:
+    r = await client.post(
+        "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(buyer) | headers
+    )
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def outbox_count(db: TestDatabase, subject: str) -> int:
+    return len(await db.fetch("SELECT 1 FROM outbox WHERE nats_subject = $1", subject))
+
+
+# --- POST /api/orders ----------------------------------------------------------------------
+
+
+async def test_create_order_reserves_and_publishes(
+    client: httpx.AsyncClient, users: Users, tickets: Tickets, event_probe: EventProbe
+) -> None:
+    ticket = await tickets.create(title="Jazz", price="42.50")
+    buyer = uuid.uuid4()
+    before = datetime.now(UTC)
+    created = await order(client, users, buyer, ticket)
+
+    expires_at = datetime.fromisoformat(created["expiresAt"])
+    assert (
+        before + timedelta(seconds=900) <= expires_at <= datetime.now(UTC) + timedelta(seconds=900)
+    )
+    assert created == {
+        "id": created["id"],
+        "status": "created",
+        "userId": str(buyer),
+        "expiresAt": created["expiresAt"],
+        "version": 0,
+        "ticket": {"id": str(ticket.id), "title": "Jazz", "price": "42.50"},
+    }
+
+    event = await event_probe.wait_for("order.created")
+    assert event.data == {
+        "id": created["id"],
+        "version": 0,
+        "status": "created",
+        "userId": str(buyer),
+        "expiresAt": event.data["expiresAt"],
+        "ticket": {"id": str(ticket.id), "price": "42.50"},
+    }
+    assert datetime.fromisoformat(event.data["expiresAt"]) == expires_at
+
+
+async def test_expiration_window_comes_from_settings(
+    settings: OrdersSettings, users: Users, jetstream: JetStreamContext, orders_db: TestDatabase
+) -> None:
+    app = create_app(settings.model_copy(update={"order_expiration_seconds": 60}))
+    async with ServiceHarness(app).client() as client:
+        ticket = await Tickets(jetstream, orders_db).create()
+        created = await order(client, users, uuid.uuid4(), ticket)
+    remaining = datetime.fromisoformat(created["expiresAt"]) - datetime.now(UTC)
+    assert timedelta(seconds=50) < remaining <= timedelta(seconds=60)
+
+
+async def test_create_requires_sign_in(
+    client: httpx.AsyncClient, tickets: Tickets, orders_db: TestDatabase
+) -> None:
+    ticket = await tickets.create()
+    r = await client.post("/api/orders", json={"ticketId": str(ticket.id)})
+    assert r.status_code == 401
+    assert await orders_db.fetch("SELECT 1 FROM orders") == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"ticketId": "nope"},
+        {"ticketId": 5},
+        {"ticketId": None},
+        {"ticketId": ["x"]},
+        {"ticketId": "1" * 1000},
+    ],
+)
+async def test_create_rejects_invalid_ticket_id(
+    client: httpx.AsyncClient, users: Users, body: dict[str, Any]
+) -> None:
+    r = await client.post("/api/orders", json=body, headers=users.headers(uuid.uuid4()))
+    assert r.status_code == 400, r.text
+    assert error_fields(r) == ["ticketId"]
+
+
+@pytest.mark.parametrize("content", [b"", b"{", b"[]", b"null"])
+async def test_create_rejects_malformed_bodies(
+    client: httpx.AsyncClient, users: Users, content: bytes
+) -> None:
+    headers = users.headers(uuid.uuid4()) | {"Content-Type": "application/json"}
+    r = await client.post("/api/orders", content=content, headers=headers)
+    assert r.status_code == 400
+    error_fields(r)
+
+
+async def test_unknown_ticket_is_404_until_its_replica_arrives(
+    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, orders_db: TestDatabase
+) -> None:
+    ticket = TicketCreated(
+        id=uuid.uuid4(), version=0, title="Soon", price=Decimal(5), user_id=uuid.uuid4()
+    )
+    buyer = users.headers(uuid.uuid4())
+    r = await client.post("/api/orders", json={"ticketId": str(ticket.id)}, headers=buyer)
+    assert r.status_code == 404
+    assert r.json() == {"errors": [{"message": "Ticket not found", "field": "ticketId"}]}
+
+    await send_event(jetstream, ticket)
+
+    async def ordered() -> httpx.Response | None:
+        r = await client.post("/api/orders", json={"ticketId": str(ticket.id)}, headers=buyer)
+        assert r.status_code in (201, 404), r.text
+        return r if r.status_code == 201 else None
+
+    r = await eventually(ordered)
+    assert r.json()["ticket"] == {"id": str(ticket.id), "title": "Soon", "price": "5.00"}
+
+
+async def test_cannot_buy_own_ticket(
+    client: httpx.AsyncClient, users: Users, tickets: Tickets, orders_db: TestDatabase
+) -> None:
+    seller = uuid.uuid4()
+    ticket = await tickets.create(owner=seller)
+    r = await client.post(
+        "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(seller)
+    )
+    assert r.status_code == 400
+    assert r.json() == {
+        "errors": [{"message": "You cannot buy your own ticket", "field": "ticketId"}]
+    }
+    assert await orders_db.fetch("SELECT 1 FROM orders") == []
+
+
+async def test_reserved_ticket_cannot_be_ordered_again_until_cancelled(
+    client: httpx.AsyncClient, users: Users, tickets: Tickets, orders_db: TestDatabase
+) -> None:
+    ticket = await tickets.create()
+    first_buyer = uuid.uuid4()
+    first = await order(client, users, first_buyer, ticket)
+    for buyer in (uuid.uuid4(), first_buyer):
+        r = await client.post(
+            "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(buyer)
+        )
+        assert r.status_code == 400
+        assert r.json()["errors"][0]["message"] == "Ticket is already reserved"
+
+    r = await client.delete(f"/api/orders/{first['id']}", headers=users.headers(first_buyer))
+    assert r.status_code == 204
+    second = await order(client, users, uuid.uuid4(), ticket)
+    assert second["id"] != first["id"]
+    assert await outbox_count(orders_db, "order.created") == 2
+
+
+async def test_a_hundred_buyers_race_for_one_ticket(
+    client: httpx.AsyncClient,
+    users: Users,
+    tickets: Tickets,
+    orders_db: TestDatabase,
+    event_probe: EventProbe,
+) -> None:
+    ticket = await tickets.create()
+    responses = await asyncio.gather(
+        *(
+            client.post(
+                "/api/orders",
+                json={"ticketId": str(ticket.id)},
+                headers=users.headers(uuid.uuid4()),
+            )
+            for _ in range(100)
+        )
+    )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201] + [400] * 99
+    assert all(
+        r.json() == {"errors": [{"message": "Ticket is already reserved", "field": "ticketId"}]}
+        for r in responses
+        if r.status_code == 400
+    )
+    [winner] = [r.json() for r in responses if r.status_code == 201]
+    live = await orders_db.fetch("SELECT id FROM orders WHERE status <> 'cancelled'")
+    assert [str(row["id"]) for row in live] == [winner["id"]]
+
+    await event_probe.wait_for("order.created")
+    published = await event_probe.all("order.created")
+    assert [e.data["id"] for e in published] == [winner["id"]]
+
+
+# --- Idempotency-Key -------------------------------------------------------------------------
+
+
+async def test_retry_with_idempotency_key_returns_the_first_answer(
+    client: httpx.AsyncClient,
+    users: Users,
+    tickets: Tickets,
+    orders_db: TestDatabase,
+    event_probe: EventProbe,
+) -> None:
+    ticket = await tickets.create()
+    buyer = uuid.uuid4()
+    first = await client.post(
+        "/api/orders",
+        json={"ticketId": str(ticket.id)},
+        headers=users.headers(buyer) | {"Idempotency-Key": "k1"},
+    )
+    retry = await client.post(
+        "/api/orders",
+        json={"ticketId": str(ticket.id)},
+        headers=users.headers(buyer) | {"Idempotency-Key": "k1"},
+    )
+    assert first.status_code == retry.status_code == 201
+    assert retry.json() == first.json()
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert len(await orders_db.fetch("SELECT 1 FROM orders")) == 1
+    assert await outbox_count(orders_db, "order.created") == 1
+
+    await event_probe.wait_for("order.created")
+    assert len(await event_probe.all("order.created")) == 1
+
+
+async def test_concurrent_retries_with_one_key_make_one_order(
+    client: httpx.AsyncClient, users: Users, tickets: Tickets, orders_db: TestDatabase
+) -> None:
+    ticket = await tickets.create()
+    headers = users.headers(uuid.uuid4()) | {"Idempotency-Key": "double-click"}
+    responses = await asyncio.gather(
+        *(
+            client.post("/api/orders", json={"ticketId": str(ticket.id)}, headers=headers)
+            for _ in range(20)
+        )
+    )
+    assert [r.status_code for r in responses] == [201] * 20
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert len(await orders_db.fetch("SELECT 1 FROM orders")) == 1
+    assert await outbox_count(orders_db, "order.created") == 1
+
+
+async def test_idempotency_key_reused_for_another_request_is_refused(
+    client: httpx.AsyncClient, users: Users, tickets: Tickets, orders_db: TestDatabase
+) -> None:
+    first_ticket, other_ticket = await tickets.create(), await tickets.create()
+    buyer = uuid.uuid4()
+    await order(client, users, buyer, first_ticket, **{"Idempotency-Key": "k"})
+    r = await client.post(
+        "/api/orders",
+        json={"ticketId": str(other_ticket.id)},
+        headers=users.headers(buyer) | {"Idempotency-Key": "k"},
+    )
+    assert r.status_code == 400
+    assert r.json() == {
+        "errors": [
+            {
+                "message": "Idempotency-Key was already used with a different request",
+                "field": "Idempotency-Key",
+            }
+        ]
+    }
+    assert len(await orders_db.fetch("SELECT 1 FROM orders")) == 1
+
+
+async def test_idempotency_keys_belong_to_one_user(
+    client: httpx.AsyncClient, users: Users, tickets: Tickets
+) -> None:
+    first_ticket, other_ticket = await tickets.create(), await tickets.create()
+    mine = await order(client, users, uuid.uuid4(), first_ticket, **{"Idempotency-Key": "same"})
+    theirs = await order(client, users, uuid.uuid4(), other_ticket, **{"Idempotency-Key": "same"})
+    assert mine["id"] != theirs["id"]
+
+
+async def test_a_refusal_is_not_remembered_under_the_key(
+    client: httpx.AsyncClient, users: Users, tickets: Tickets
+) -> None:
+    ticket = await tickets.create()
+    holder, buyer = uuid.uuid4(), uuid.uuid4()
+    held = await order(client, users, holder, ticket)
+    headers = users.headers(buyer) | {"Idempotency-Key": "try-again"}
+    r = await client.post("/api/orders", json={"ticketId": str(ticket.id)}, headers=headers)
+    assert r.status_code == 400
+    await client.delete(f"/api/orders/{held['id']}", headers=users.headers(holder))
+    r = await client.post("/api/orders", json={"ticketId": str(ticket.id)}, headers=headers)
+    assert r.status_code == 201
+    assert r.json()["userId"] == str(buyer)
+
+
+@pytest.mark.parametrize("key", [b"", b"x" * 256, b"has space", "caf\u00e9".encode()])
+async def test_invalid_idempotency_key_is_400(
+    client: httpx.AsyncClient, users: Users, tickets: Tickets, key: bytes
+) -> None:
+    ticket = await tickets.create()
+    headers = [(k.encode(), v.encode()) for k, v in users.headers(uuid.uuid4()).items()]
+    r = await client.post(
+        "/api/orders",
+        json={"ticketId": str(ticket.id)},
+        headers=[*headers, (b"Idempotency-Key", key)],
+    )
+    assert r.status_code == 400
+    assert error_fields(r) == ["Idempotency-Key"]
+
+
+# --- GET /api/orders, GET /api/orders/{id} ----------------------------------------------------
+
+
+async def test_list_shows_only_my_orders_newest_first(
+    client: httpx.AsyncClient, users: Users, tickets: Tickets
+) -> None:
+    me, someone = uuid.uuid4(), uuid.uuid4()
+    first = await order(client, users, me, await tickets.create(title="First"))
+    await order(client, users, someone, await tickets.create(title="Theirs"))
+    second = await order(client, users, me, await tickets.create(title="Second"))
+
+    r = await client.get("/api/orders", headers=users.headers(me))
+    assert r.status_code == 200
+    assert r.json() == [second, first]
+    assert (await client.get("/api/orders", headers=users.headers(uuid.uuid4()))).json() == []
+
+
+async def test_list_requires_sign_in(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/api/orders")).status_code == 401
+
+
+async def test_show_order(client: httpx.AsyncClient, users: Users, tickets: Tickets) -> None:
+    buyer = uuid.uuid4()
+    created = await order(client, users, buyer, await tickets.create())
+    url = f"/api/orders/{created['id']}"
+
+    r = await client.get(url, headers=users.headers(buyer))
+    assert r.status_code == 200 and r.json() == created
+    r = await client.get(url, headers=users.headers(uuid.uuid4()))
+    assert r.status_code == 403 and r.json() == {"errors": [{"message": "This order is not yours"}]}
+    assert (await client.get(url)).status_code == 401
+    r = await client.get(f"/api/orders/{uuid.uuid4()}", headers=users.headers(buyer))
+    assert r.status_code == 404 and r.json() == {"errors": [{"message": "Order not found"}]}
+
+
+@pytest.mark.parametrize("bad_id", ["not-a-uuid", "123", "%00", "' OR 1=1 --", "z" * 300])
+async def test_malformed_order_ids_are_client_errors(
+    client: httpx.AsyncClient, users: Users, bad_id: str
+) -> None:
+    for method in ("GET", "DELETE"):
+        r = await client.request(
+            method, f"/api/orders/{bad_id}", headers=users.headers(uuid.uuid4())
+        )
+        assert 400 <= r.status_code < 500, (method, r.status_code, r.text)
+        error_fields(r)
+
+
+# --- DELETE /api/orders/{id} ------------------------------------------------------------------
+
+
+async def test_cancel_order_publishes_once(
+    client: httpx.AsyncClient,
+    users: Users,
+    tickets: Tickets,
+    orders_db: TestDatabase,
+    event_probe: EventProbe,
+) -> None:
+    buyer = uuid.uuid4()
+    ticket = await tickets.create()
+    created = await order(client, users, buyer, ticket)
+    url = f"/api/orders/{created['id']}"
+
+    r = await client.delete(url, headers=users.headers(buyer))
+    assert r.status_code == 204 and r.content == b""
+    shown = (await client.get(url, headers=users.headers(buyer))).json()
+    assert (shown["status"], shown["version"]) == ("cancelled", 1)
+    event = await event_probe.wait_for("order.cancelled")
+    assert event.data == {"id": created["id"], "version": 1, "ticket": {"id": str(ticket.id)}}
+
+    r = await client.delete(url, headers=users.headers(buyer))
+    assert r.status_code == 204
+    assert await outbox_count(orders_db, "order.cancelled") == 1
+    assert (await client.get(url, headers=users.headers(buyer))).json()["version"] == 1
+
+
+async def test_cancel_someone_elses_order_is_403(
+    client: httpx.AsyncClient, users: Users, tickets: Tickets, orders_db: TestDatabase
+) -> None:
+    created = await order(client, users, uuid.uuid4(), await tickets.create())
+    r = await client.delete(f"/api/orders/{created['id']}", headers=users.headers(uuid.uuid4()))
+    assert r.status_code == 403
+    [row] = await orders_db.fetch("SELECT status FROM orders")
+    assert row["status"] == "created"
+
+
+async def test_cancel_unknown_or_signed_out(
+    client: httpx.AsyncClient, users: Users, tickets: Tickets
+) -> None:
+    r = await client.delete(f"/api/orders/{uuid.uuid4()}", headers=users.headers(uuid.uuid4()))
+    assert r.status_code == 404
+    created = await order(client, users, uuid.uuid4(), await tickets.create())
+    assert (await client.delete(f"/api/orders/{created['id']}")).status_code == 401
+
+
+async def test_complete_order_cannot_be_cancelled(
+    client: httpx.AsyncClient,
+    users: Users,
+    tickets: Tickets,
+    jetstream: JetStreamContext,
+    orders_db: TestDatabase,
+) -> None:
+    buyer = uuid.uuid4()
+    created = await order(client, users, buyer, await tickets.create())
+    paid = await send_event(
+        jetstream, PaymentCreated(id=uuid.uuid4(), order_id=created["id"], provider_ref="ch_1")
+    )
+    await handled(orders_db, paid.id)
+
+    r = await client.delete(f"/api/orders/{created['id']}", headers=users.headers(buyer))
+    assert r.status_code == 400
+    assert r.json() == {
+        "errors": [{"message": "Order is already complete and cannot be cancelled"}]
+    }
+    [row] = await orders_db.fetch("SELECT status, version FROM orders")
+    assert (row["status"], row["version"]) == ("complete", 1)
+    assert await outbox_count(orders_db, "order.cancelled") == 0
+
+
+async def test_openapi_documents_the_routes(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert set(paths["/api/orders"]) == {"get", "post"}
+    assert set(paths["/api/orders/{order_id}"]) == {"get", "delete"}
+    post = paths["/api/orders"]["post"]
+    assert "Idempotency-Key" in [p["name"] for p in post["parameters"]]
+    assert {"201", "400", "401", "404"} <= set(post["responses"])

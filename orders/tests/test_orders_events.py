@@ -1,0 +1,229 @@
+"""The orders consumer: the tickets replica in version order, expiries and payments."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from nats.js import JetStreamContext
+
+from ticketing_common.events import ExpirationComplete, PaymentCreated, TicketCreated, TicketUpdated
+from ticketing_common.testing import EventProbe, TestDatabase
+from ticketing_common.testing.helpers import eventually
+
+from .conftest import Tickets, Users, handled, send_event
+
+
+def updated(
+    ticket: TicketCreated, version: int, title: str, order_id: uuid.UUID | None = None
+) -> TicketUpdated:
+    return TicketUpdated(
+        id=ticket.id,
+        version=version,
+        title=title,
+        price=Decimal(f"{10 + version}.00"),
+        user_id=ticket.user_id,
+        order_id=order_id,
+    )
+
+
+async def replica(db: TestDatabase, ticket_id: uuid.UUID) -> Any:
+    rows = await db.fetch("SELECT title, price, version FROM tickets WHERE id = $1", ticket_id)
+    return rows[0] if rows else None
+
+
+async def test_ticket_created_fills_the_replica(tickets: Tickets, orders_db: TestDatabase) -> None:
+    seller = uuid.uuid4()
+    ticket = await tickets.create(owner=seller, title="Ballet", price="99.99")
+    [row] = await orders_db.fetch("SELECT * FROM tickets")
+    assert dict(row) == {
+        "id": ticket.id,
+        "title": "Ballet",
+        "price": Decimal("99.99"),
+        "user_id": seller,
+        "version": 0,
+    }
+
+
+async def test_ticket_updates_apply_in_version_order(
+    tickets: Tickets, jetstream: JetStreamContext, orders_db: TestDatabase
+) -> None:
+    ticket = await tickets.create(title="v0")
+    await send_event(jetstream, updated(ticket, 2, "v2"))  # from the future: waits
+    await send_event(jetstream, updated(ticket, 1, "v1"))
+
+    async def at_v2() -> bool:
+        row = await replica(orders_db, ticket.id)
+        return bool(row["version"] == 2)
+
+    await eventually(at_v2)
+    row = await replica(orders_db, ticket.id)
+    assert (row["title"], row["price"], row["version"]) == ("v2", Decimal("12.00"), 2)
+
+
+async def test_old_and_duplicate_ticket_updates_change_nothing(
+    tickets: Tickets, jetstream: JetStreamContext, orders_db: TestDatabase
+) -> None:
+    ticket = await tickets.create(title="v0")
+    v1 = await send_event(jetstream, updated(ticket, 1, "v1"))
+    await handled(orders_db, v1.id)
+    await handled(orders_db, (await send_event(jetstream, updated(ticket, 2, "v2"))).id)
+
+    # The same event again (JetStream drops it), the same event id re-sent past the duplicate
+    # window (the inbox drops it), and a stale version under a new id (the version check drops it).
+    await send_event(jetstream, updated(ticket, 1, "v1"), envelope_id=v1.id)
+    await jetstream.publish(
+        "ticket.updated",
+        v1.model_dump_json(by_alias=True).encode(),
+        headers={"Nats-Msg-Id": f"{v1.id}-again"},
+    )
+    stale = await send_event(jetstream, updated(ticket, 1, "stale"))
+    await handled(orders_db, stale.id)
+
+    row = await replica(orders_db, ticket.id)
+    assert (row["title"], row["version"]) == ("v2", 2)
+    assert await orders_db.fetch("SELECT 1 FROM parked_events") == []
+
+
+async def test_reservation_update_keeps_the_replica_in_step(
+    client: httpx.AsyncClient,
+    users: Users,
+    tickets: Tickets,
+    jetstream: JetStreamContext,
+    orders_db: TestDatabase,
+) -> None:
+    ticket = await tickets.create(title="Gig")
+    r = await client.post(
+        "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(uuid.uuid4())
+    )
+    order_id = uuid.UUID(r.json()["id"])
+    # What the tickets service answers to our order.created.
+    await handled(orders_db, (await send_event(jetstream, updated(ticket, 1, "Gig", order_id))).id)
+    row = await replica(orders_db, ticket.id)
+    assert row["version"] == 1
+
+
+async def test_update_for_a_ticket_not_yet_known_waits_for_its_creation(
+    jetstream: JetStreamContext, orders_db: TestDatabase, client: httpx.AsyncClient
+) -> None:
+    ticket = TicketCreated(
+        id=uuid.uuid4(), version=0, title="v0", price=Decimal("1"), user_id=uuid.uuid4()
+    )
+    await send_event(jetstream, updated(ticket, 1, "v1"))
+    await send_event(jetstream, ticket)
+
+    async def at_v1() -> bool:
+        row = await replica(orders_db, ticket.id)
+        return row is not None and row["version"] == 1
+
+    await eventually(at_v1)
+
+
+async def test_expiration_cancels_a_pending_order(
+    client: httpx.AsyncClient,
+    users: Users,
+    tickets: Tickets,
+    jetstream: JetStreamContext,
+    orders_db: TestDatabase,
+    event_probe: EventProbe,
+) -> None:
+    buyer = uuid.uuid4()
+    ticket = await tickets.create()
+    r = await client.post(
+        "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(buyer)
+    )
+    order_id = r.json()["id"]
+
+    expired = await send_event(jetstream, ExpirationComplete(order_id=order_id))
+    cancelled = await event_probe.wait_for("order.cancelled")
+    assert cancelled.data == {"id": order_id, "version": 1, "ticket": {"id": str(ticket.id)}}
+    shown = (await client.get(f"/api/orders/{order_id}", headers=users.headers(buyer))).json()
+    assert (shown["status"], shown["version"]) == ("cancelled", 1)
+
+    # A second expiry (another event id) for the cancelled order does nothing.
+    await handled(orders_db, expired.id)
+    again = await send_event(jetstream, ExpirationComplete(order_id=order_id))
+    await handled(orders_db, again.id)
+    [row] = await orders_db.fetch("SELECT status, version FROM orders")
+    assert (row["status"], row["version"]) == ("cancelled", 1)
+    assert (
+        len(await orders_db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'order.cancelled'"))
+        == 1
+    )
+
+
+async def test_expiration_leaves_a_complete_order(
+    client: httpx.AsyncClient,
+    users: Users,
+    tickets: Tickets,
+    jetstream: JetStreamContext,
+    orders_db: TestDatabase,
+) -> None:
+    ticket = await tickets.create()
+    r = await client.post(
+        "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(uuid.uuid4())
+    )
+    order_id = r.json()["id"]
+    await handled(
+        orders_db,
+        (
+            await send_event(
+                jetstream, PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p")
+            )
+        ).id,
+    )
+    await handled(
+        orders_db, (await send_event(jetstream, ExpirationComplete(order_id=order_id))).id
+    )
+
+    [row] = await orders_db.fetch("SELECT status, version FROM orders")
+    assert (row["status"], row["version"]) == ("complete", 1)
+    assert (
+        await orders_db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'order.cancelled'") == []
+    )
+
+
+async def test_payment_does_not_complete_a_cancelled_order(
+    client: httpx.AsyncClient,
+    users: Users,
+    tickets: Tickets,
+    jetstream: JetStreamContext,
+    orders_db: TestDatabase,
+) -> None:
+    buyer = uuid.uuid4()
+    ticket = await tickets.create()
+    r = await client.post(
+        "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(buyer)
+    )
+    order_id = r.json()["id"]
+    assert (
+        await client.delete(f"/api/orders/{order_id}", headers=users.headers(buyer))
+    ).status_code == 204
+    paid = await send_event(
+        jetstream, PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p")
+    )
+    await handled(orders_db, paid.id)
+
+    [row] = await orders_db.fetch("SELECT status, version FROM orders")
+    assert (row["status"], row["version"]) == ("cancelled", 1)
+
+
+async def test_event_for_an_unknown_order_is_parked_not_blocking(
+    client: httpx.AsyncClient,
+    users: Users,
+    tickets: Tickets,
+    jetstream: JetStreamContext,
+    orders_db: TestDatabase,
+) -> None:
+    stray = await send_event(jetstream, ExpirationComplete(order_id=uuid.uuid4()))
+    ticket = await tickets.create()  # handled although the stray event keeps failing
+    assert await replica(orders_db, ticket.id) is not None
+
+    async def parked() -> bool:
+        return bool(
+            await orders_db.fetch("SELECT 1 FROM parked_events WHERE event_id = $1", stray.id)
+        )
+
+    await eventually(parked)

@@ -1,0 +1,4 @@
+from ticketing_common.migrations import run_env
+from tickets.models import Base
+
+run_env(Base.metadata)

@@ -1,0 +1,134 @@
+"""Tickets: the rules, apart from HTTP and from the broker."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ticketing_common.errors import BadRequestError, ForbiddenError, NotFoundError
+from ticketing_common.events import TicketCreated, TicketUpdated
+from ticketing_common.messaging import publish
+from tickets.models import Ticket
+
+
+class TicketNotFoundError(NotFoundError):
+    message = "Ticket not found"
+
+
+class NotTicketOwnerError(ForbiddenError):
+    message = "You do not own this ticket"
+
+
+class TicketReservedError(BadRequestError):
+    message = "Ticket is reserved and cannot be edited"
+
+
+class InvalidCursorError(BadRequestError):
+    message = "Invalid cursor"
+
+    def __init__(self) -> None:
+        super().__init__(field="cursor")
+
+
+def updated_event(ticket: Ticket) -> TicketUpdated:
+    return TicketUpdated(
+        id=ticket.id,
+        version=ticket.version,
+        title=ticket.title,
+        price=ticket.price,
+        user_id=ticket.user_id,
+        order_id=ticket.order_id,
+    )
+
+
+async def create_ticket(
+    session: AsyncSession, user_id: uuid.UUID, title: str, price: Decimal
+) -> Ticket:
+    ticket = Ticket(id=uuid.uuid4(), title=title, price=price, user_id=user_id, version=0)
+    session.add(ticket)
+    await session.flush()
+    await publish(
+        session,
+        TicketCreated(id=ticket.id, version=0, title=title, price=price, user_id=user_id),
+    )
+    await session.commit()
+    return ticket
+
+
+async def get_ticket(session: AsyncSession, ticket_id: uuid.UUID) -> Ticket:
+    ticket = await session.get(Ticket, ticket_id)
+    if ticket is None:
+        raise TicketNotFoundError()
+    return ticket
+
+
+async def lock_ticket(session: AsyncSession, ticket_id: uuid.UUID) -> Ticket | None:
+    """The ticket, row-locked until commit: a PUT and a reservation never overwrite each other."""
+    ticket: Ticket | None = await session.scalar(
+        select(Ticket).where(Ticket.id == ticket_id).with_for_update()
+    )
+    return ticket
+
+
+async def update_ticket(
+    session: AsyncSession, user_id: uuid.UUID, ticket_id: uuid.UUID, title: str, price: Decimal
+) -> Ticket:
+    ticket = await lock_ticket(session, ticket_id)
+    if ticket is None:
+        raise TicketNotFoundError()
+    if ticket.user_id != user_id:
+        raise NotTicketOwnerError()
+    if ticket.order_id is not None:
+        raise TicketReservedError()
+    ticket.title = title
+    ticket.price = price
+    ticket.version += 1
+    await publish(session, updated_event(ticket))
+    await session.commit()
+    return ticket
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page of the available list resumes: after this (created_at, id)."""
+
+    created_at: datetime
+    id: uuid.UUID
+
+    def encode(self) -> str:
+        raw = f"{self.created_at.isoformat()}|{self.id}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, value: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+            created_at, ticket_id = raw.split("|")
+            cursor = cls(datetime.fromisoformat(created_at), uuid.UUID(ticket_id))
+        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+            raise InvalidCursorError() from exc
+        if cursor.created_at.tzinfo is None:
+            raise InvalidCursorError()
+        return cursor
+
+
+async def list_available(
+    session: AsyncSession, limit: int, after: Cursor | None
+) -> tuple[list[Ticket], Cursor | None]:
+    """One page of unreserved tickets, newest first, and the cursor of the next page if any."""
+    query = select(Ticket).where(Ticket.order_id.is_(None))
+    if after is not None:
+        query = query.where(tuple_(Ticket.created_at, Ticket.id) < (after.created_at, after.id))
+    query = query.order_by(Ticket.created_at.desc(), Ticket.id.desc()).limit(limit + 1)
+    tickets = list((await session.scalars(query)).all())
+    if len(tickets) <= limit:
+        return tickets, None
+    last = tickets[limit - 1]
+    return tickets[:limit], Cursor(last.created_at, last.id)

@@ -1,0 +1,445 @@
+"""The tickets HTTP API, every route and status, against real PostgreSQL and NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from nats.js import JetStreamContext
+
+from ticketing_common.events import OrderCreated, OrderCreatedTicket, OrderStatus
+from ticketing_common.testing import EventProbe, TestDatabase
+from ticketing_common.testing.helpers import eventually
+
+from .conftest import Users, send_event
+
+
+def error_fields(response: httpx.Response) -> list[str | None]:
+    body = response.json()
+    assert set(body) == {"errors"} and body["errors"], body
+    assert all(e["message"] for e in body["errors"])
+    return [e.get("field") for e in body["errors"]]
+
+
+async def create(
+    client: httpx.AsyncClient,
+    users: Users,
+    user_id: uuid.UUID,
+    title: str = "Concert",
+    price: Any = "20",
+) -> dict[str, Any]:
+    r = await client.post(
+        "/api/tickets", json={"title": title, "price": price}, headers=users.headers(user_id)
+    )
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def reserve(
+    js: JetStreamContext, client: httpx.AsyncClient, ticket: dict[str, Any]
+) -> uuid.UUID:
+    """Reserve a ticket the real way: an order.created event, then wait until it holds."""
+    order_id = uuid.uuid4()
+    await send_event(
+        js,
+        OrderCreated(
+            id=order_id,
+            version=0,
+            status=OrderStatus.CREATED,
+            user_id=uuid.uuid4(),
+            expires_at=datetime.now(UTC) + timedelta(minutes=15),
+            ticket=OrderCreatedTicket(id=ticket["id"], price=ticket["price"]),
+        ),
+    )
+
+    async def reserved() -> bool:
+        r = await client.get(f"/api/tickets/{ticket['id']}")
+        return bool(r.json()["orderId"] == str(order_id))
+
+    await eventually(reserved)
+    return order_id
+
+
+# --- POST /api/tickets ---------------------------------------------------------------------
+
+
+async def test_create_returns_ticket_stores_exact_price_and_publishes(
+    client: httpx.AsyncClient, users: Users, event_probe: EventProbe, tickets_db: TestDatabase
+) -> None:
+    owner = uuid.uuid4()
+    r = await client.post(
+        "/api/tickets",
+        json={"title": "  Opera night  ", "price": "1234.5"},
+        headers=users.headers(owner),
+    )
+    assert r.status_code == 201, r.text
+    ticket = r.json()
+    assert ticket == {
+        "id": ticket["id"],
+        "title": "Opera night",
+        "price": "1234.50",
+        "userId": str(owner),
+        "orderId": None,
+        "version": 0,
+    }
+    [row] = await tickets_db.fetch(
+        "SELECT price, version FROM tickets WHERE id = $1", uuid.UUID(ticket["id"])
+    )
+    assert row["price"] == Decimal("1234.50") and row["version"] == 0
+
+    event = await event_probe.wait_for("ticket.created", lambda e: e.data["id"] == ticket["id"])
+    assert event.data == {
+        "id": ticket["id"],
+        "version": 0,
+        "title": "Opera night",
+        "price": "1234.50",
+        "userId": str(owner),
+    }
+
+
+@pytest.mark.parametrize("price", ["0.01", 0.01, 1000000, "1000000.00", "19.90", 7])
+async def test_create_accepts_price_bounds(
+    client: httpx.AsyncClient, users: Users, price: Any
+) -> None:
+    ticket = await create(client, users, uuid.uuid4(), price=price)
+    assert Decimal(ticket["price"]) == Decimal(str(price))
+
+
+async def test_create_accepts_a_120_character_title(
+    client: httpx.AsyncClient, users: Users
+) -> None:
+    ticket = await create(client, users, uuid.uuid4(), title="x" * 120)
+    assert ticket["title"] == "x" * 120
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"title": "", "price": "10"}, "title"),
+        ({"title": "   ", "price": "10"}, "title"),
+        ({"title": "x" * 121, "price": "10"}, "title"),
+        ({"title": 12, "price": "10"}, "title"),
+        ({"title": "nul\x00byte", "price": "10"}, "title"),
+        ({"title": "two\nlines", "price": "10"}, "title"),
+        ({"price": "10"}, "title"),
+        ({"title": "A", "price": "0"}, "price"),
+        ({"title": "A", "price": -5}, "price"),
+        ({"title": "A", "price": "1000000.01"}, "price"),
+        ({"title": "A", "price": "10.123"}, "price"),
+        ({"title": "A", "price": 10.123}, "price"),
+        ({"title": "A", "price": "ten"}, "price"),
+        ({"title": "A", "price": "NaN"}, "price"),
+        ({"title": "A", "price": "Infinity"}, "price"),
+        ({"title": "A", "price": None}, "price"),
+        ({"title": "A"}, "price"),
+    ],
+)
+async def test_create_rejects_invalid_input(
+    client: httpx.AsyncClient,
+    users: Users,
+    tickets_db: TestDatabase,
+    body: dict[str, Any],
+    field: str,
+) -> None:
+    r = await client.post("/api/tickets", json=body, headers=users.headers(uuid.uuid4()))
+    assert r.status_code == 400, r.text
+    assert field in error_fields(r)
+    assert await tickets_db.fetch("SELECT 1 FROM tickets UNION ALL SELECT 1 FROM outbox") == []
+
+
+@pytest.mark.parametrize("content", [b"", b"{", b"[]", b'"x"', b"null"])
+async def test_create_rejects_malformed_bodies(
+    client: httpx.AsyncClient, users: Users, content: bytes
+) -> None:
+    headers = users.headers(uuid.uuid4()) | {"Content-Type": "application/json"}
+    r = await client.post("/api/tickets", content=content, headers=headers)
+    assert r.status_code == 400, r.text
+    error_fields(r)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Cookie": "session=not-a-jwt"}, {"Cookie": "session=eyJhbGciOiJub25lIn0.e30."}],
+)
+async def test_create_requires_sign_in(
+    client: httpx.AsyncClient, tickets_db: TestDatabase, headers: dict[str, str]
+) -> None:
+    r = await client.post("/api/tickets", json={"title": "A", "price": "10"}, headers=headers)
+    assert r.status_code == 401
+    assert error_fields(r) == [None]
+    assert await tickets_db.fetch("SELECT 1 FROM tickets") == []
+
+
+# --- GET /api/tickets/{id} -----------------------------------------------------------------
+
+
+async def test_show_returns_any_ticket_without_sign_in(
+    client: httpx.AsyncClient, users: Users
+) -> None:
+    ticket = await create(client, users, uuid.uuid4())
+    r = await client.get(f"/api/tickets/{ticket['id']}")
+    assert r.status_code == 200
+    assert r.json() == ticket
+
+
+async def test_show_unknown_ticket_is_404(client: httpx.AsyncClient) -> None:
+    r = await client.get(f"/api/tickets/{uuid.uuid4()}")
+    assert r.status_code == 404
+    assert r.json() == {"errors": [{"message": "Ticket not found"}]}
+
+
+@pytest.mark.parametrize("bad_id", ["not-a-uuid", "1", "%00", "' OR 1=1 --", "x" * 500])
+async def test_malformed_ids_are_client_errors(
+    client: httpx.AsyncClient, users: Users, bad_id: str
+) -> None:
+    for method in ("GET", "PUT"):
+        r = await client.request(
+            method,
+            f"/api/tickets/{bad_id}",
+            json={"title": "A", "price": "1"},
+            headers=users.headers(uuid.uuid4()),
+        )
+        assert 400 <= r.status_code < 500, (method, r.status_code, r.text)
+        error_fields(r)
+
+
+# --- GET /api/tickets ----------------------------------------------------------------------
+
+
+async def test_list_shows_available_tickets_newest_first(
+    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext
+) -> None:
+    created = [await create(client, users, uuid.uuid4(), title=f"T{i}") for i in range(4)]
+    await reserve(jetstream, client, created[1])
+
+    r = await client.get("/api/tickets")
+    assert r.status_code == 200
+    assert "Link" not in r.headers
+    assert [t["title"] for t in r.json()] == ["T3", "T2", "T0"]
+    assert r.json()[0] == created[3]
+
+
+def next_link(response: httpx.Response) -> str | None:
+    link = response.headers.get("Link")
+    if link is None:
+        return None
+    match = re.fullmatch(r'<([^>]+)>; rel="next"', link)
+    assert match, link
+    return match.group(1)
+
+
+async def test_list_pages_with_a_link_header(client: httpx.AsyncClient, users: Users) -> None:
+    created = [await create(client, users, uuid.uuid4(), title=f"T{i}") for i in range(5)]
+
+    pages: list[list[str]] = []
+    url: str | None = "/api/tickets?limit=2"
+    while url is not None:
+        r = await client.get(url)
+        assert r.status_code == 200, r.text
+        pages.append([t["title"] for t in r.json()])
+        url = next_link(r)
+        if url is not None:
+            assert url.startswith("/api/tickets?") and "limit=2" in url
+    assert pages == [["T4", "T3"], ["T2", "T1"], ["T0"]]
+
+    # A ticket listed after page 1 was served does not shift later pages (keyset, not offset).
+    r = await client.get("/api/tickets?limit=2")
+    second = next_link(r)
+    assert second is not None
+    await create(client, users, uuid.uuid4(), title="T5")
+    r = await client.get(second)
+    assert [t["title"] for t in r.json()] == ["T2", "T1"]
+    assert len(created) == 5
+
+
+async def test_list_default_and_maximum_page_sizes(
+    client: httpx.AsyncClient, tickets_db: TestDatabase
+) -> None:
+    # 201 tickets in one statement: all share one created_at, so the id must break the tie.
+    await tickets_db.fetch(
+        "INSERT INTO tickets (id, title, price, user_id, version) "
+        "SELECT gen_random_uuid(), 'T' || n, 1, gen_random_uuid(), 0 FROM generate_series(1, 201) n"
+    )
+    r = await client.get("/api/tickets")
+    assert len(r.json()) == 50 and next_link(r) is not None
+    r = await client.get("/api/tickets?limit=200")
+    first_page = [t["id"] for t in r.json()]
+    assert len(first_page) == 200
+    last = next_link(r)
+    assert last is not None
+    r = await client.get(last)
+    assert len(r.json()) == 1 and next_link(r) is None
+    assert len(set(first_page) | {r.json()[0]["id"]}) == 201
+
+    seen: list[str] = []
+    url: str | None = "/api/tickets?limit=7"
+    while url is not None:
+        r = await client.get(url)
+        seen += [t["id"] for t in r.json()]
+        url = next_link(r)
+    assert len(seen) == len(set(seen)) == 201
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("limit=0", "limit"),
+        ("limit=201", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=abc", "limit"),
+        ("limit=1.5", "limit"),
+        ("cursor=garbage", "cursor"),
+        ("cursor=", "cursor"),
+        ("cursor=%FF%FE", "cursor"),
+        ("cursor=bm90LWEtZGF0ZXxub3QtYS11dWlk", "cursor"),  # "not-a-date|not-a-uuid"
+        ("cursor=MjAyNi0wMS0wMVQwMDowMDowMHwxMjM", "cursor"),  # "2026-01-01T00:00:00|123"
+        (f"cursor={'A' * 201}", "cursor"),
+    ],
+)
+async def test_list_rejects_bad_paging_parameters(
+    client: httpx.AsyncClient, query: str, field: str
+) -> None:
+    r = await client.get(f"/api/tickets?{query}")
+    assert r.status_code == 400, r.text
+    assert error_fields(r) == [field]
+
+
+# --- PUT /api/tickets/{id} -----------------------------------------------------------------
+
+
+async def test_owner_updates_ticket_and_version_bumps(
+    client: httpx.AsyncClient, users: Users, event_probe: EventProbe
+) -> None:
+    owner = uuid.uuid4()
+    ticket = await create(client, users, owner)
+    r = await client.put(
+        f"/api/tickets/{ticket['id']}",
+        json={"title": "Moved", "price": "25.25"},
+        headers=users.headers(owner),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == ticket | {"title": "Moved", "price": "25.25", "version": 1}
+    assert (await client.get(f"/api/tickets/{ticket['id']}")).json()["version"] == 1
+
+    event = await event_probe.wait_for("ticket.updated", lambda e: e.data["id"] == ticket["id"])
+    assert event.data == {
+        "id": ticket["id"],
+        "version": 1,
+        "title": "Moved",
+        "price": "25.25",
+        "userId": str(owner),
+        "orderId": None,
+    }
+
+
+async def test_update_by_another_user_is_403(
+    client: httpx.AsyncClient, users: Users, tickets_db: TestDatabase
+) -> None:
+    ticket = await create(client, users, uuid.uuid4())
+    r = await client.put(
+        f"/api/tickets/{ticket['id']}",
+        json={"title": "Mine now", "price": "1"},
+        headers=users.headers(uuid.uuid4()),
+    )
+    assert r.status_code == 403
+    [row] = await tickets_db.fetch("SELECT title, version FROM tickets")
+    assert (row["title"], row["version"]) == ("Concert", 0)
+
+
+async def test_update_requires_sign_in(client: httpx.AsyncClient, users: Users) -> None:
+    ticket = await create(client, users, uuid.uuid4())
+    r = await client.put(f"/api/tickets/{ticket['id']}", json={"title": "X", "price": "1"})
+    assert r.status_code == 401
+
+
+async def test_update_unknown_ticket_is_404(client: httpx.AsyncClient, users: Users) -> None:
+    r = await client.put(
+        f"/api/tickets/{uuid.uuid4()}",
+        json={"title": "X", "price": "1"},
+        headers=users.headers(uuid.uuid4()),
+    )
+    assert r.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"title": "", "price": "1"},
+        {"title": "A", "price": "0"},
+        {"title": "A", "price": "1.001"},
+        {},
+    ],
+)
+async def test_update_rejects_invalid_input(
+    client: httpx.AsyncClient, users: Users, tickets_db: TestDatabase, body: dict[str, Any]
+) -> None:
+    owner = uuid.uuid4()
+    ticket = await create(client, users, owner)
+    r = await client.put(f"/api/tickets/{ticket['id']}", json=body, headers=users.headers(owner))
+    assert r.status_code == 400
+    error_fields(r)
+    [row] = await tickets_db.fetch("SELECT version FROM tickets")
+    assert row["version"] == 0
+
+
+async def test_reserved_ticket_cannot_be_updated(
+    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, tickets_db: TestDatabase
+) -> None:
+    owner = uuid.uuid4()
+    ticket = await create(client, users, owner)
+    await reserve(jetstream, client, ticket)
+    r = await client.put(
+        f"/api/tickets/{ticket['id']}",
+        json={"title": "Later", "price": "1"},
+        headers=users.headers(owner),
+    )
+    assert r.status_code == 400
+    assert r.json() == {"errors": [{"message": "Ticket is reserved and cannot be edited"}]}
+    [row] = await tickets_db.fetch("SELECT title, version FROM tickets")
+    assert (row["title"], row["version"]) == ("Concert", 1)
+
+
+async def test_concurrent_updates_never_lose_a_version(
+    client: httpx.AsyncClient, users: Users, event_probe: EventProbe, tickets_db: TestDatabase
+) -> None:
+    owner = uuid.uuid4()
+    ticket = await create(client, users, owner)
+    responses = await asyncio.gather(
+        *(
+            client.put(
+                f"/api/tickets/{ticket['id']}",
+                json={"title": f"v{i}", "price": "1"},
+                headers=users.headers(owner),
+            )
+            for i in range(20)
+        )
+    )
+    assert [r.status_code for r in responses] == [200] * 20
+    assert sorted(r.json()["version"] for r in responses) == list(range(1, 21))
+    [row] = await tickets_db.fetch("SELECT version FROM tickets")
+    assert row["version"] == 20
+
+    async def all_published() -> list[int]:
+        versions = [e.data["version"] for e in await event_probe.all("ticket.updated")]
+        return versions if len(versions) >= 20 else []
+
+    assert sorted(await eventually(all_published)) == list(range(1, 21))
+
+
+async def test_openapi_documents_the_routes(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert set(paths["/api/tickets"]) == {"get", "post"}
+    assert set(paths["/api/tickets/{ticket_id}"]) == {"get", "put"}
+    assert "403" in paths["/api/tickets/{ticket_id}"]["put"]["responses"]
+
+
+async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).status_code == 200
+    assert (await client.get("/readyz")).status_code == 200

@@ -1,0 +1,202 @@
+"""The tickets consumer: order.created reserves, order.cancelled releases, in any delivery order."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from nats.js import JetStreamContext
+
+from ticketing_common.events import (
+    OrderCancelled,
+    OrderCancelledTicket,
+    OrderCreated,
+    OrderCreatedTicket,
+    OrderStatus,
+)
+from ticketing_common.testing import EventProbe, TestDatabase
+from ticketing_common.testing.helpers import eventually
+
+from .conftest import Users, send_event
+
+
+async def create(
+    client: httpx.AsyncClient, users: Users, owner: uuid.UUID | None = None
+) -> dict[str, Any]:
+    r = await client.post(
+        "/api/tickets",
+        json={"title": "Gig", "price": "15"},
+        headers=users.headers(owner or uuid.uuid4()),
+    )
+    assert r.status_code == 201
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def order_created(ticket: dict[str, Any], order_id: uuid.UUID | None = None) -> OrderCreated:
+    return OrderCreated(
+        id=order_id or uuid.uuid4(),
+        version=0,
+        status=OrderStatus.CREATED,
+        user_id=uuid.uuid4(),
+        expires_at=datetime.now(UTC) + timedelta(minutes=15),
+        ticket=OrderCreatedTicket(id=ticket["id"], price=ticket["price"]),
+    )
+
+
+def order_cancelled(ticket: dict[str, Any], order_id: uuid.UUID) -> OrderCancelled:
+    return OrderCancelled(id=order_id, version=1, ticket=OrderCancelledTicket(id=ticket["id"]))
+
+
+async def handled(db: TestDatabase, event_id: uuid.UUID) -> None:
+    """Wait until the consumer has committed the event (its id is in the inbox)."""
+
+    async def in_inbox() -> bool:
+        return bool(await db.fetch("SELECT 1 FROM inbox WHERE event_id = $1", event_id))
+
+    await eventually(in_inbox)
+
+
+async def ticket_row(db: TestDatabase) -> Any:
+    [row] = await db.fetch("SELECT order_id, version FROM tickets")
+    return row
+
+
+async def test_order_created_reserves_and_order_cancelled_releases(
+    client: httpx.AsyncClient,
+    users: Users,
+    jetstream: JetStreamContext,
+    event_probe: EventProbe,
+    tickets_db: TestDatabase,
+) -> None:
+    ticket = await create(client, users)
+    order_id = uuid.uuid4()
+    await send_event(jetstream, order_created(ticket, order_id))
+
+    reserved = await event_probe.wait_for("ticket.updated", lambda e: e.data["version"] == 1)
+    assert reserved.data["orderId"] == str(order_id)
+    shown = (await client.get(f"/api/tickets/{ticket['id']}")).json()
+    assert shown["orderId"] == str(order_id) and shown["version"] == 1
+    assert (await client.get("/api/tickets")).json() == []
+
+    await send_event(jetstream, order_cancelled(ticket, order_id))
+    released = await event_probe.wait_for("ticket.updated", lambda e: e.data["version"] == 2)
+    assert released.data["orderId"] is None
+    assert (await client.get("/api/tickets")).json() == [shown | {"orderId": None, "version": 2}]
+
+
+async def test_redelivered_event_has_no_second_effect(
+    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, tickets_db: TestDatabase
+) -> None:
+    ticket = await create(client, users)
+    event = order_created(ticket)
+    first = await send_event(jetstream, event)
+    await handled(tickets_db, first.id)
+    # The same event id again past JetStream's duplicate window (a replay): the inbox drops it.
+    await jetstream.publish(
+        "order.created",
+        first.model_dump_json(by_alias=True).encode(),
+        headers={"Nats-Msg-Id": f"{first.id}-replay"},
+    )
+    marker = await send_event(jetstream, order_cancelled(ticket, uuid.uuid4()))
+    await handled(tickets_db, marker.id)
+    row = await ticket_row(tickets_db)
+    assert (row["order_id"], row["version"]) == (event.id, 1)
+    assert (
+        len(await tickets_db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'ticket.updated'"))
+        == 1
+    )
+
+
+async def test_cancellation_of_another_order_leaves_the_reservation(
+    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, tickets_db: TestDatabase
+) -> None:
+    ticket = await create(client, users)
+    holder = uuid.uuid4()
+    await handled(tickets_db, (await send_event(jetstream, order_created(ticket, holder))).id)
+    other = await send_event(jetstream, order_cancelled(ticket, uuid.uuid4()))
+    await handled(tickets_db, other.id)
+    row = await ticket_row(tickets_db)
+    assert (row["order_id"], row["version"]) == (holder, 1)
+
+
+async def test_next_order_waits_for_the_previous_cancellation(
+    client: httpx.AsyncClient,
+    users: Users,
+    jetstream: JetStreamContext,
+    event_probe: EventProbe,
+    tickets_db: TestDatabase,
+) -> None:
+    """order.created B can overtake order.cancelled A: B is retried until A has let go."""
+    ticket = await create(client, users)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    await handled(tickets_db, (await send_event(jetstream, order_created(ticket, first))).id)
+
+    await send_event(jetstream, order_created(ticket, second))
+    await send_event(jetstream, order_cancelled(ticket, first))
+
+    final = await event_probe.wait_for("ticket.updated", lambda e: e.data["version"] == 3)
+    assert final.data["orderId"] == str(second)
+    row = await ticket_row(tickets_db)
+    assert (row["order_id"], row["version"]) == (second, 3)
+
+
+async def test_cancellation_arriving_before_creation_never_reserves(
+    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, tickets_db: TestDatabase
+) -> None:
+    ticket = await create(client, users)
+    holder, late = uuid.uuid4(), uuid.uuid4()
+    await handled(tickets_db, (await send_event(jetstream, order_created(ticket, holder))).id)
+    # `late` was created and cancelled while `holder` held the ticket; its cancellation lands first.
+    await handled(tickets_db, (await send_event(jetstream, order_cancelled(ticket, late))).id)
+    late_created = await send_event(jetstream, order_created(ticket, late))
+    await handled(tickets_db, (await send_event(jetstream, order_cancelled(ticket, holder))).id)
+    await handled(tickets_db, late_created.id)
+
+    row = await ticket_row(tickets_db)
+    assert (row["order_id"], row["version"]) == (None, 2)
+
+
+async def test_update_racing_a_reservation_loses_nothing(
+    client: httpx.AsyncClient,
+    users: Users,
+    jetstream: JetStreamContext,
+    event_probe: EventProbe,
+    tickets_db: TestDatabase,
+) -> None:
+    owner = uuid.uuid4()
+    ticket = await create(client, users, owner)
+    order_id = uuid.uuid4()
+
+    async def put(i: int) -> httpx.Response:
+        return await client.put(
+            f"/api/tickets/{ticket['id']}",
+            json={"title": f"v{i}", "price": "2"},
+            headers=users.headers(owner),
+        )
+
+    reservation, responses = await asyncio.gather(
+        send_event(jetstream, order_created(ticket, order_id)),
+        asyncio.gather(*(put(i) for i in range(15))),
+    )
+    await handled(tickets_db, reservation.id)
+    accepted = [r for r in responses if r.status_code == 200]
+    assert all(r.status_code in (200, 400) for r in responses)
+    assert all(r.json()["orderId"] is None for r in accepted)
+
+    row = await ticket_row(tickets_db)
+    assert row["order_id"] == order_id
+    assert row["version"] == len(accepted) + 1  # every change counted once
+
+    async def published() -> list[Any]:
+        events = await event_probe.all("ticket.updated")
+        return events if len(events) == len(accepted) + 1 else []
+
+    events = await eventually(published)
+    assert sorted(e.data["version"] for e in events) == list(range(1, len(accepted) + 2))
+    assert [e.data["orderId"] for e in events if e.data["version"] == row["version"]] == [
+        str(order_id)
+    ]
