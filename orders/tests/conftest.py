@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -12,10 +11,8 @@ from nats.js import JetStreamContext
 
 from orders.app import create_app
 from orders.settings import OrdersSettings
-from ticketing_common.auth import SESSION_COOKIE
-from ticketing_common.events import Event, EventEnvelope, TicketCreated
-from ticketing_common.testing import ServiceHarness, TestDatabase, session_cookie, test_settings
-from ticketing_common.testing.helpers import eventually
+from ticketing_common.events import TicketCreated
+from ticketing_common.testing import ServiceHarness, TestDatabase, Users, send_event, test_settings
 from ticketing_common.testing.plugin import NatsServer
 
 MIGRATIONS = Path(__file__).parents[1] / "src" / "orders" / "migrations"
@@ -42,44 +39,9 @@ async def client(
         yield client
 
 
-class Users:
-    """Signed-in users: ``users.headers(user_id)`` are the headers of that user's requests."""
-
-    def __init__(self, settings: OrdersSettings) -> None:
-        self._settings = settings
-
-    def headers(self, user_id: uuid.UUID) -> dict[str, str]:
-        token = session_cookie(self._settings, user_id)[SESSION_COOKIE]
-        return {"Cookie": f"{SESSION_COOKIE}={token}"}
-
-
 @pytest.fixture
 def users(settings: OrdersSettings) -> Users:
     return Users(settings)
-
-
-async def send_event(
-    js: JetStreamContext, event: Event, envelope_id: uuid.UUID | None = None
-) -> EventEnvelope:
-    """Publish an event as another service's relay would (envelope id = Nats-Msg-Id)."""
-    envelope = EventEnvelope.wrap(event)
-    if envelope_id is not None:
-        envelope = envelope.model_copy(update={"id": envelope_id})
-    await js.publish(
-        envelope.subject.value,
-        json.dumps(envelope.model_dump(mode="json", by_alias=True)).encode(),
-        headers={"Nats-Msg-Id": str(envelope.id)},
-    )
-    return envelope
-
-
-async def handled(db: TestDatabase, event_id: uuid.UUID) -> None:
-    """Wait until the consumer has committed the event (its id is in the inbox)."""
-
-    async def in_inbox() -> bool:
-        return bool(await db.fetch("SELECT 1 FROM inbox WHERE event_id = $1", event_id))
-
-    await eventually(in_inbox)
 
 
 class Tickets:
@@ -103,7 +65,7 @@ class Tickets:
         return event
 
     async def announce(self, event: TicketCreated) -> None:
-        await handled(self._db, (await send_event(self._js, event)).id)
+        await self._db.wait_handled((await send_event(self._js, event)).id)
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ from nats.js import JetStreamContext
 from orders.app import create_app
 from orders.settings import OrdersSettings
 from ticketing_common.events import PaymentCreated, TicketCreated
-from ticketing_common.testing import EventProbe, ServiceHarness, TestDatabase
+from ticketing_common.testing import EventProbe, ServiceHarness, TestDatabase, Users, send_event
 from ticketing_common.testing.helpers import eventually
 
-from .conftest import Tickets, Users, handled, send_event
+from .conftest import Tickets
 
 
 def error_fields(response: httpx.Response) -> list[str | None]:
@@ -437,7 +437,7 @@ async def test_complete_order_cannot_be_cancelled(
     paid = await send_event(
         jetstream, PaymentCreated(id=uuid.uuid4(), order_id=created["id"], provider_ref="ch_1")
     )
-    await handled(orders_db, paid.id)
+    await orders_db.wait_handled(paid.id)
 
     r = await client.delete(f"/api/orders/{created['id']}", headers=users.headers(buyer))
     assert r.status_code == 400

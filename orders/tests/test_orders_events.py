@@ -10,10 +10,10 @@ import httpx
 from nats.js import JetStreamContext
 
 from ticketing_common.events import ExpirationComplete, PaymentCreated, TicketCreated, TicketUpdated
-from ticketing_common.testing import EventProbe, TestDatabase
+from ticketing_common.testing import EventProbe, TestDatabase, Users, send_event
 from ticketing_common.testing.helpers import eventually
 
-from .conftest import Tickets, Users, handled, send_event
+from .conftest import Tickets
 
 
 def updated(
@@ -68,8 +68,8 @@ async def test_old_and_duplicate_ticket_updates_change_nothing(
 ) -> None:
     ticket = await tickets.create(title="v0")
     v1 = await send_event(jetstream, updated(ticket, 1, "v1"))
-    await handled(orders_db, v1.id)
-    await handled(orders_db, (await send_event(jetstream, updated(ticket, 2, "v2"))).id)
+    await orders_db.wait_handled(v1.id)
+    await orders_db.wait_handled((await send_event(jetstream, updated(ticket, 2, "v2"))).id)
 
     # The same event again (JetStream drops it), the same event id re-sent past the duplicate
     # window (the inbox drops it), and a stale version under a new id (the version check drops it).
@@ -80,7 +80,7 @@ async def test_old_and_duplicate_ticket_updates_change_nothing(
         headers={"Nats-Msg-Id": f"{v1.id}-again"},
     )
     stale = await send_event(jetstream, updated(ticket, 1, "stale"))
-    await handled(orders_db, stale.id)
+    await orders_db.wait_handled(stale.id)
 
     row = await replica(orders_db, ticket.id)
     assert (row["title"], row["version"]) == ("v2", 2)
@@ -100,7 +100,9 @@ async def test_reservation_update_keeps_the_replica_in_step(
     )
     order_id = uuid.UUID(r.json()["id"])
     # What the tickets service answers to our order.created.
-    await handled(orders_db, (await send_event(jetstream, updated(ticket, 1, "Gig", order_id))).id)
+    await orders_db.wait_handled(
+        (await send_event(jetstream, updated(ticket, 1, "Gig", order_id))).id
+    )
     row = await replica(orders_db, ticket.id)
     assert row["version"] == 1
 
@@ -143,9 +145,9 @@ async def test_expiration_cancels_a_pending_order(
     assert (shown["status"], shown["version"]) == ("cancelled", 1)
 
     # A second expiry (another event id) for the cancelled order does nothing.
-    await handled(orders_db, expired.id)
+    await orders_db.wait_handled(expired.id)
     again = await send_event(jetstream, ExpirationComplete(order_id=order_id))
-    await handled(orders_db, again.id)
+    await orders_db.wait_handled(again.id)
     [row] = await orders_db.fetch("SELECT status, version FROM orders")
     assert (row["status"], row["version"]) == ("cancelled", 1)
     assert (
@@ -166,16 +168,15 @@ async def test_expiration_leaves_a_complete_order(
         "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(uuid.uuid4())
     )
     order_id = r.json()["id"]
-    await handled(
-        orders_db,
+    await orders_db.wait_handled(
         (
             await send_event(
                 jetstream, PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p")
             )
         ).id,
     )
-    await handled(
-        orders_db, (await send_event(jetstream, ExpirationComplete(order_id=order_id))).id
+    await orders_db.wait_handled(
+        (await send_event(jetstream, ExpirationComplete(order_id=order_id))).id
     )
 
     [row] = await orders_db.fetch("SELECT status, version FROM orders")
@@ -204,7 +205,7 @@ async def test_payment_does_not_complete_a_cancelled_order(
     paid = await send_event(
         jetstream, PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p")
     )
-    await handled(orders_db, paid.id)
+    await orders_db.wait_handled(paid.id)
 
     [row] = await orders_db.fetch("SELECT status, version FROM orders")
     assert (row["status"], row["version"]) == ("cancelled", 1)

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,9 +7,7 @@ import httpx
 import pytest
 from nats.js import JetStreamContext
 
-from ticketing_common.auth import SESSION_COOKIE
-from ticketing_common.events import Event, EventEnvelope
-from ticketing_common.testing import ServiceHarness, TestDatabase, session_cookie, test_settings
+from ticketing_common.testing import ServiceHarness, TestDatabase, Users, test_settings
 from ticketing_common.testing.plugin import NatsServer
 from tickets.app import create_app
 from tickets.settings import TicketsSettings
@@ -40,32 +36,6 @@ async def client(
         yield client
 
 
-class Users:
-    """Signed-in users: ``users.headers(user_id)`` are the headers of that user's requests."""
-
-    def __init__(self, settings: TicketsSettings) -> None:
-        self._settings = settings
-
-    def headers(self, user_id: uuid.UUID) -> dict[str, str]:
-        token = session_cookie(self._settings, user_id)[SESSION_COOKIE]
-        return {"Cookie": f"{SESSION_COOKIE}={token}"}
-
-
 @pytest.fixture
 def users(settings: TicketsSettings) -> Users:
     return Users(settings)
-
-
-async def send_event(
-    js: JetStreamContext, event: Event, envelope_id: uuid.UUID | None = None
-) -> EventEnvelope:
-    """Publish an event as another service's relay would (envelope id = Nats-Msg-Id)."""
-    envelope = EventEnvelope.wrap(event)
-    if envelope_id is not None:
-        envelope = envelope.model_copy(update={"id": envelope_id})
-    await js.publish(
-        envelope.subject.value,
-        json.dumps(envelope.model_dump(mode="json", by_alias=True)).encode(),
-        headers={"Nats-Msg-Id": str(envelope.id)},
-    )
-    return envelope

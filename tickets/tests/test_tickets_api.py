@@ -14,10 +14,8 @@ import pytest
 from nats.js import JetStreamContext
 
 from ticketing_common.events import OrderCreated, OrderCreatedTicket, OrderStatus
-from ticketing_common.testing import EventProbe, TestDatabase
+from ticketing_common.testing import EventProbe, TestDatabase, Users, send_event
 from ticketing_common.testing.helpers import eventually
-
-from .conftest import Users, send_event
 
 
 def error_fields(response: httpx.Response) -> list[str | None]:

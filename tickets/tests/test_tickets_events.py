@@ -17,10 +17,8 @@ from ticketing_common.events import (
     OrderCreatedTicket,
     OrderStatus,
 )
-from ticketing_common.testing import EventProbe, TestDatabase
+from ticketing_common.testing import EventProbe, TestDatabase, Users, send_event
 from ticketing_common.testing.helpers import eventually
-
-from .conftest import Users, send_event
 
 
 async def create(
@@ -94,7 +92,7 @@ async def test_redelivered_event_has_no_second_effect(
     ticket = await create(client, users)
     event = order_created(ticket)
     first = await send_event(jetstream, event)
-    await handled(tickets_db, first.id)
+    await tickets_db.wait_handled(first.id)
     # The same event id again past JetStream's duplicate window (a replay): the inbox drops it.
     await jetstream.publish(
         "order.created",
@@ -102,7 +100,7 @@ async def test_redelivered_event_has_no_second_effect(
         headers={"Nats-Msg-Id": f"{first.id}-replay"},
     )
     marker = await send_event(jetstream, order_cancelled(ticket, uuid.uuid4()))
-    await handled(tickets_db, marker.id)
+    await tickets_db.wait_handled(marker.id)
     row = await ticket_row(tickets_db)
     assert (row["order_id"], row["version"]) == (event.id, 1)
     assert (
@@ -116,9 +114,9 @@ async def test_cancellation_of_another_order_leaves_the_reservation(
 ) -> None:
     ticket = await create(client, users)
     holder = uuid.uuid4()
-    await handled(tickets_db, (await send_event(jetstream, order_created(ticket, holder))).id)
+    await tickets_db.wait_handled((await send_event(jetstream, order_created(ticket, holder))).id)
     other = await send_event(jetstream, order_cancelled(ticket, uuid.uuid4()))
-    await handled(tickets_db, other.id)
+    await tickets_db.wait_handled(other.id)
     row = await ticket_row(tickets_db)
     assert (row["order_id"], row["version"]) == (holder, 1)
 
@@ -133,7 +131,7 @@ async def test_next_order_waits_for_the_previous_cancellation(
     """order.created B can overtake order.cancelled A: B is retried until A has let go."""
     ticket = await create(client, users)
     first, second = uuid.uuid4(), uuid.uuid4()
-    await handled(tickets_db, (await send_event(jetstream, order_created(ticket, first))).id)
+    await tickets_db.wait_handled((await send_event(jetstream, order_created(ticket, first))).id)
 
     await send_event(jetstream, order_created(ticket, second))
     await send_event(jetstream, order_cancelled(ticket, first))
@@ -149,12 +147,12 @@ async def test_cancellation_arriving_before_creation_never_reserves(
 ) -> None:
     ticket = await create(client, users)
     holder, late = uuid.uuid4(), uuid.uuid4()
-    await handled(tickets_db, (await send_event(jetstream, order_created(ticket, holder))).id)
+    await tickets_db.wait_handled((await send_event(jetstream, order_created(ticket, holder))).id)
     # `late` was created and cancelled while `holder` held the ticket; its cancellation lands first.
-    await handled(tickets_db, (await send_event(jetstream, order_cancelled(ticket, late))).id)
+    await tickets_db.wait_handled((await send_event(jetstream, order_cancelled(ticket, late))).id)
     late_created = await send_event(jetstream, order_created(ticket, late))
-    await handled(tickets_db, (await send_event(jetstream, order_cancelled(ticket, holder))).id)
-    await handled(tickets_db, late_created.id)
+    await tickets_db.wait_handled((await send_event(jetstream, order_cancelled(ticket, holder))).id)
+    await tickets_db.wait_handled(late_created.id)
 
     row = await ticket_row(tickets_db)
     assert (row["order_id"], row["version"]) == (None, 2)
@@ -182,7 +180,7 @@ async def test_update_racing_a_reservation_loses_nothing(
         send_event(jetstream, order_created(ticket, order_id)),
         asyncio.gather(*(put(i) for i in range(15))),
     )
-    await handled(tickets_db, reservation.id)
+    await tickets_db.wait_handled(reservation.id)
     accepted = [r for r in responses if r.status_code == 200]
     assert all(r.status_code in (200, 400) for r in responses)
     assert all(r.json()["orderId"] is None for r in accepted)

@@ -6,8 +6,20 @@ from ticketing_common.testing.helpers import (
     EventProbe,
     ServiceHarness,
     TestDatabase,
+    Users,
+    eventually,
+    send_event,
     session_cookie,
     test_settings,
 )
 
-__all__ = ["EventProbe", "ServiceHarness", "TestDatabase", "session_cookie", "test_settings"]
+__all__ = [
+    "EventProbe",
+    "ServiceHarness",
+    "TestDatabase",
+    "Users",
+    "eventually",
+    "send_event",
+    "session_cookie",
+    "test_settings",
+]

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ticketing_common.auth import SESSION_COOKIE, UserClaims, create_session_token
-from ticketing_common.events import EventEnvelope
+from ticketing_common.events import Event, EventEnvelope
 from ticketing_common.messaging.streams import STREAM_NAME
 from ticketing_common.messaging.tables import messaging_metadata
 from ticketing_common.migrations import upgrade
@@ -55,6 +55,40 @@ def session_cookie(
     user_id = user_id or uuid.uuid4()
     claims = UserClaims(id=user_id, email=email or f"user-{user_id.hex[:8]}@example.com")
     return {SESSION_COOKIE: create_session_token(claims, settings)}
+
+
+class Users:
+    """Signed-in users: ``users.headers(user_id)`` are the headers of that user's requests.
+
+    Headers rather than client cookies: per-request ``cookies=`` is deprecated in httpx, and
+    one client can then act for many users at once.
+    """
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self._settings = settings
+
+    def headers(self, user_id: uuid.UUID, email: str | None = None) -> dict[str, str]:
+        token = session_cookie(self._settings, user_id, email)[SESSION_COOKIE]
+        return {"Cookie": f"{SESSION_COOKIE}={token}"}
+
+
+async def send_event(
+    js: JetStreamContext, event: Event, envelope_id: uuid.UUID | None = None
+) -> EventEnvelope:
+    """Publish an event as another service's relay would (envelope id = ``Nats-Msg-Id``).
+
+    Pass ``envelope_id`` to send the same event id again under a fresh message id, as a
+    redelivery past the duplicate window would.
+    """
+    envelope = EventEnvelope.wrap(event)
+    if envelope_id is not None:
+        envelope = envelope.model_copy(update={"id": envelope_id})
+    await js.publish(
+        envelope.subject.value,
+        envelope.model_dump_json(by_alias=True).encode(),
+        headers={"Nats-Msg-Id": str(envelope.id)},
+    )
+    return envelope
 
 
 def _dsn(url: str) -> str:
@@ -117,6 +151,14 @@ class TestDatabase:
                 return await connection.run_sync(compare)
         finally:
             await engine.dispose()
+
+    async def wait_handled(self, event_id: uuid.UUID, timeout: float = 15.0) -> None:
+        """Wait until the service's consumer has committed the event (its id is in the inbox)."""
+
+        async def in_inbox() -> bool:
+            return bool(await self.fetch("SELECT 1 FROM inbox WHERE event_id = $1", event_id))
+
+        await eventually(in_inbox, timeout=timeout)
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         """Read the database directly, to assert what the service really stored."""
