@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from expiration.app import create_app
+from expiration.events import consumer
+from expiration.settings import ExpirationSettings
+from ticketing_common.cli import service_main
+
+
+def main() -> int:
+    return service_main(
+        settings_factory=ExpirationSettings,
+        app_factory=create_app,  # type: ignore[arg-type]
+        migrations_dir=Path(__file__).parent / "migrations",
+        consumer=consumer,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from payments.app import create_app, provider_for
+from payments.events import make_consumer
+from payments.settings import PaymentsSettings
+from ticketing_common.cli import service_main
+
+
+def main() -> int:
+    return service_main(
+        settings_factory=PaymentsSettings,
+        app_factory=create_app,  # type: ignore[arg-type]
+        migrations_dir=Path(__file__).parent / "migrations",
+        # For `parked replay`: a replayed order.cancelled releases payments like a live one.
+        consumer=make_consumer(provider_for(PaymentsSettings())),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

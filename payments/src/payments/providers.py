@@ -1,0 +1,247 @@
+"""Payment providers behind one small interface.
+
+A provider holds one payment *intent* per order (created idempotently: asking again for the same
+order gives the same intent), and an intent takes money at most once. That is what makes a
+retried or double-clicked payment safe even before our own database has a say:
+
+- ``prepare``: the order's intent (created on first call, the same one afterwards);
+- ``confirm``: charge the intent with a card token; returns when the intent is paid (by this call
+  or an earlier one: never a second capture); raises :class:`PaymentDeclinedError`,
+  :class:`InvalidPaymentTokenError`, :class:`IntentClosedError` (released meanwhile) or
+  :class:`ProviderUnavailableError`;
+- ``release``: make sure nothing is kept: refund a paid intent (returns the refund's reference)
+  or cancel an unpaid one so it can never be paid (returns None). Idempotent.
+
+``sandbox`` (no ``STRIPE_KEY``) decides by Stripe's test tokens: ``tok_visa`` and the other
+successful test cards are paid, ``tok_chargeDeclined*`` is declined (402); any other token is
+rejected as invalid (400), as Stripe rejects a token it does not know. Its intents live in the
+process's memory, which is enough for local mode and tests, not for real money.
+``stripe`` uses the official SDK's async client: PaymentIntents with idempotency keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Protocol
+
+import stripe
+
+from ticketing_common.errors import AppError, BadRequestError, PaymentRequiredError
+
+
+class PaymentDeclinedError(PaymentRequiredError):
+    message = "Your card was declined"
+
+
+class InvalidPaymentTokenError(BadRequestError):
+    message = "Invalid payment token"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, field="token")
+
+
+class ProviderUnavailableError(AppError):
+    status_code = 503
+    message = "The payment provider is unavailable; please try again"
+
+
+class IntentClosedError(Exception):
+    """The intent was cancelled (its order was cancelled) before it could be paid."""
+
+
+class PaymentProvider(Protocol):
+    name: str
+
+    async def prepare(self, *, order_id: uuid.UUID, amount: Decimal, currency: str) -> str: ...
+
+    async def confirm(self, *, intent_ref: str, token: str) -> None: ...
+
+    async def release(self, *, intent_ref: str) -> str | None: ...
+
+
+def to_minor_units(amount: Decimal) -> int:
+    """12.50 -> 1250: providers take integer cents."""
+    return int((amount * 100).to_integral_value())
+
+
+# Stripe's test tokens that pay (https://docs.stripe.com/testing#cards).
+SANDBOX_PAYING_TOKENS = frozenset(
+    {
+        "tok_visa",
+        "tok_visa_debit",
+        "tok_mastercard",
+        "tok_mastercard_debit",
+        "tok_mastercard_prepaid",
+        "tok_amex",
+        "tok_discover",
+        "tok_diners",
+        "tok_jcb",
+        "tok_unionpay",
+    }
+)
+SANDBOX_DECLINED_PREFIX = "tok_chargeDeclined"
+
+
+@dataclass
+class SandboxIntent:
+    ref: str
+    amount: int
+    currency: str
+    status: str = "requires_payment_method"  # -> succeeded | canceled
+    refund_ref: str | None = None
+
+
+@dataclass
+class SandboxProvider:
+    """A provider that takes no real money; ``captures`` and ``refunds`` record what it did."""
+
+    name: str = "sandbox"
+    intents: dict[str, SandboxIntent] = field(default_factory=dict)
+    captures: list[str] = field(default_factory=list)
+    refunds: list[str] = field(default_factory=list)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def prepare(self, *, order_id: uuid.UUID, amount: Decimal, currency: str) -> str:
+        ref = f"pi_sandbox_{order_id.hex}"
+        async with self._lock:
+            self.intents.setdefault(ref, SandboxIntent(ref, to_minor_units(amount), currency))
+        return ref
+
+    async def confirm(self, *, intent_ref: str, token: str) -> None:
+        async with self._lock:
+            intent = self.intents.get(intent_ref)
+            if intent is None:
+                raise IntentClosedError(intent_ref)
+            if intent.status == "succeeded":
+                return
+            if intent.status == "canceled":
+                raise IntentClosedError(intent_ref)
+            if token.startswith(SANDBOX_DECLINED_PREFIX):
+                raise PaymentDeclinedError()
+            if token not in SANDBOX_PAYING_TOKENS:
+                raise InvalidPaymentTokenError()
+            intent.status = "succeeded"
+            self.captures.append(intent_ref)
+
+    async def release(self, *, intent_ref: str) -> str | None:
+        async with self._lock:
+            intent = self.intents.get(intent_ref)
+            if intent is None:  # lost with a restart: a sandbox intent never held money
+                return None
+            if intent.status == "succeeded":
+                intent.status = "refunded"
+                intent.refund_ref = f"re_sandbox_{uuid.uuid4().hex}"
+                self.refunds.append(intent_ref)
+            elif intent.status != "refunded":
+                intent.status = "canceled"
+            return intent.refund_ref
+
+
+class StripeProvider:
+    """Stripe PaymentIntents through the official SDK (its async client, off no thread)."""
+
+    name = "stripe"
+
+    def __init__(self, api_key: str, *, api_base: str | None = None, timeout: float = 20.0) -> None:
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": api_base} if api_base else None,
+            http_client=stripe.HTTPXClient(timeout=timeout),
+            # The SDK retries network errors and 409s (a concurrent request with the same
+            # idempotency key) with the same key: safe, never a second charge.
+            max_network_retries=2,
+        )
+
+    async def prepare(self, *, order_id: uuid.UUID, amount: Decimal, currency: str) -> str:
+        try:
+            intent = await self._client.v1.payment_intents.create_async(
+                {
+                    "amount": to_minor_units(amount),
+                    "currency": currency,
+                    "allowed_payment_method_types": ["card"],
+                    "metadata": {"order_id": str(order_id)},
+                },
+                {"idempotency_key": f"order-{order_id}"},
+            )
+        except stripe.StripeError as exc:
+            raise ProviderUnavailableError() from exc
+        return intent.id
+
+    async def confirm(self, *, intent_ref: str, token: str) -> None:
+        token_digest = hashlib.sha256(token.encode()).hexdigest()[:32]
+        try:
+            # A card token becomes a PaymentMethod (tokens are single-use: the key makes a
+            # retry with the same token get the same PaymentMethod back).
+            method = await self._client.v1.payment_methods.create_async(
+                {"type": "card", "card": {"token": token}},
+                {"idempotency_key": f"payment-method-{token_digest}"},
+            )
+            intent = await self._client.v1.payment_intents.confirm_async(
+                intent_ref,
+                {"payment_method": method.id},
+                {"idempotency_key": f"confirm-{intent_ref}-{method.id}"},
+            )
+        except stripe.CardError as exc:
+            raise PaymentDeclinedError() from exc
+        except stripe.InvalidRequestError as exc:
+            if exc.code == "payment_intent_unexpected_state":
+                # Paid by a concurrent attempt (fine: once) or cancelled with its order.
+                status = (await self._retrieve(intent_ref)).status
+                if status == "succeeded":
+                    return
+                if status == "canceled":
+                    raise IntentClosedError(intent_ref) from exc
+                raise ProviderUnavailableError() from exc
+            if "token" in (exc.param or "") or exc.code in {
+                "resource_missing",
+                "token_already_used",
+            }:
+                raise InvalidPaymentTokenError() from exc
+            raise ProviderUnavailableError() from exc
+        except stripe.StripeError as exc:
+            raise ProviderUnavailableError() from exc
+        if intent.status != "succeeded":
+            # requires_action (3-D Secure) cannot be completed by a server-side token charge.
+            raise PaymentDeclinedError("Your card needs an authentication this checkout cannot do")
+
+    async def release(self, *, intent_ref: str) -> str | None:
+        try:
+            return await self._release(intent_ref)
+        except stripe.StripeError as exc:
+            raise ProviderUnavailableError() from exc
+
+    async def _release(self, intent_ref: str) -> str | None:
+        intent = await self._retrieve(intent_ref)
+        if intent.status == "canceled":
+            return None
+        if intent.status != "succeeded":
+            try:
+                await self._client.v1.payment_intents.cancel_async(
+                    intent_ref, options={"idempotency_key": f"cancel-{intent_ref}"}
+                )
+                return None
+            except stripe.InvalidRequestError as exc:
+                # It got paid between our look and the cancel: refund instead.
+                if exc.code != "payment_intent_unexpected_state":
+                    raise
+                if (await self._retrieve(intent_ref)).status != "succeeded":
+                    raise
+        refund = await self._client.v1.refunds.create_async(
+            {"payment_intent": intent_ref}, {"idempotency_key": f"refund-{intent_ref}"}
+        )
+        return refund.id
+
+    async def _retrieve(self, intent_ref: str) -> stripe.PaymentIntent:
+        return await self._client.v1.payment_intents.retrieve_async(intent_ref)
+
+
+def make_provider(
+    stripe_key: str | None, *, api_base: str | None = None, timeout: float = 20.0
+) -> PaymentProvider:
+    if stripe_key:
+        return StripeProvider(stripe_key, api_base=api_base, timeout=timeout)
+    return SandboxProvider()

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, status
+
+from payments.providers import PaymentProvider
+from payments.schemas import PaymentIn, PaymentOut
+from payments.service import create_payment
+from payments.settings import PaymentsSettings
+from ticketing_common.auth import CurrentUser
+from ticketing_common.db import SessionDep
+from ticketing_common.errors import error_responses
+
+router = APIRouter(prefix="/api/payments", tags=["payments"])
+
+
+def _provider(request: Request) -> PaymentProvider:
+    provider: PaymentProvider = request.app.state.payment_provider
+    return provider
+
+
+def _settings(request: Request) -> PaymentsSettings:
+    settings: PaymentsSettings = request.app.state.settings
+    return settings
+
+
+ProviderDep = Annotated[PaymentProvider, Depends(_provider)]
+SettingsDep = Annotated[PaymentsSettings, Depends(_settings)]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses=error_responses(400, 401, 402, 403, 404, 503),
+    summary="Pay for an order (idempotent per order: never charged twice)",
+)
+async def pay(
+    body: PaymentIn,
+    user: CurrentUser,
+    session: SessionDep,
+    provider: ProviderDep,
+    settings: SettingsDep,
+) -> PaymentOut:
+    payment = await create_payment(
+        session, provider, user, body.order_id, body.token, settings.currency
+    )
+    return PaymentOut.model_validate(payment)

@@ -1,0 +1,243 @@
+"""Paying for an order, and giving the money back when the order ends cancelled.
+
+The invariant: an order that ends cancelled keeps no payment; one that ends complete was paid
+exactly once. How each path keeps it:
+
+- One payment row per order (unique ``order_id``) and one intent per order at the provider
+  (idempotency key per order): concurrent or retried requests share the intent, which takes money
+  at most once, and only one of them records the success (201); the others get "already paid".
+- The row is written ``pending`` *before* the provider is asked to charge, in the transaction that
+  checks the order under a row lock. order.cancelled takes the same lock, so whichever comes second
+  sees the other: a cancellation releases (refunds, or cancels the unpaid intent of) any pending or
+  succeeded payment; a payment finishing after the cancellation (or after ``expiresAt``) releases
+  its own charge at once and answers 400. A pending row left by a crash is released the same way
+  when the order expires.
+- No database transaction is held open while the provider is called, except for the release
+  itself, which must not be lost between the refund and its record.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from payments.models import Order, Payment, PaymentStatus
+from payments.providers import (
+    IntentClosedError,
+    InvalidPaymentTokenError,
+    PaymentDeclinedError,
+    PaymentProvider,
+)
+from ticketing_common.auth import UserClaims
+from ticketing_common.db import constraint_name, utcnow
+from ticketing_common.errors import BadRequestError, ForbiddenError, NotFoundError
+from ticketing_common.events import OrderStatus, PaymentCreated, PaymentRefunded
+from ticketing_common.messaging import publish
+
+log = logging.getLogger(__name__)
+
+
+class OrderNotFoundError(NotFoundError):
+    message = "Order not found"
+
+
+class NotYourOrderError(ForbiddenError):
+    message = "You can only pay for your own orders"
+
+
+class OrderCancelledError(BadRequestError):
+    message = "Order is cancelled"
+
+
+class OrderExpiredError(BadRequestError):
+    message = "Order has expired"
+
+
+class AlreadyPaidError(BadRequestError):
+    message = "Order is already paid"
+
+
+async def _order(session: AsyncSession, order_id: uuid.UUID, *, lock: bool = False) -> Order | None:
+    query = select(Order).where(Order.id == order_id).execution_options(populate_existing=True)
+    return await session.scalar(query.with_for_update() if lock else query)
+
+
+async def _payment(session: AsyncSession, order_id: uuid.UUID) -> Payment | None:
+    return await session.scalar(
+        select(Payment)
+        .where(Payment.order_id == order_id)
+        .execution_options(populate_existing=True)
+    )
+
+
+def _check_payable(order: Order | None, payment: Payment | None, user: UserClaims) -> Order:
+    if order is None:
+        raise OrderNotFoundError()
+    if order.user_id != user.id:
+        raise NotYourOrderError()
+    if order.status == OrderStatus.CANCELLED:
+        raise OrderCancelledError()
+    if payment is not None and payment.status == PaymentStatus.SUCCEEDED:
+        raise AlreadyPaidError()
+    if payment is not None and payment.status in (PaymentStatus.REFUNDED, PaymentStatus.VOIDED):
+        raise OrderCancelledError()  # released with an expiry the replica has not heard of yet
+    # Past expiresAt the order is as good as cancelled, even before expiration.complete lands.
+    if order.expires_at <= utcnow():
+        raise OrderExpiredError()
+    return order
+
+
+async def create_payment(
+    session: AsyncSession,
+    provider: PaymentProvider,
+    user: UserClaims,
+    order_id: uuid.UUID,
+    token: str,
+    currency: str,
+) -> Payment:
+    # 1. Cheap checks first: no provider call for an order that cannot be paid.
+    order = _check_payable(await _order(session, order_id), await _payment(session, order_id), user)
+    amount: Decimal = order.price
+    await session.rollback()
+
+    # 2. The order's one intent (the same for every attempt at this order).
+    intent_ref = await provider.prepare(order_id=order_id, amount=amount, currency=currency)
+
+    # 3. Claim: record the attempt as pending under the order's lock, before any money moves.
+    await _claim(session, provider, user, order_id, intent_ref, amount, currency)
+
+    # 4. Charge (no transaction open).
+    try:
+        await provider.confirm(intent_ref=intent_ref, token=token)
+    except (PaymentDeclinedError, InvalidPaymentTokenError):
+        await _forget_attempt(session, order_id)
+        raise
+    except IntentClosedError as exc:
+        raise OrderCancelledError() from exc
+
+    # 5. Record the outcome, checking again under the lock: the order may have been cancelled
+    #    (or expired) while the card was being charged.
+    return await _record_success(session, provider, order_id, intent_ref)
+
+
+async def _claim(
+    session: AsyncSession,
+    provider: PaymentProvider,
+    user: UserClaims,
+    order_id: uuid.UUID,
+    intent_ref: str,
+    amount: Decimal,
+    currency: str,
+) -> None:
+    try:
+        order = await _order(session, order_id, lock=True)
+        payment = await _payment(session, order_id)
+        _check_payable(order, payment, user)
+        if payment is None:
+            session.add(
+                Payment(
+                    order_id=order_id,
+                    status=PaymentStatus.PENDING,
+                    provider=provider.name,
+                    intent_ref=intent_ref,
+                    amount=amount,
+                    currency=currency,
+                    attempts_in_flight=1,
+                )
+            )
+        else:
+            # A pending one is another attempt under way (or one cut short): this attempt uses
+            # the same intent, which can be paid only once.
+            payment.attempts_in_flight += 1
+        await session.commit()
+    except IntegrityError as exc:  # pragma: no cover - the order lock serialises claims
+        await session.rollback()
+        if constraint_name(exc) != "uq_payments_order_id":
+            raise
+    except BaseException:
+        await session.rollback()
+        raise
+
+
+async def _forget_attempt(session: AsyncSession, order_id: uuid.UUID) -> None:
+    """A declined card records nothing: drop the pending attempt, unless another is under way."""
+    async with session.begin():
+        await _order(session, order_id, lock=True)
+        payment = await _payment(session, order_id)
+        if payment is None:
+            return
+        payment.attempts_in_flight = max(payment.attempts_in_flight - 1, 0)
+        if payment.attempts_in_flight == 0 and payment.status == PaymentStatus.PENDING:
+            await session.delete(payment)
+
+
+async def _record_success(
+    session: AsyncSession, provider: PaymentProvider, order_id: uuid.UUID, intent_ref: str
+) -> Payment:
+    async with session.begin():
+        order = await _order(session, order_id, lock=True)
+        assert order is not None  # replicas are never deleted
+        payment = await _payment(session, order_id)
+        # Our claim keeps the row: a declined twin deletes it only when it is the last attempt.
+        assert payment is not None
+        payment.attempts_in_flight = max(payment.attempts_in_flight - 1, 0)
+        error: BadRequestError
+        if payment.status == PaymentStatus.SUCCEEDED:
+            # A concurrent attempt recorded it first: the intent was paid once, for both.
+            error = AlreadyPaidError()
+        elif order.status == OrderStatus.CANCELLED or order.expires_at <= utcnow():
+            await release_payment(session, provider, payment)
+            error = (
+                OrderCancelledError()
+                if order.status == OrderStatus.CANCELLED
+                else OrderExpiredError()
+            )
+        else:
+            payment.status = PaymentStatus.SUCCEEDED
+            await session.flush()
+            await publish(
+                session,
+                PaymentCreated(id=payment.id, order_id=order_id, provider_ref=intent_ref),
+            )
+            return payment
+    # Committed (the release, if any); now tell the caller why nothing new was kept.
+    raise error
+
+
+async def release_payment(
+    session: AsyncSession, provider: PaymentProvider, payment: Payment
+) -> None:
+    """Give back whatever this payment took (or make sure it never takes anything).
+
+    Runs in the caller's transaction, under the order's lock; publishes payment.refunded when
+    money went back.
+    """
+    if payment.status not in (PaymentStatus.PENDING, PaymentStatus.SUCCEEDED):
+        return
+    refund_ref = await provider.release(intent_ref=payment.intent_ref)
+    if refund_ref is None:
+        payment.status = PaymentStatus.VOIDED
+        return
+    payment.status = PaymentStatus.REFUNDED
+    payment.refund_ref = refund_ref
+    await session.flush()
+    await publish(
+        session, PaymentRefunded(id=payment.id, order_id=payment.order_id, provider_ref=refund_ref)
+    )
+    log.info("refunded payment %s of cancelled order %s", payment.id, payment.order_id)
+
+
+async def order_cancelled(
+    session: AsyncSession, provider: PaymentProvider, order: Order, version: int
+) -> None:
+    """Apply an order.cancelled to the locked replica and release its payment, if any."""
+    if version > order.version:
+        order.status = OrderStatus.CANCELLED
+        order.version = version
+    if order.status == OrderStatus.CANCELLED and (payment := await _payment(session, order.id)):
+        await release_payment(session, provider, payment)

@@ -1,0 +1,363 @@
+"""POST /api/payments against real PostgreSQL and NATS, with the sandbox provider."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import httpx
+from fastapi import FastAPI
+from nats.js import JetStreamContext
+
+from payments.app import create_app
+from payments.providers import SandboxProvider
+from payments.settings import PaymentsSettings
+from ticketing_common.events import OrderCreated, OrderCreatedTicket, OrderStatus
+from ticketing_common.testing import EventProbe, ServiceHarness, TestDatabase
+from ticketing_common.testing.helpers import eventually
+
+from .conftest import Orders
+
+PAY = "/api/payments"
+
+
+async def pay(
+    client: httpx.AsyncClient, order_id: uuid.UUID, cookies: dict[str, str], token: str = "tok_visa"
+) -> httpx.Response:
+    return await client.post(
+        PAY, json={"orderId": str(order_id), "token": token}, headers=cookie_header(cookies)
+    )
+
+
+def cookie_header(cookies: dict[str, str]) -> dict[str, str]:
+    return {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())}
+
+
+def message(response: httpx.Response) -> str:
+    errors = response.json()["errors"]
+    assert len(errors) == 1
+    return str(errors[0]["message"])
+
+
+async def test_health(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).status_code == 200
+    assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_pays_an_order(
+    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider, event_probe: EventProbe
+) -> None:
+    order_id, cookies = await orders.create(price="12.50")
+
+    r = await pay(client, order_id, cookies)
+
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["orderId"] == str(order_id) and body["status"] == "succeeded"
+    [payment] = await orders.payments(order_id)
+    assert str(payment["id"]) == body["id"]
+    assert payment["status"] == "succeeded" and payment["amount"] == Decimal("12.50")
+    assert payment["currency"] == "usd" and payment["provider"] == "sandbox"
+    assert provider.captures == [payment["intent_ref"]]
+    assert provider.intents[str(payment["intent_ref"])].amount == 1250
+    event = await event_probe.wait_for("payment.created")
+    assert event.data == {
+        "id": body["id"],
+        "orderId": str(order_id),
+        "providerRef": payment["intent_ref"],
+    }
+
+
+async def test_not_signed_in_is_401(client: httpx.AsyncClient, orders: Orders) -> None:
+    order_id, _ = await orders.create()
+    r = await client.post(PAY, json={"orderId": str(order_id), "token": "tok_visa"})
+    assert r.status_code == 401
+    r = await pay(client, order_id, {"session": "not-a-jwt"})
+    assert r.status_code == 401
+
+
+async def test_invalid_body_is_400(client: httpx.AsyncClient, orders: Orders) -> None:
+    _, cookies = await orders.create()
+    for body, field in [
+        ({"orderId": "nope", "token": "tok_visa"}, "orderId"),
+        ({"token": "tok_visa"}, "orderId"),
+        ({"orderId": str(uuid.uuid4()), "token": ""}, "token"),
+        ({"orderId": str(uuid.uuid4())}, "token"),
+    ]:
+        r = await client.post(PAY, json=body, headers=cookie_header(cookies))
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["errors"][0]["field"] == field
+    r = await client.post(
+        PAY, content=b"{", headers=cookie_header(cookies) | {"content-type": "application/json"}
+    )
+    assert r.status_code == 400
+
+
+async def test_unknown_order_is_404(client: httpx.AsyncClient, orders: Orders) -> None:
+    _, cookies = await orders.create()
+    r = await pay(client, uuid.uuid4(), cookies)
+    assert r.status_code == 404 and message(r) == "Order not found"
+
+
+async def test_someone_elses_order_is_403(
+    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider
+) -> None:
+    order_id, _ = await orders.create()
+    _, stranger = await orders.create()
+    r = await pay(client, order_id, stranger)
+    assert r.status_code == 403
+    assert provider.captures == [] and await orders.payments(order_id) == []
+
+
+async def test_cancelled_order_is_400_and_nothing_is_charged(
+    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider
+) -> None:
+    # The race one way: the cancellation is in before the payment attempt.
+    order_id, cookies = await orders.create()
+    await orders.cancel(order_id)
+    r = await pay(client, order_id, cookies)
+    assert r.status_code == 400 and message(r) == "Order is cancelled"
+    assert provider.captures == [] and provider.intents == {}
+    assert await orders.payments(order_id) == []
+
+
+async def test_expired_order_is_400_before_the_expiry_event(
+    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider
+) -> None:
+    order_id, cookies = await orders.create(expires_in=-1)
+    assert await orders.replica_status(order_id) == "created"  # no order.cancelled yet
+    r = await pay(client, order_id, cookies)
+    assert r.status_code == 400 and message(r) == "Order has expired"
+    assert provider.captures == [] and await orders.payments(order_id) == []
+
+
+async def test_already_paid_is_400(
+    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider
+) -> None:
+    order_id, cookies = await orders.create()
+    assert (await pay(client, order_id, cookies)).status_code == 201
+    r = await pay(client, order_id, cookies, token="tok_mastercard")
+    assert r.status_code == 400 and message(r) == "Order is already paid"
+    assert len(provider.captures) == 1 and len(await orders.payments(order_id)) == 1
+
+
+async def test_declined_card_is_402_and_records_nothing(
+    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider, event_probe: EventProbe
+) -> None:
+    order_id, cookies = await orders.create()
+    r = await pay(client, order_id, cookies, token="tok_chargeDeclined")
+    assert r.status_code == 402 and message(r) == "Your card was declined"
+    assert await orders.payments(order_id) == [] and provider.captures == []
+    # The per-order intent does not lock the buyer out: another card still pays, once.
+    r = await pay(client, order_id, cookies)
+    assert r.status_code == 201, r.text
+    assert len(provider.captures) == 1
+    created = await event_probe.wait_for("payment.created")
+    assert created.data["id"] == r.json()["id"]
+
+
+async def test_unknown_token_is_400(
+    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider
+) -> None:
+    order_id, cookies = await orders.create()
+    r = await pay(client, order_id, cookies, token="tok_made_up")
+    assert r.status_code == 400
+    assert r.json()["errors"] == [{"message": "Invalid payment token", "field": "token"}]
+    assert await orders.payments(order_id) == [] and provider.captures == []
+
+
+async def test_double_submit_charges_once(
+    client: httpx.AsyncClient,
+    orders: Orders,
+    provider: SandboxProvider,
+    event_probe: EventProbe,
+    payments_db: TestDatabase,
+) -> None:
+    order_id, cookies = await orders.create()
+
+    responses = await asyncio.gather(*(pay(client, order_id, cookies) for _ in range(12)))
+
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201] + [400] * 11, [r.text for r in responses]
+    assert {message(r) for r in responses if r.status_code == 400} == {"Order is already paid"}
+    assert len(provider.captures) == 1
+    [payment] = await orders.payments(order_id)
+    assert payment["status"] == "succeeded"
+    await eventually(lambda: _outbox_flushed(payments_db))
+    assert len(await event_probe.all("payment.created")) == 1
+
+
+async def test_declined_and_good_card_at_once_keep_the_good_payment(
+    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider
+) -> None:
+    """A declined attempt must not erase the record of a twin that is taking the money."""
+    for _ in range(5):
+        order_id, cookies = await orders.create()
+        declined, paid = await asyncio.gather(
+            pay(client, order_id, cookies, token="tok_chargeDeclined"),
+            pay(client, order_id, cookies),
+        )
+        assert paid.status_code == 201, paid.text
+        assert declined.status_code in (400, 402), declined.text
+        [payment] = await orders.payments(order_id)
+        assert payment["status"] == "succeeded"
+        assert payment["attempts_in_flight"] == 0
+    assert len(provider.captures) == 5
+
+
+async def _outbox_flushed(db: TestDatabase) -> bool:
+    rows = await db.fetch("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
+    return bool(rows[0]["n"] == 0)
+
+
+async def test_cancel_after_payment_refunds(
+    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider, event_probe: EventProbe
+) -> None:
+    # The race the other way: the payment is in, then the expiry cancels the order.
+    order_id, cookies = await orders.create()
+    r = await pay(client, order_id, cookies)
+    assert r.status_code == 201
+    await orders.cancel(order_id)
+
+    refunded = await event_probe.wait_for("payment.refunded")
+    [payment] = await orders.payments(order_id)
+    assert payment["status"] == "refunded"
+    assert refunded.data == {
+        "id": r.json()["id"],
+        "orderId": str(order_id),
+        "providerRef": payment["refund_ref"],
+    }
+    assert provider.refunds == provider.captures == [payment["intent_ref"]]
+
+
+async def test_order_cancelled_before_order_created_is_applied_later(
+    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider
+) -> None:
+    # The cancellation reaches the consumer first: retried until order.created has landed.
+    order_id = uuid.uuid4()
+    await orders.cancel(order_id, wait=False)
+    await orders.emit(
+        OrderCreated(
+            id=order_id,
+            version=0,
+            status=OrderStatus.CREATED,
+            user_id=uuid.uuid4(),
+            expires_at=datetime.now(UTC) + timedelta(minutes=15),
+            ticket=OrderCreatedTicket(id=uuid.uuid4(), price=Decimal("5.00")),
+        )
+    )
+    await eventually(lambda: orders.is_cancelled(order_id))
+
+
+@dataclass
+class HookedSandbox(SandboxProvider):
+    """The sandbox with a pause inside the charge, to land an event exactly there."""
+
+    before_capture: Callable[[], Awaitable[None]] | None = None
+    after_capture: Callable[[], Awaitable[None]] | None = None
+
+    async def confirm(self, *, intent_ref: str, token: str) -> None:
+        if self.before_capture:
+            await self.before_capture()
+        await super().confirm(intent_ref=intent_ref, token=token)
+        if self.after_capture:
+            await self.after_capture()
+
+
+async def test_cancelled_while_charging_after_capture_is_refunded(
+    settings: PaymentsSettings, jetstream: JetStreamContext, orders: Orders, event_probe: EventProbe
+) -> None:
+    provider = HookedSandbox()
+    async with ServiceHarness(_app(settings, provider)).client() as client:
+        order_id, cookies = await orders.create()
+        provider.after_capture = lambda: orders.cancel(order_id)
+
+        r = await pay(client, order_id, cookies)
+
+        assert r.status_code == 400 and message(r) == "Order is cancelled"
+        [payment] = await orders.payments(order_id)
+        assert payment["status"] == "refunded"
+        assert provider.refunds == provider.captures == [payment["intent_ref"]]
+        refunded = await event_probe.wait_for("payment.refunded")
+        assert refunded.data["orderId"] == str(order_id)
+        assert await event_probe.all("payment.created") == []
+
+
+async def test_cancelled_while_charging_before_capture_takes_nothing(
+    settings: PaymentsSettings, jetstream: JetStreamContext, orders: Orders
+) -> None:
+    provider = HookedSandbox()
+    async with ServiceHarness(_app(settings, provider)).client() as client:
+        order_id, cookies = await orders.create()
+        provider.before_capture = lambda: orders.cancel(order_id)
+
+        r = await pay(client, order_id, cookies)
+
+        assert r.status_code == 400 and message(r) == "Order is cancelled"
+        [payment] = await orders.payments(order_id)
+        assert payment["status"] == "voided"  # the unpaid intent was cancelled first
+        assert provider.captures == [] and provider.refunds == []
+
+
+async def test_expiring_while_charging_is_refunded(
+    settings: PaymentsSettings, jetstream: JetStreamContext, orders: Orders, event_probe: EventProbe
+) -> None:
+    provider = HookedSandbox()
+    async with ServiceHarness(_app(settings, provider)).client() as client:
+        order_id, cookies = await orders.create(expires_in=0.4)
+        expires = (await orders.db.fetch("SELECT expires_at FROM orders WHERE id=$1", order_id))[0][
+            0
+        ]
+
+        async def past_expiry() -> None:
+            await eventually(lambda: _after(expires))
+
+        provider.after_capture = past_expiry
+        r = await pay(client, order_id, cookies)
+
+        assert r.status_code == 400 and message(r) == "Order has expired"
+        [payment] = await orders.payments(order_id)
+        assert payment["status"] == "refunded"
+        assert provider.refunds == provider.captures == [payment["intent_ref"]]
+        await event_probe.wait_for("payment.refunded")
+
+
+async def _after(moment: datetime) -> bool:
+    return datetime.now(UTC) > moment
+
+
+async def test_payment_and_cancellation_racing_never_keep_money(
+    settings: PaymentsSettings, jetstream: JetStreamContext, orders: Orders
+) -> None:
+    provider = SandboxProvider()
+    async with ServiceHarness(_app(settings, provider)).client() as client:
+        created = [await orders.create() for _ in range(8)]
+
+        # Each order: a payment and its cancellation at the same moment, all orders at once.
+        results = await asyncio.gather(
+            *(pay(client, order_id, cookies) for order_id, cookies in created),
+            *(orders.cancel(order_id, wait=False) for order_id, _ in created),
+        )
+        for order_id, _ in created:
+            await eventually(lambda order_id=order_id: orders.is_cancelled(order_id))
+
+        responses = results[: len(created)]
+        assert all(isinstance(r, httpx.Response) and r.status_code in (201, 400) for r in responses)
+        for order_id, _ in created:
+            kept = [
+                p
+                for p in await orders.payments(order_id)
+                if p["status"] in ("pending", "succeeded")
+            ]
+            assert kept == [], f"money kept for cancelled order {order_id}"
+        # Every capture was given back, each exactly once.
+        assert sorted(provider.refunds) == sorted(provider.captures)
+        assert len(set(provider.captures)) == len(provider.captures)
+
+
+def _app(settings: PaymentsSettings, provider: SandboxProvider) -> FastAPI:
+    return create_app(settings, provider)
