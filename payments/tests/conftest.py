@@ -23,7 +23,13 @@ from ticketing_common.events import (
     OrderStatus,
 )
 from ticketing_common.messaging import ensure_stream
-from ticketing_common.testing import ServiceHarness, TestDatabase, session_cookie, test_settings
+from ticketing_common.testing import (
+    ServiceHarness,
+    TestDatabase,
+    send_event,
+    session_cookie,
+    test_settings,
+)
 from ticketing_common.testing.helpers import eventually
 from ticketing_common.testing.plugin import NatsServer
 
@@ -66,13 +72,7 @@ class Orders:
 
     async def emit(self, event: Event) -> EventEnvelope:
         await ensure_stream(self.js)
-        envelope = EventEnvelope.wrap(event)
-        await self.js.publish(
-            envelope.subject.value,
-            envelope.model_dump_json(by_alias=True).encode(),
-            headers={"Nats-Msg-Id": str(envelope.id)},
-        )
-        return envelope
+        return await send_event(self.js, event)
 
     async def replica_status(self, order_id: uuid.UUID) -> str | None:
         rows = await self.db.fetch("SELECT status FROM orders WHERE id = $1", order_id)
