@@ -39,6 +39,12 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+up: install
+	$(VENV)/bin/python -m ticketing_local up
+
+reset: install
+	$(VENV)/bin/python -m ticketing_local reset
+
 contracts: install
 	$(VENV)/bin/ticketing-schemas
 

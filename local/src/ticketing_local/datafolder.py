@@ -1,0 +1,199 @@
+"""The one folder local mode keeps its state in (``.data/`` in the repository by default).
+
+It holds the PostgreSQL cluster, the NATS JetStream store, the generated ``JWT_KEY``, a lock
+that tells a second launcher one is already running, and ``status.json``: what is running
+where (pids, ports), for people and for the system tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+LOCK_FILE = "launcher.lock"
+STATUS_FILE = "status.json"
+JWT_KEY_FILE = "jwt_key"
+# Where PostgreSQL's data went when it could not live in the data folder (see relocate_postgres).
+POSTGRES_LOCATION_FILE = "postgres.location"
+
+
+class AlreadyRunningError(RuntimeError):
+    def __init__(self, folder: Path, status: dict[str, Any] | None) -> None:
+        where = ""
+        if status:
+            where = f" (launcher pid {status.get('pid')}, {status.get('url')})"
+        super().__init__(
+            f"Ticketing is already running with the data in {folder}{where}. "
+            "Stop it first (Ctrl-C in its terminal), or use another data folder "
+            "(--data-dir) and PORT."
+        )
+
+
+class DataFolder:
+    def __init__(self, path: Path) -> None:
+        self.path = path.resolve()
+        self._lock_fd: int | None = None
+
+    # -- the lock: one launcher per folder ---------------------------------------------------
+
+    def lock(self) -> None:
+        """Take the folder, or raise AlreadyRunningError if a live launcher holds it.
+
+        An flock dies with its process, so a launcher killed with SIGKILL leaves no stale lock.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunningError(self.path, self.read_status()) from None
+        self._lock_fd = fd
+
+    def is_locked(self) -> bool:
+        """True while a launcher holds the folder."""
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing releases a lock taken here
+        return False
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def nats_dir(self) -> Path:
+        return self.path / "nats"
+
+    @property
+    def postgres_dir(self) -> Path:
+        pointer = self.path / POSTGRES_LOCATION_FILE
+        if pointer.exists():
+            return Path(pointer.read_text().strip())
+        return self.path / "postgres"
+
+    def relocate_postgres(self) -> Path:
+        """Move PostgreSQL's data to a folder its unprivileged user can reach.
+
+        As root, PostgreSQL runs as a system user that must enter every folder above its data;
+        a data folder under a private home (0700) is closed to it. The data then lives under
+        /var/tmp (kept across reboots), named after this folder, and a pointer here says where.
+        """
+        digest = hashlib.sha256(str(self.path).encode()).hexdigest()[:12]
+        base = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path("/tmp")
+        parent = base / f"ticketing-local-{digest}"
+        parent.mkdir(mode=0o755, exist_ok=True)
+        parent.chmod(0o755)
+        shutil.rmtree(self.path / "postgres", ignore_errors=True)
+        (self.path / POSTGRES_LOCATION_FILE).write_text(f"{parent / 'postgres'}\n")
+        return parent / "postgres"
+
+    def jwt_key(self) -> str:
+        """The key generated on the first start, kept so sessions survive a restart."""
+        path = self.path / JWT_KEY_FILE
+        if path.exists():
+            return path.read_text().strip()
+        key = secrets.token_hex(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        return key
+
+    def wipe(self) -> list[Path]:
+        """Delete every piece of state (the caller holds the lock); return what was removed."""
+        removed = []
+        postgres = self.postgres_dir
+        if postgres.parent != self.path and postgres.exists():
+            shutil.rmtree(postgres.parent)  # the relocated folder made by relocate_postgres
+            removed.append(postgres.parent)
+        for entry in self.path.iterdir():
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        return removed
+
+    # -- status ------------------------------------------------------------------------------
+
+    def read_status(self) -> dict[str, Any] | None:
+        try:
+            status: dict[str, Any] = json.loads((self.path / STATUS_FILE).read_text())
+            return status
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write_status(self, status: dict[str, Any]) -> None:
+        path = self.path / STATUS_FILE
+        staging = path.with_suffix(".tmp")
+        staging.write_text(json.dumps(status, indent=2) + "\n")
+        staging.replace(path)  # atomic: a reader never sees half a file
+
+    def clear_status(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / STATUS_FILE).unlink()
+
+    def stop_leftovers(self, log: Any) -> None:
+        """Stop what a launcher that was killed outright (SIGKILL) left running.
+
+        Its status file outlives it; every process it lists that is still the same process
+        (same start time) is stopped: services first, PostgreSQL last.
+        """
+        status = self.read_status()
+        if not status:
+            return
+        processes = status.get("processes", {})
+        for name in sorted(processes, key=lambda n: {"nats": 1, "postgres": 2}.get(n, 0)):
+            info = processes[name]
+            pid, ticks = info.get("pid"), info.get("startTicks")
+            if pid and ticks is not None and process_start_ticks(pid) == ticks:
+                log(f"stopping {name} (pid {pid}), left by a launcher that did not stop cleanly")
+                terminate(pid, timeout=15)
+        self.clear_status()
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When the process started (clock ticks since boot), to tell it from a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; the fields after it are space separated.
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # a zombie has exited; only its parent's wait is missing
+        return None
+    return int(fields[19])
+
+
+def terminate(pid: int, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if the process is still there after ``timeout`` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while process_start_ticks(pid) is not None:
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            return
+        time.sleep(0.1)
