@@ -1,8 +1,29 @@
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+
 from auth.models import Base
 from ticketing_common.testing import TestDatabase
 
 
 async def test_migrations_match_the_models(auth_db: TestDatabase) -> None:
     assert await auth_db.schema_drift(Base.metadata) == []
+
+
+async def test_replicas_migrating_at_once_take_turns(postgres_url: str) -> None:
+    """Four initContainers of a rolling update run `migrate` at the same moment."""
+    database = await TestDatabase.create(postgres_url, "auth_race")
+    env = os.environ | {"DATABASE_URL": database.url, "LOG_JSON": "false"}
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "auth", "migrate", env=env, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    results = await asyncio.gather(*(p.communicate() for p in processes))
+    assert [p.returncode for p in processes] == [0] * 4, [err for _, err in results]
+    assert await database.schema_drift(Base.metadata) == []
+    (row,) = await database.fetch("SELECT version_num FROM alembic_version")
+    assert row["version_num"] == "0001"

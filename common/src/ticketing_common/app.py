@@ -71,7 +71,7 @@ async def run_service(
     sessionmaker = make_sessionmaker(engine)
     nc = await connect_nats(settings)
     js = nc.jetstream()
-    await ensure_stream(js)
+    await ensure_stream(js, replicas=settings.nats_stream_replicas)
     relay = OutboxRelay(engine, sessionmaker, js, poll_seconds=settings.outbox_poll_seconds)
     runner = (
         ConsumerRunner(

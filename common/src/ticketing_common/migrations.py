@@ -11,11 +11,14 @@ from pathlib import Path
 
 from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import MetaData, pool
+from sqlalchemy import MetaData, pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ticketing_common.messaging.tables import messaging_metadata
+
+# Any constant will do: each service has its own database, so the lock is per service.
+MIGRATION_LOCK_KEY = 7_420_001
 
 
 def alembic_config(migrations_dir: Path, database_url: str) -> Config:
@@ -49,7 +52,17 @@ def run_env(service_metadata: MetaData) -> None:
     async def run() -> None:
         engine = create_async_engine(url, poolclass=pool.NullPool)
         async with engine.connect() as connection:
-            await connection.run_sync(migrate)
+            # Replicas starting together (a rolling update's initContainers) migrate one at a
+            # time; the later ones then find nothing left to do. A session-level lock, so it
+            # outlives the transactions Alembic opens and commits.
+            lock = {"key": MIGRATION_LOCK_KEY}
+            await connection.execute(text("SELECT pg_advisory_lock(:key)"), lock)
+            await connection.commit()
+            try:
+                await connection.run_sync(migrate)
+            finally:
+                await connection.execute(text("SELECT pg_advisory_unlock(:key)"), lock)
+                await connection.commit()
         await engine.dispose()
 
     asyncio.run(run())

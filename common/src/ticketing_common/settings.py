@@ -30,6 +30,8 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     # Event machinery.
+    # Copies of the stream JetStream keeps: 1 for a single server, 3 for a 3-node cluster.
+    nats_stream_replicas: int = Field(default=1, ge=1, le=5)
     outbox_poll_seconds: float = Field(default=2.0, gt=0)
     consumer_max_deliveries: int = Field(default=8, ge=1)
     consumer_ack_wait_seconds: float = Field(default=30.0, gt=0)
