@@ -103,10 +103,9 @@ class RequestIdMiddleware:
         finally:
             if scope["path"] not in ("/healthz", "/readyz"):
                 access_log.info(
-                    "%s %s %s",
+                    "%s %s",
                     scope["method"],
                     scope["path"],
-                    status,
                     extra={
                         "fields": {
                             "status": status,
