@@ -15,11 +15,9 @@ help:
 	@echo "make lint     ruff and mypy"
 	@echo "make reset    delete local-mode data"
 
-# uv itself, in a private virtual environment (no system-wide install, no curl | sh).
+# uv itself, pinned, in .tools/ (no system-wide install, no curl | sh).
 $(UV):
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
-	$(PYTHON) -m venv $(TOOLS) || (rm -rf $(TOOLS) && $(PYTHON) -m pip install --quiet --target $(TOOLS)/lib uv && mkdir -p $(TOOLS)/bin && ln -sf ../lib/bin/uv $(UV))
-	[ -x $(UV) ] || $(TOOLS)/bin/python -m pip install --quiet "uv>=0.9,<1"
+	$(PYTHON) tools/bootstrap_uv.py $(TOOLS)
 
 $(VENV)/.synced: $(UV) uv.lock pyproject.toml */pyproject.toml
 	$(UV) sync --all-packages --locked --python $(PYTHON)
