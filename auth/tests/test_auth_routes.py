@@ -216,3 +216,47 @@ async def test_readiness_follows_nats(client: httpx.AsyncClient, nats_server: Na
         return (await client.get("/readyz")).status_code == 200
 
     await eventually(ready, timeout=15)
+
+
+async def test_parallel_wrong_passwords_cannot_bypass_the_throttle(
+    client: httpx.AsyncClient, settings: AuthSettings, auth_db: TestDatabase
+) -> None:
+    await signup(client)
+    client.cookies.clear()
+    responses = await asyncio.gather(
+        *(
+            client.post(SIGNIN, json={"email": "ada@example.com", "password": f"guess-{i:04d}"})
+            for i in range(30)
+        )
+    )
+    statuses = [r.status_code for r in responses]
+    # Attempts for one email are serialised: only `signin_max_failures` guesses are checked.
+    assert statuses.count(400) == settings.signin_max_failures
+    assert statuses.count(429) == 30 - settings.signin_max_failures
+    assert all(
+        r.json() == {"errors": [{"message": "Invalid credentials"}]}
+        for r in responses
+        if r.status_code == 400
+    )
+    rows = await auth_db.fetch(
+        "SELECT count(*) AS n FROM signin_failures WHERE email = 'ada@example.com'"
+    )
+    assert rows[0]["n"] == settings.signin_max_failures
+
+
+async def test_failures_older_than_the_window_are_deleted(
+    client: httpx.AsyncClient, settings: AuthSettings, auth_db: TestDatabase
+) -> None:
+    await signup(client)
+    client.cookies.clear()
+    await auth_db.fetch(
+        "INSERT INTO signin_failures (email, failed_at) SELECT 'ada@example.com', "
+        "now() - make_interval(secs => $1) FROM generate_series(1, 10)",
+        settings.signin_failure_window_seconds + 60,
+    )
+    response = await client.post(SIGNIN, json={"email": "ada@example.com", "password": "nopenope"})
+    assert response.status_code == 400  # stale failures do not throttle
+    rows = await auth_db.fetch(
+        "SELECT failed_at > now() - interval '1 minute' AS recent FROM signin_failures"
+    )
+    assert [r["recent"] for r in rows] == [True]

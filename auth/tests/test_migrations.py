@@ -15,7 +15,7 @@ async def test_migrations_match_the_models(auth_db: TestDatabase) -> None:
 async def test_replicas_migrating_at_once_take_turns(postgres_url: str) -> None:
     """Four initContainers of a rolling update run `migrate` at the same moment."""
     database = await TestDatabase.create(postgres_url, "auth_race")
-    env = os.environ | {"DATABASE_URL": database.url, "LOG_JSON": "false"}
+    env = os.environ | {"DATABASE_URL": database.url, "JWT_KEY": "k" * 40, "LOG_JSON": "false"}
     processes = [
         await asyncio.create_subprocess_exec(
             sys.executable, "-m", "auth", "migrate", env=env, stderr=asyncio.subprocess.PIPE

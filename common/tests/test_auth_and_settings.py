@@ -85,8 +85,30 @@ def test_production_refuses_missing_or_weak_jwt_key(key: str | None) -> None:
     values: dict[str, object] = {"environment": "production"}
     if key is not None:
         values["jwt_key"] = key
-    with pytest.raises(ValidationError, match="JWT_KEY"):
+    with pytest.raises(ValidationError, match=r"(?i)jwt_key"):
         ServiceSettings(**values)  # type: ignore[arg-type]
+
+
+def test_a_key_is_required_in_every_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JWT_KEY", raising=False)
+    with pytest.raises(ValidationError, match="jwt_key"):
+        ServiceSettings(environment="development")
+
+
+def test_token_issued_a_few_seconds_in_the_future_is_accepted() -> None:
+    """Another host's clock runs a little ahead of ours."""
+    now = datetime.now(UTC)
+    token = jwt.encode(
+        {
+            "sub": str(uuid.uuid4()),
+            "email": "a@b.c",
+            "iat": now + timedelta(seconds=5),
+            "exp": now + timedelta(hours=1),
+        },
+        KEY,
+        algorithm="HS256",
+    )
+    assert decode_session_token(token, settings()) is not None
 
 
 def test_production_accepts_a_strong_key(monkeypatch: pytest.MonkeyPatch) -> None:

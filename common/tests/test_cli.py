@@ -40,7 +40,9 @@ def run(database: TestDatabase, consumer: Consumer, *argv: str) -> int:
         raise AssertionError("the parked commands never build the app")
 
     return service_main(
-        settings_factory=lambda: ServiceSettings(database_url=database.url, log_json=False),
+        settings_factory=lambda: ServiceSettings(
+            database_url=database.url, jwt_key="k" * 40, log_json=False
+        ),
         app_factory=no_app,
         migrations_dir=Path("unused"),
         consumer=consumer,

@@ -13,7 +13,13 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ticketing_common.events import EventEnvelope, TicketCreated
-from ticketing_common.messaging import Consumer, ConsumerRunner, RetryLater, ensure_stream
+from ticketing_common.messaging import (
+    Consumer,
+    ConsumerRunner,
+    RetryLater,
+    TemporaryFailure,
+    ensure_stream,
+)
 from ticketing_common.messaging.consumer import list_parked, replay_parked
 from ticketing_common.messaging.tables import inbox
 from ticketing_common.observability import REQUEST_ID_HEADER, request_id_var
@@ -179,3 +185,45 @@ async def test_not_yet_is_retried_until_it_applies(
         not_yet.clear()  # the missing earlier version has arrived
         await eventually(lambda: _notes_are(sessionmaker, ["now", "later"]))
     assert await list_parked(sessionmaker) == []
+
+
+async def test_dependency_outage_is_retried_past_the_limit_and_never_parked(
+    sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
+) -> None:
+    await ensure_stream(jetstream)
+    outage = {"down": True}
+    attempts: list[int] = []
+    consumer = Consumer("outage-test")
+
+    @consumer.on(TicketCreated)
+    async def charge(session: AsyncSession, event: TicketCreated) -> None:
+        attempts.append(1)
+        if outage["down"]:
+            raise TemporaryFailure("payment provider unreachable")
+        await session.execute(effects.insert().values(note=event.title))
+
+    runner = ConsumerRunner(consumer, jetstream, sessionmaker, max_deliveries=2)
+    async with running(runner):
+        await send(jetstream, "refund")
+        await eventually(lambda: _more_than(attempts, 3), timeout=20)  # past max_deliveries
+        assert await list_parked(sessionmaker) == []
+        outage["down"] = False
+        await eventually(lambda: _notes_are(sessionmaker, ["refund"]), timeout=20)
+    assert await list_parked(sessionmaker) == []
+
+
+async def _more_than(items: list[int], count: int) -> bool:
+    return len(items) > count
+
+
+async def test_runner_recreates_a_deleted_consumer(
+    sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
+) -> None:
+    await ensure_stream(jetstream)
+    runner = ConsumerRunner(make_consumer(set(), set(), []), jetstream, sessionmaker)
+    async with running(runner):
+        await send(jetstream, "before")
+        await eventually(lambda: _notes_are(sessionmaker, ["before"]))
+        await jetstream.delete_consumer("EVENTS", "test-consumer")
+        await send(jetstream, "after")
+        await eventually(lambda: _notes_are(sessionmaker, ["before", "after"]), timeout=30)

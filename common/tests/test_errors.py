@@ -90,8 +90,33 @@ async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
     assert response.json() == {"errors": [{"message": "Method not allowed"}]}
 
 
-async def test_unexpected_error_is_500_without_internals(client: httpx.AsyncClient) -> None:
-    response = await client.get("/boom")
+async def test_unexpected_error_is_500_without_internals(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    response = await client.get("/boom", headers={"X-Request-Id": "trace-500"})
     assert response.status_code == 500
     assert response.json() == {"errors": [{"message": "Something went wrong"}]}
     assert "hunter2" not in response.text and "Traceback" not in response.text
+    # The failure can be found in the logs by the id the caller saw.
+    assert response.headers["x-request-id"] == "trace-500"
+    (record,) = [r for r in caplog.records if r.name == "ticketing.errors"]
+    assert record.exc_info is not None and "hunter2" in str(record.exc_info[1])
+    assert "GET /boom" in record.getMessage()
+
+
+@pytest.mark.parametrize("given", ["", "x" * 65, "bad id with spaces", "é"])
+async def test_unusable_request_ids_are_replaced(client: httpx.AsyncClient, given: str) -> None:
+    response = await client.get("/forbidden", headers={"X-Request-Id": given.encode()})
+    assert response.headers["x-request-id"] != given
+    assert len(response.headers["x-request-id"]) == 32
+
+
+async def test_openapi_documents_validation_errors_as_400_in_the_common_shape(
+    client: httpx.AsyncClient,
+) -> None:
+    document = (await client.get("/openapi.json")).json()
+    responses = document["paths"]["/things"]["post"]["responses"]
+    assert "422" not in responses
+    schema = responses["400"]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["errors"]
+    assert "HTTPValidationError" not in document["components"]["schemas"]

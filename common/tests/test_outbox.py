@@ -110,8 +110,8 @@ async def test_nats_outage_loses_nothing_and_duplicates_nothing(
     await ensure_stream(jetstream)
     # Two relays, as two replicas of a service would run.
     async with (
-        running_relay(engine, sessionmaker, jetstream, poll_seconds=0.2),
-        running_relay(engine, sessionmaker, jetstream, poll_seconds=0.2),
+        running_relay(engine, sessionmaker, jetstream, poll_seconds=0.2) as first,
+        running_relay(engine, sessionmaker, jetstream, poll_seconds=0.2) as second,
     ):
         nats_server.stop()
         committed = []
@@ -120,12 +120,10 @@ async def test_nats_outage_loses_nothing_and_duplicates_nothing(
                 committed.append((await publish(session, ticket_created(f"t{i}"))).id)
                 await session.commit()
 
-        async def relay_tried_and_failed() -> bool:
-            async with sessionmaker() as session:
-                attempts = await session.scalar(select(func.max(outbox.c.attempts)))
-            return bool(attempts)
+        async def both_relays_tried_and_failed() -> bool:
+            return first.consecutive_failures > 0 and second.consecutive_failures > 0
 
-        await eventually(relay_tried_and_failed, timeout=10)
+        await eventually(both_relays_tried_and_failed, timeout=15)
         assert await unpublished(sessionmaker) == 20
 
         nats_server.start()
@@ -192,4 +190,50 @@ async def test_rows_left_by_a_crashed_service_go_out_when_a_relay_starts(
         await session.commit()
     async with running_relay(engine, sessionmaker, jetstream, poll_seconds=60):
         received = await event_probe.wait_for("ticket.created", timeout=5)
+    assert received.id == envelope.id
+
+
+async def test_a_row_jetstream_refuses_is_set_aside_and_later_rows_flow(
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    jetstream: JetStreamContext,
+    event_probe: EventProbe,
+) -> None:
+    await ensure_stream(jetstream)
+    async with sessionmaker() as session:
+        # A schedule JetStream cannot parse: refused on every try.
+        refused = await publish(
+            session,
+            ticket_created("bad schedule"),
+            nats_subject="schedule.test.1",
+            headers={"Nats-Schedule": "@at not-a-time", "Nats-Schedule-Target": "ticket.created"},
+        )
+        await publish(session, ticket_created("after it"))
+        await session.commit()
+    relay = OutboxRelay(engine, sessionmaker, jetstream, max_attempts=3)
+    for _ in range(3):
+        await relay.flush()
+    titles = [e.data["title"] for e in await event_probe.all("ticket.created")]
+    assert titles == ["after it"]
+    async with sessionmaker() as session:
+        row = (await session.execute(select(outbox).where(outbox.c.id == refused.id))).one()
+    assert row.attempts == 3
+    assert row.failed_at is not None and row.published_at is None
+    assert "10189" in row.last_error  # JetStream's "invalid schedule" error code
+    assert await relay.flush() == 0  # set aside: no longer tried
+
+
+async def test_relay_recreates_a_deleted_stream(
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    jetstream: JetStreamContext,
+    event_probe: EventProbe,
+) -> None:
+    await ensure_stream(jetstream)
+    await jetstream.delete_stream("EVENTS")  # a NATS store rebuilt under a running service
+    async with sessionmaker() as session:
+        envelope = await publish(session, ticket_created("survivor"))
+        await session.commit()
+    assert await OutboxRelay(engine, sessionmaker, jetstream).flush() == 1
+    received = await event_probe.wait_for("ticket.created", timeout=5)
     assert received.id == envelope.id

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ticketing_local.datafolder import AlreadyRunningError, DataFolder, process_start_ticks
+from ticketing_local.datafolder import (
+    AlreadyRunningError,
+    DataFolder,
+    folder_problem,
+    process_start_ticks,
+)
 
 
 def test_a_second_launcher_is_told_the_first_is_running(tmp_path: Path) -> None:
@@ -78,3 +85,79 @@ def test_leftovers_of_a_killed_launcher_are_stopped_and_reused_pids_spared(
     finally:
         orphan.kill()
         orphan.wait()
+
+
+@pytest.fixture
+def shared_parent(tmp_path: Path) -> Iterator[tuple[DataFolder, Path]]:
+    """A data folder and the /var/tmp name its relocated PostgreSQL data would use."""
+    data = DataFolder(tmp_path / "data")
+    data.path.mkdir()
+    usual = data.shared_postgres_parent()
+    assert not usual.exists() and not usual.is_symlink()
+    yield data, usual
+    for leftover in usual.parent.glob(f"{usual.name}*"):
+        if leftover.is_symlink():
+            leftover.unlink()
+        else:
+            shutil.rmtree(leftover)
+
+
+def test_relocation_never_follows_a_symlink_planted_at_its_name(
+    shared_parent: tuple[DataFolder, Path], tmp_path: Path
+) -> None:
+    data, usual = shared_parent
+    elsewhere = tmp_path / "attacker"
+    elsewhere.mkdir()
+    elsewhere.chmod(0o700)
+    usual.symlink_to(elsewhere)
+
+    messages: list[str] = []
+    relocated = data.relocate_postgres(messages.append)
+
+    assert relocated.parent != usual and relocated.parent.name.startswith(usual.name + "-")
+    assert not relocated.parent.is_symlink()
+    assert list(elsewhere.iterdir()) == []
+    assert stat.S_IMODE(os.lstat(elsewhere).st_mode) == 0o700  # not chmod-ed through the link
+    assert data.postgres_dir == relocated  # the pointer names the fresh folder
+    assert messages == [
+        f"warning: {usual} is a symbolic link, so not used; "
+        f"PostgreSQL's data goes to {relocated.parent} instead"
+    ]
+    # A reset deletes our folder, never what the link points to.
+    data.wipe()
+    assert not relocated.parent.exists() and elsewhere.exists() and usual.is_symlink()
+
+
+def test_a_planted_folder_is_refused_a_folder_of_ours_is_reused(
+    shared_parent: tuple[DataFolder, Path],
+) -> None:
+    data, usual = shared_parent
+    usual.mkdir(mode=0o700)
+    usual.chmod(0o777)  # writable by anyone: someone else could put things inside
+    assert folder_problem(usual) == f"{usual} is writable by other users"
+    assert data.relocate_postgres().parent != usual
+
+    usual.chmod(0o755)
+    if os.geteuid() == 0:
+        os.chown(usual, 65534, 65534)  # nobody's
+        assert folder_problem(usual) == f"{usual} belongs to another user (uid 65534)"
+        os.chown(usual, 0, 0)
+    assert folder_problem(usual) is None
+    assert data.relocate_postgres() == usual / "postgres"
+
+
+def test_a_relocated_folder_replaced_since_the_last_start_is_not_used(
+    shared_parent: tuple[DataFolder, Path], tmp_path: Path
+) -> None:
+    data, usual = shared_parent
+    first = data.relocate_postgres()
+    assert data.checked_postgres_dir() == first == usual / "postgres"
+    # /var/tmp cleaned, then another user plants a symlink at the name before the next start.
+    shutil.rmtree(usual)
+    usual.symlink_to(tmp_path)
+    messages: list[str] = []
+    again = data.checked_postgres_dir(messages.append)
+    assert again.parent != usual and not again.parent.is_symlink()
+    assert messages[0] == (
+        f"warning: {usual} is a symbolic link; PostgreSQL's data there is not used"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -11,10 +12,12 @@ from typing import Any
 import httpx
 import pytest
 from nats.js import JetStreamContext
+from pydantic import ValidationError
 
 from orders.app import create_app
 from orders.settings import OrdersSettings
 from ticketing_common.events import PaymentCreated, TicketCreated
+from ticketing_common.messaging.streams import MAX_AGE_SECONDS
 from ticketing_common.testing import EventProbe, ServiceHarness, TestDatabase, Users, send_event
 from ticketing_common.testing.helpers import eventually
 
@@ -214,6 +217,7 @@ async def test_a_hundred_buyers_race_for_one_ticket(
     live = await orders_db.fetch("SELECT id FROM orders WHERE status <> 'cancelled'")
     assert [str(row["id"]) for row in live] == [winner["id"]]
 
+    assert await outbox_count(orders_db, "order.created") == 1
     await event_probe.wait_for("order.created")
     published = await event_probe.all("order.created")
     assert [e.data["id"] for e in published] == [winner["id"]]
@@ -316,6 +320,45 @@ async def test_a_refusal_is_not_remembered_under_the_key(
     assert r.json()["userId"] == str(buyer)
 
 
+async def test_an_idempotency_key_older_than_a_day_counts_as_new(
+    client: httpx.AsyncClient, users: Users, tickets: Tickets, orders_db: TestDatabase
+) -> None:
+    first_ticket, other_ticket = await tickets.create(), await tickets.create()
+    buyer = uuid.uuid4()
+    first = await order(client, users, buyer, first_ticket, **{"Idempotency-Key": "k"})
+    await orders_db.fetch(
+        "UPDATE idempotency_keys SET created_at = now() - interval '24 hours 1 minute'"
+    )
+    # Expired: the key is free again, even for another request; twins still make one order.
+    headers = users.headers(buyer) | {"Idempotency-Key": "k"}
+    responses = await asyncio.gather(
+        *(
+            client.post("/api/orders", json={"ticketId": str(other_ticket.id)}, headers=headers)
+            for _ in range(10)
+        )
+    )
+    assert [r.status_code for r in responses] == [201] * 10, [r.text for r in responses]
+    second_ids = {r.json()["id"] for r in responses}
+    assert len(second_ids) == 1 and first["id"] not in second_ids
+    assert sum("Idempotent-Replayed" not in r.headers for r in responses) == 1
+    assert responses[0].json()["ticket"]["id"] == str(other_ticket.id)
+    [stored] = await orders_db.fetch("SELECT response, created_at FROM idempotency_keys")
+    assert json.loads(stored["response"])["id"] in second_ids
+    assert stored["created_at"] > datetime.now(UTC) - timedelta(minutes=1)
+    assert len(await orders_db.fetch("SELECT 1 FROM orders")) == 2
+
+
+async def test_an_idempotency_key_younger_than_a_day_is_still_replayed(
+    client: httpx.AsyncClient, users: Users, tickets: Tickets, orders_db: TestDatabase
+) -> None:
+    ticket = await tickets.create()
+    buyer = uuid.uuid4()
+    first = await order(client, users, buyer, ticket, **{"Idempotency-Key": "k"})
+    await orders_db.fetch("UPDATE idempotency_keys SET created_at = now() - interval '23 hours'")
+    again = await order(client, users, buyer, ticket, **{"Idempotency-Key": "k"})
+    assert again == first
+
+
 @pytest.mark.parametrize("key", [b"", b"x" * 256, b"has space", "caf\u00e9".encode()])
 async def test_invalid_idempotency_key_is_400(
     client: httpx.AsyncClient, users: Users, tickets: Tickets, key: bytes
@@ -329,6 +372,20 @@ async def test_invalid_idempotency_key_is_400(
     )
     assert r.status_code == 400
     assert error_fields(r) == ["Idempotency-Key"]
+
+
+@pytest.mark.parametrize("seconds", [0, -5, 7 * 24 * 3600 + 1, 14 * 24 * 3600])
+def test_expiration_must_stay_well_inside_the_stream_retention(
+    settings: OrdersSettings, seconds: int
+) -> None:
+    with pytest.raises(ValidationError, match="order_expiration_seconds"):
+        OrdersSettings(**(settings.model_dump() | {"order_expiration_seconds": seconds}))
+
+
+def test_the_longest_expiration_leaves_the_stream_a_week_spare(settings: OrdersSettings) -> None:
+    week = 7 * 24 * 3600
+    longest = OrdersSettings(**(settings.model_dump() | {"order_expiration_seconds": week}))
+    assert longest.order_expiration_seconds == week <= MAX_AGE_SECONDS - week
 
 
 # --- GET /api/orders, GET /api/orders/{id} ----------------------------------------------------

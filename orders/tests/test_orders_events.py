@@ -107,6 +107,42 @@ async def test_reservation_update_keeps_the_replica_in_step(
     assert row["version"] == 1
 
 
+async def test_an_order_keeps_the_title_and_price_it_was_made_at(
+    client: httpx.AsyncClient,
+    users: Users,
+    tickets: Tickets,
+    jetstream: JetStreamContext,
+    orders_db: TestDatabase,
+    event_probe: EventProbe,
+) -> None:
+    ticket = await tickets.create(title="Opera", price="80.00")
+    buyer = users.headers(uuid.uuid4())
+    r = await client.post("/api/orders", json={"ticketId": str(ticket.id)}, headers=buyer)
+    created = r.json()
+    # The replica moves on (the owner edits the ticket after the order was cancelled, say).
+    changed = TicketUpdated(
+        id=ticket.id,
+        version=1,
+        title="Opera (new cast)",
+        price=Decimal("120.00"),
+        user_id=ticket.user_id,
+        order_id=None,
+    )
+    await orders_db.wait_handled((await send_event(jetstream, changed)).id)
+    row = await replica(orders_db, ticket.id)
+    assert (row["title"], row["price"]) == ("Opera (new cast)", Decimal("120.00"))
+
+    as_ordered = {"id": str(ticket.id), "title": "Opera", "price": "80.00"}
+    assert created["ticket"] == as_ordered
+    shown = await client.get(f"/api/orders/{created['id']}", headers=buyer)
+    assert shown.json()["ticket"] == as_ordered
+    listed = await client.get("/api/orders", headers=buyer)
+    assert [o["ticket"] for o in listed.json()] == [as_ordered]
+    # ... which is the price payments charges.
+    event = await event_probe.wait_for("order.created")
+    assert event.data["ticket"] == {"id": str(ticket.id), "price": "80.00"}
+
+
 async def test_update_for_a_ticket_not_yet_known_waits_for_its_creation(
     jetstream: JetStreamContext, orders_db: TestDatabase, client: httpx.AsyncClient
 ) -> None:

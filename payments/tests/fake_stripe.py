@@ -1,8 +1,10 @@
 """A local stand-in for the part of Stripe's HTTP API the stripe provider uses.
 
 It behaves like Stripe where our code depends on it (idempotent replays, a PaymentIntent paid at
-most once, test tokens, card errors, cancel, refunds) and records every request so tests can
-check what our code sent. It listens on 127.0.0.1 in the test's event loop.
+most once, single-use PaymentMethods, the minimum charge, test tokens, card errors, cancel,
+refunds) and records every request so tests can check what our code sent. ``down`` makes it
+answer every request with a 500 (an outage), ``delay`` makes it slow to answer. It listens on
+127.0.0.1 in the test's event loop.
 """
 
 from __future__ import annotations
@@ -43,9 +45,14 @@ class FakeStripe:
     requests: list[Recorded] = field(default_factory=list)
     intents: dict[str, dict[str, Any]] = field(default_factory=dict)
     methods: dict[str, str] = field(default_factory=dict)  # PaymentMethod id -> card token
+    # A PaymentMethod not attached to a Customer pays one PaymentIntent only: id -> that intent.
+    method_used_by: dict[str, str] = field(default_factory=dict)
     refunds: list[dict[str, Any]] = field(default_factory=list)
     _replays: dict[tuple[str, str], tuple[int, bytes]] = field(default_factory=dict)
     url: str = ""
+    down: bool = False
+    delay: float = 0.0
+    _closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def captures(self) -> list[str]:
@@ -64,6 +71,11 @@ class FakeStripe:
                 form,
             )
         )
+        if self.delay:
+            with contextlib.suppress(TimeoutError):  # cut short when the fake shuts down
+                await asyncio.wait_for(self._closing.wait(), self.delay)
+        if self.down:
+            return _error(500, "api_error", "", "An unknown error occurred (fake outage)")
         if not request.headers.get("authorization", "").startswith("Bearer sk_test_"):
             return _error(401, "invalid_request_error", "api_key_invalid", "Invalid API Key")
         key = request.headers.get("idempotency-key")
@@ -135,7 +147,15 @@ class FakeStripe:
         )
 
     def _create(self, form: dict[str, str]) -> JSONResponse:
-        intent = {
+        if form["currency"] == "usd" and int(form["amount"]) < 50:
+            return _error(
+                400,
+                "invalid_request_error",
+                "amount_too_small",
+                "Amount must be at least $0.50 usd",
+                param="amount",
+            )
+        intent: dict[str, Any] = {
             "id": f"pi_{uuid.uuid4().hex[:24]}",
             "object": "payment_intent",
             "amount": int(form["amount"]),
@@ -161,6 +181,17 @@ class FakeStripe:
                 "invalid_request_error",
                 "resource_missing",
                 f"No such PaymentMethod: '{method}'",
+                param="payment_method",
+            )
+        used_by = self.method_used_by.setdefault(method, intent["id"])
+        if used_by != intent["id"]:
+            return _error(
+                400,
+                "invalid_request_error",
+                "payment_method_unexpected_state",
+                "The provided PaymentMethod was previously used with a PaymentIntent without "
+                "Customer attachment, shared with a connected account without Customer "
+                "attachment, or was detached from a Customer. It may not be used again.",
                 param="payment_method",
             )
         if token.startswith("tok_chargeDeclined"):
@@ -211,5 +242,6 @@ class FakeStripe:
         try:
             yield self
         finally:
+            self._closing.set()
             server.should_exit = True
             await task

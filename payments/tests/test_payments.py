@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -10,14 +11,21 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from nats.js import JetStreamContext
 
 from payments.app import create_app
-from payments.providers import SandboxProvider
+from payments.providers import IntentClosedError, ProviderUnavailableError, SandboxProvider
 from payments.settings import PaymentsSettings
-from ticketing_common.events import OrderCreated, OrderCreatedTicket, OrderStatus
-from ticketing_common.testing import EventProbe, ServiceHarness, TestDatabase
+from ticketing_common.events import (
+    OrderCancelled,
+    OrderCancelledTicket,
+    OrderCreated,
+    OrderCreatedTicket,
+    OrderStatus,
+)
+from ticketing_common.testing import EventProbe, ServiceHarness, TestDatabase, session_cookie
 from ticketing_common.testing.helpers import eventually
 
 from .conftest import Orders
@@ -209,6 +217,12 @@ async def test_declined_and_good_card_at_once_keep_the_good_payment(
     assert len(provider.captures) == 5
 
 
+async def outbox_subjects(db: TestDatabase) -> list[str]:
+    """Every event the service committed, published yet or not, in order."""
+    rows = await db.fetch("SELECT nats_subject FROM outbox ORDER BY position")
+    return [r["nats_subject"] for r in rows]
+
+
 async def _outbox_flushed(db: TestDatabase) -> bool:
     rows = await db.fetch("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
     return bool(rows[0]["n"] == 0)
@@ -234,23 +248,98 @@ async def test_cancel_after_payment_refunds(
     assert provider.refunds == provider.captures == [payment["intent_ref"]]
 
 
-async def test_order_cancelled_before_order_created_is_applied_later(
-    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider
+@pytest.mark.parametrize("cancelled_first", [True, False])
+async def test_order_cancelled_and_created_in_either_order_end_cancelled(
+    client: httpx.AsyncClient,
+    orders: Orders,
+    provider: SandboxProvider,
+    settings: PaymentsSettings,
+    cancelled_first: bool,
 ) -> None:
-    # The cancellation reaches the consumer first: retried until order.created has landed.
-    order_id = uuid.uuid4()
-    await orders.cancel(order_id, wait=False)
-    await orders.emit(
-        OrderCreated(
-            id=order_id,
-            version=0,
-            status=OrderStatus.CREATED,
-            user_id=uuid.uuid4(),
-            expires_at=datetime.now(UTC) + timedelta(minutes=15),
-            ticket=OrderCreatedTicket(id=uuid.uuid4(), price=Decimal("5.00")),
-        )
+    order_id, user_id = uuid.uuid4(), uuid.uuid4()
+    created = OrderCreated(
+        id=order_id,
+        version=0,
+        status=OrderStatus.CREATED,
+        user_id=user_id,
+        expires_at=datetime.now(UTC) + timedelta(minutes=15),
+        ticket=OrderCreatedTicket(id=uuid.uuid4(), price=Decimal("5.00")),
     )
-    await eventually(lambda: orders.is_cancelled(order_id))
+    cancelled = OrderCancelled(id=order_id, version=1, ticket=OrderCancelledTicket(id=uuid.uuid4()))
+    first, second = (cancelled, created) if cancelled_first else (created, cancelled)
+
+    # Each handled (committed) before the next is sent: the arrival order is certain.
+    await orders.db.wait_handled((await orders.emit(first)).id, timeout=5)
+    if cancelled_first:
+        assert await orders.replica_status(order_id) is None
+        tombstones = await orders.db.fetch("SELECT order_id, version FROM cancelled_orders")
+        assert [tuple(t) for t in tombstones] == [(order_id, 1)]
+    await orders.db.wait_handled((await orders.emit(second)).id, timeout=5)
+
+    [replica] = await orders.db.fetch("SELECT status, version FROM orders WHERE id = $1", order_id)
+    assert (replica["status"], replica["version"]) == ("cancelled", 1)
+    assert await orders.db.fetch("SELECT 1 FROM cancelled_orders") == []
+    assert await orders.db.fetch("SELECT 1 FROM parked_events") == []
+    r = await pay(client, order_id, session_cookie(settings, user_id))
+    assert r.status_code == 400 and message(r) == "Order is cancelled"
+    assert provider.intents == {} and await orders.payments(order_id) == []
+
+
+async def test_a_paid_order_is_refunded_by_a_restarted_service(
+    settings: PaymentsSettings,
+    jetstream: JetStreamContext,
+    orders: Orders,
+    event_probe: EventProbe,
+) -> None:
+    """The sandbox keeps intents in memory; a restart (or ``parked replay``) forgets them."""
+    before = SandboxProvider()
+    async with ServiceHarness(_app(settings, before)).client() as client:
+        order_id, cookies = await orders.create()
+        paid = await pay(client, order_id, cookies)
+        assert paid.status_code == 201, paid.text
+
+    after = SandboxProvider()  # a new process: no intents in memory
+    async with ServiceHarness(_app(settings, after)).client():
+        await orders.cancel(order_id)
+        refunded = await event_probe.wait_for("payment.refunded")
+
+    [payment] = await orders.payments(order_id)
+    assert payment["status"] == "refunded"
+    assert refunded.data == {
+        "id": paid.json()["id"],
+        "orderId": str(order_id),
+        "providerRef": payment["refund_ref"],
+    }
+    assert after.refunds == before.captures == [payment["intent_ref"]]
+    # The forgotten intent is closed now: paying again takes nothing.
+    with pytest.raises(IntentClosedError):
+        await after.confirm(intent_ref=str(payment["intent_ref"]), token="tok_visa")
+
+
+async def test_provider_down_while_charging_leaves_a_pending_payment_that_a_cancel_voids(
+    settings: PaymentsSettings,
+    jetstream: JetStreamContext,
+    orders: Orders,
+) -> None:
+    async def provider_down() -> None:
+        raise ProviderUnavailableError()
+
+    down = HookedSandbox(before_capture=provider_down)
+    async with ServiceHarness(_app(settings, down)).client() as client:
+        order_id, cookies = await orders.create()
+        r = await pay(client, order_id, cookies)
+        assert r.status_code == 503, r.text
+        assert message(r) == "The payment provider is unavailable; please try again"
+        # Outcome unknown: the row stays pending, and the attempt no longer counts as in flight.
+        [payment] = await orders.payments(order_id)
+        assert (payment["status"], payment["attempts_in_flight"]) == ("pending", 0)
+
+    restarted = SandboxProvider()  # the pending payment's intent is unknown to it
+    async with ServiceHarness(_app(settings, restarted)).client():
+        await orders.cancel(order_id)
+    [payment] = await orders.payments(order_id)
+    assert payment["status"] == "voided" and payment["refund_ref"] is None
+    assert restarted.refunds == [] and await outbox_subjects(orders.db) == []
 
 
 @dataclass
@@ -284,6 +373,8 @@ async def test_cancelled_while_charging_after_capture_is_refunded(
         assert provider.refunds == provider.captures == [payment["intent_ref"]]
         refunded = await event_probe.wait_for("payment.refunded")
         assert refunded.data["orderId"] == str(order_id)
+        # Committed with the refund: the outbox holds every event, published or not.
+        assert await outbox_subjects(orders.db) == ["payment.refunded"]
         assert await event_probe.all("payment.created") == []
 
 
@@ -300,6 +391,7 @@ async def test_cancelled_while_charging_before_capture_takes_nothing(
         assert r.status_code == 400 and message(r) == "Order is cancelled"
         [payment] = await orders.payments(order_id)
         assert payment["status"] == "voided"  # the unpaid intent was cancelled first
+        assert payment["attempts_in_flight"] == 0  # the attempt ended, closed intent or not
         assert provider.captures == [] and provider.refunds == []
 
 
@@ -308,26 +400,24 @@ async def test_expiring_while_charging_is_refunded(
 ) -> None:
     provider = HookedSandbox()
     async with ServiceHarness(_app(settings, provider)).client() as client:
-        order_id, cookies = await orders.create(expires_in=0.4)
-        expires = (await orders.db.fetch("SELECT expires_at FROM orders WHERE id=$1", order_id))[0][
-            0
-        ]
+        order_id, cookies = await orders.create()
 
-        async def past_expiry() -> None:
-            await eventually(lambda: _after(expires))
+        async def expire_now() -> None:
+            # expiresAt passes while the card is charged, before any expiration.complete.
+            await orders.db.fetch(
+                "UPDATE orders SET expires_at = now() - interval '1 second' WHERE id = $1",
+                order_id,
+            )
 
-        provider.after_capture = past_expiry
+        provider.after_capture = expire_now
         r = await pay(client, order_id, cookies)
 
         assert r.status_code == 400 and message(r) == "Order has expired"
         [payment] = await orders.payments(order_id)
-        assert payment["status"] == "refunded"
+        assert payment["status"] == "refunded" and payment["attempts_in_flight"] == 0
         assert provider.refunds == provider.captures == [payment["intent_ref"]]
         await event_probe.wait_for("payment.refunded")
-
-
-async def _after(moment: datetime) -> bool:
-    return datetime.now(UTC) > moment
+        assert await outbox_subjects(orders.db) == ["payment.refunded"]
 
 
 async def test_payment_and_cancellation_racing_never_keep_money(
@@ -343,7 +433,7 @@ async def test_payment_and_cancellation_racing_never_keep_money(
             *(orders.cancel(order_id, wait=False) for order_id, _ in created),
         )
         for order_id, _ in created:
-            await eventually(lambda order_id=order_id: orders.is_cancelled(order_id))
+            await eventually(functools.partial(orders.is_cancelled, order_id))
 
         responses = results[: len(created)]
         assert all(isinstance(r, httpx.Response) and r.status_code in (201, 400) for r in responses)

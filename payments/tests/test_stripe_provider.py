@@ -14,12 +14,14 @@ from decimal import Decimal
 import httpx
 import pytest
 from nats.js import JetStreamContext
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
-from payments.app import create_app
-from payments.providers import IntentClosedError, StripeProvider
+from payments.app import create_app, provider_for
+from payments.providers import IntentClosedError, ProviderUnavailableError, StripeProvider
 from payments.settings import PaymentsSettings
+from ticketing_common.events import OrderCancelled, OrderCancelledTicket
 from ticketing_common.testing import EventProbe, ServiceHarness
+from ticketing_common.testing.helpers import eventually
 
 from .conftest import Orders
 from .fake_stripe import FakeStripe
@@ -151,10 +153,124 @@ async def test_cancelling_an_unpaid_attempt_cancels_the_intent(
 ) -> None:
     provider = StripeProvider(API_KEY, api_base=stripe_fake.url)
     intent = await provider.prepare(order_id=uuid.uuid4(), amount=Decimal("3.00"), currency="usd")
-    assert await provider.release(intent_ref=intent) is None
+    assert await provider.release(intent_ref=intent, paid=False) is None
     assert stripe_fake.intents[intent]["status"] == "canceled"
     assert stripe_fake.calls("POST", f"/v1/payment_intents/{intent}/cancel")
     # A payment that arrives after that takes nothing.
     with pytest.raises(IntentClosedError):
         await provider.confirm(intent_ref=intent, token="tok_visa")
     assert stripe_fake.captures == []
+
+
+async def test_two_orders_paid_with_the_same_test_token(
+    stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, orders: Orders
+) -> None:
+    # A PaymentMethod pays one intent only: each order needs its own, from the same token.
+    first, first_cookies = await orders.create()
+    second, second_cookies = await orders.create()
+
+    assert (await pay(stripe_client, first, first_cookies)).status_code == 201
+    r = await pay(stripe_client, second, second_cookies)
+
+    assert r.status_code == 201, r.text
+    assert len(stripe_fake.captures) == 2
+    assert len(set(stripe_fake.method_used_by.values())) == 2  # one PaymentMethod per intent
+    keys = [c.headers["idempotency-key"] for c in stripe_fake.calls("POST", "/v1/payment_methods")]
+    assert len(set(keys)) == 2
+
+
+async def test_a_retried_attempt_reuses_its_payment_method(stripe_fake: FakeStripe) -> None:
+    provider = StripeProvider(API_KEY, api_base=stripe_fake.url)
+    intent = await provider.prepare(order_id=uuid.uuid4(), amount=Decimal("3.00"), currency="usd")
+    await provider.confirm(intent_ref=intent, token="tok_visa")
+    await provider.confirm(intent_ref=intent, token="tok_visa")  # a retry: paid already, fine
+    assert len(stripe_fake.methods) == 1 and stripe_fake.captures == [intent]
+
+
+async def test_amount_below_stripes_minimum_is_400_not_try_again(
+    stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, orders: Orders
+) -> None:
+    order_id, cookies = await orders.create(price="0.30")
+
+    r = await pay(stripe_client, order_id, cookies)
+
+    assert r.status_code == 400, r.text
+    assert message(r) == "The amount is below the minimum the payment provider accepts"
+    assert stripe_fake.intents == {} and await orders.payments(order_id) == []
+
+
+async def test_refund_during_a_stripe_outage_is_retried_until_it_succeeds(
+    settings: PaymentsSettings,
+    stripe_fake: FakeStripe,
+    jetstream: JetStreamContext,
+    orders: Orders,
+    event_probe: EventProbe,
+) -> None:
+    settings = settings.model_copy(
+        update={
+            "stripe_key": SecretStr(API_KEY),
+            "stripe_api_base": stripe_fake.url,
+            "consumer_max_deliveries": 2,
+        }
+    )
+    async with ServiceHarness(create_app(settings)).client() as client:
+        order_id, cookies = await orders.create()
+        assert (await pay(client, order_id, cookies)).status_code == 201
+        [intent_id] = stripe_fake.captures
+
+        stripe_fake.down = True
+        await orders.emit(
+            OrderCancelled(id=order_id, version=1, ticket=OrderCancelledTicket(id=uuid.uuid4()))
+        )
+        looks = f"/v1/payment_intents/{intent_id}"
+
+        async def delivered_past_the_limit() -> bool:
+            # Each delivery looks the intent up: at most 2 requests (1 SDK retry) per delivery.
+            return len(stripe_fake.calls("GET", looks)) > 2 * settings.consumer_max_deliveries
+
+        await eventually(delivered_past_the_limit, timeout=20)
+        assert await orders.db.fetch("SELECT 1 FROM parked_events") == []
+        [payment] = await orders.payments(order_id)
+        assert payment["status"] == "succeeded"  # nothing recorded while Stripe is away
+
+        stripe_fake.down = False
+        refunded = await event_probe.wait_for("payment.refunded", timeout=30)
+
+    [payment] = await orders.payments(order_id)
+    assert payment["status"] == "refunded" and refunded.data["providerRef"] == payment["refund_ref"]
+    assert len(stripe_fake.refunds) == 1
+    assert await orders.db.fetch("SELECT 1 FROM parked_events") == []
+
+
+async def test_a_hanging_stripe_call_is_cut_short(
+    settings: PaymentsSettings, stripe_fake: FakeStripe
+) -> None:
+    provider = provider_for(
+        settings.model_copy(
+            update={
+                "stripe_key": SecretStr(API_KEY),
+                "stripe_api_base": stripe_fake.url,
+                "provider_timeout_seconds": 0.3,
+            }
+        )
+    )
+    stripe_fake.delay = 30
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ProviderUnavailableError):
+        await provider.prepare(order_id=uuid.uuid4(), amount=Decimal("3.00"), currency="usd")
+    # One try and one retry, each cut at the timeout: nowhere near the 30s Stripe would take.
+    assert asyncio.get_running_loop().time() - started < 10
+    assert len(stripe_fake.calls("POST", "/v1/payment_intents")) == 2
+
+
+def test_a_provider_call_fits_inside_a_handlers_time_budget(settings: PaymentsSettings) -> None:
+    defaults = PaymentsSettings(jwt_key=settings.jwt_key)
+    assert (defaults.provider_timeout_seconds, defaults.provider_max_network_retries) == (5.0, 1)
+    assert defaults.consumer_ack_wait_seconds == 60
+    with pytest.raises(ValidationError, match="handler's budget"):
+        PaymentsSettings(
+            **(
+                settings.model_dump()
+                | {"provider_timeout_seconds": 20, "consumer_ack_wait_seconds": 30}
+            )
+        )

@@ -299,6 +299,16 @@ async def test_list_default_and_maximum_page_sizes(
         ("cursor=bm90LWEtZGF0ZXxub3QtYS11dWlk", "cursor"),  # "not-a-date|not-a-uuid"
         ("cursor=MjAyNi0wMS0wMVQwMDowMDowMHwxMjM", "cursor"),  # "2026-01-01T00:00:00|123"
         (f"cursor={'A' * 201}", "cursor"),
+        # Dates PostgreSQL cannot hold once in UTC: "0001-01-01T00:00:00+05:00|<uuid>", and
+        # "9999-12-31T23:59:59-05:00|<uuid>".
+        (
+            "cursor=MDAwMS0wMS0wMVQwMDowMDowMCswNTowMHwwMDAwMDAwMC0wMDAwLTAwMDAtMDAwMC0wMDAwMDAwMDAwMDA",
+            "cursor",
+        ),
+        (
+            "cursor=OTk5OS0xMi0zMVQyMzo1OTo1OS0wNTowMHwwMDAwMDAwMC0wMDAwLTAwMDAtMDAwMC0wMDAwMDAwMDAwMDA",
+            "cursor",
+        ),
     ],
 )
 async def test_list_rejects_bad_paging_parameters(
@@ -429,6 +439,9 @@ async def test_concurrent_updates_never_lose_a_version(
         return versions if len(versions) >= 20 else []
 
     assert sorted(await eventually(all_published)) == list(range(1, 21))
+    # And no 21st waiting in the outbox (committed with the change, maybe not yet published).
+    outbox = await tickets_db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'ticket.updated'")
+    assert len(outbox) == 20
 
 
 async def test_openapi_documents_the_routes(client: httpx.AsyncClient) -> None:

@@ -195,6 +195,8 @@ async def test_update_racing_a_reservation_loses_nothing(
 
     events = await eventually(published)
     assert sorted(e.data["version"] for e in events) == list(range(1, len(accepted) + 2))
+    outbox = await tickets_db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'ticket.updated'")
+    assert len(outbox) == len(accepted) + 1  # none still waiting to go out
     assert [e.data["orderId"] for e in events if e.data["version"] == row["version"]] == [
         str(order_id)
     ]

@@ -70,13 +70,22 @@ async def sign_up(session: AsyncSession, passwords: Passwords, email: str, passw
 async def sign_in(
     session: AsyncSession, passwords: Passwords, settings: AuthSettings, email: str, password: str
 ) -> User:
+    # One attempt per email at a time (any replica): the lock is held through the count, the
+    # slow verify and the failure insert, so parallel guesses cannot all pass the count
+    # before any failure is recorded. Released when the transaction ends.
+    await session.execute(select(func.pg_advisory_xact_lock(func.hashtext(email))))
     window_start = utcnow() - timedelta(seconds=settings.signin_failure_window_seconds)
+    # Failures outside the window no longer count; don't let them pile up.
+    await session.execute(
+        delete(SigninFailure).where(
+            SigninFailure.email == email, SigninFailure.failed_at <= window_start
+        )
+    )
     recent_failures = await session.scalar(
-        select(func.count())
-        .select_from(SigninFailure)
-        .where(SigninFailure.email == email, SigninFailure.failed_at > window_start)
+        select(func.count()).select_from(SigninFailure).where(SigninFailure.email == email)
     )
     if (recent_failures or 0) >= settings.signin_max_failures:
+        await session.commit()
         raise TooManyRequestsError(
             "Too many failed sign-in attempts; try again later",
             retry_after=settings.signin_failure_window_seconds,

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats
 from fastapi import APIRouter, FastAPI, Request
@@ -24,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from ticketing_common.db import make_engine, make_sessionmaker
 from ticketing_common.errors import error_item, error_response, install_error_handlers
 from ticketing_common.messaging import Consumer, ConsumerRunner, OutboxRelay, ensure_stream
-from ticketing_common.observability import RequestIdMiddleware
 from ticketing_common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,21 @@ class Runtime:
     relay: OutboxRelay
     consumer: ConsumerRunner | None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stopping: bool = False
+    # Set when background work died: /healthz then fails, so the orchestrator restarts us.
+    failure: str | None = None
+
+    def start(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        task.add_done_callback(self._task_done)
+        self.tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if self.stopping or task.cancelled():
+            return
+        error = task.exception()
+        self.failure = f"{task.get_name()} stopped: {error!r}"
+        log.critical("background task %s", self.failure, exc_info=error)
 
 
 async def connect_nats(settings: ServiceSettings) -> NatsClient:
@@ -54,6 +69,7 @@ async def connect_nats(settings: ServiceSettings) -> NatsClient:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 connect_timeout=2,
+                drain_timeout=5,
             )
         except Exception as exc:
             if attempt == NATS_CONNECT_ATTEMPTS:
@@ -72,7 +88,13 @@ async def run_service(
     nc = await connect_nats(settings)
     js = nc.jetstream()
     await ensure_stream(js, replicas=settings.nats_stream_replicas)
-    relay = OutboxRelay(engine, sessionmaker, js, poll_seconds=settings.outbox_poll_seconds)
+    relay = OutboxRelay(
+        engine,
+        sessionmaker,
+        js,
+        poll_seconds=settings.outbox_poll_seconds,
+        stream_replicas=settings.nats_stream_replicas,
+    )
     runner = (
         ConsumerRunner(
             consumer,
@@ -80,18 +102,20 @@ async def run_service(
             sessionmaker,
             max_deliveries=settings.consumer_max_deliveries,
             ack_wait_seconds=settings.consumer_ack_wait_seconds,
+            stream_replicas=settings.nats_stream_replicas,
         )
         if consumer
         else None
     )
     runtime = Runtime(engine, sessionmaker, nc, relay, runner)
-    runtime.tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
+    runtime.start(relay.run(), "outbox-relay")
     if runner:
-        await runner.ensure_consumer()
-        runtime.tasks.append(asyncio.create_task(runner.run(), name="consumer"))
+        runtime.start(runner.run(), "consumer")
     try:
         yield runtime
     finally:
+        # Stop taking events, finish the one in hand, send what was committed, then drain.
+        runtime.stopping = True
         if runner:
             runner.stop()
         relay.stop()
@@ -99,6 +123,11 @@ async def run_service(
         with contextlib.suppress(Exception):
             await nc.drain()
         await engine.dispose()
+
+
+async def _ping(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
 
 
 def create_service_app(
@@ -122,13 +151,15 @@ def create_service_app(
     app = FastAPI(title=title, description=description, lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
     for router in routers:
         app.include_router(router)
 
     @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz(request: Request) -> JSONResponse:
+        runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+        if runtime is not None and runtime.failure is not None:
+            return error_response(503, [error_item(runtime.failure)])
+        return JSONResponse({"status": "ok"})
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
@@ -138,8 +169,7 @@ def create_service_app(
             problems.append(error_item("Service is starting"))
         else:
             try:
-                async with runtime.engine.connect() as conn:
-                    await asyncio.wait_for(conn.execute(text("SELECT 1")), 2)
+                await asyncio.wait_for(_ping(runtime.engine), 2)
             except Exception:
                 problems.append(error_item("Database unreachable"))
             if not runtime.nc.is_connected:

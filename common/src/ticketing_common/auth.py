@@ -18,6 +18,7 @@ from ticketing_common.settings import ServiceSettings
 
 SESSION_COOKIE = "session"
 JWT_ALGORITHM = "HS256"
+CLOCK_SKEW_SECONDS = 30
 
 
 class UserClaims(BaseModel):
@@ -47,6 +48,9 @@ def decode_session_token(token: str, settings: ServiceSettings) -> UserClaims | 
             settings.jwt_key.get_secret_value(),
             algorithms=[JWT_ALGORITHM],
             options={"require": ["sub", "email", "iat", "exp"]},
+            # Hosts' clocks differ a little: a token issued "in the future" by a few seconds
+            # (or just expired) must not flip a fresh session to signed out.
+            leeway=CLOCK_SKEW_SECONDS,
         )
         return UserClaims(id=uuid.UUID(claims["sub"]), email=claims["email"])
     except (jwt.PyJWTError, ValueError, TypeError, KeyError):

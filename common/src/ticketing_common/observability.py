@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 import uuid
@@ -18,11 +19,15 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ticketing_common.errors import error_item, error_response
+
 REQUEST_ID_HEADER = "X-Request-Id"
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 service_name_var: ContextVar[str] = ContextVar("service_name", default="-")
 
 access_log = logging.getLogger("ticketing.access")
+error_log = logging.getLogger("ticketing.errors")
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 class JsonFormatter(logging.Formatter):
@@ -73,7 +78,12 @@ def new_request_id() -> str:
 
 
 class RequestIdMiddleware:
-    """Pure ASGI middleware (no BaseHTTPMiddleware: it would break streaming and contextvars)."""
+    """Gives every request an id, logs it, and answers an unexpected failure with a clean 500.
+
+    Pure ASGI (BaseHTTPMiddleware would break streaming and contextvars). It sits inside
+    Starlette's outermost error middleware, so the 500 it sends still carries the request id,
+    and so does the log line with the traceback.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -82,16 +92,21 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.lower().encode())
-        request_id = incoming.decode("latin-1")[:64] if incoming else new_request_id()
+        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.lower().encode(), b"")
+        # Taken as given only if it is a sane token; anything else is replaced, not echoed.
+        request_id = incoming.decode("latin-1")
+        if not REQUEST_ID_PATTERN.fullmatch(request_id):
+            request_id = new_request_id()
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 message["headers"] = [
                     *message.get("headers", []),
                     (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
@@ -100,6 +115,12 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            error_log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if response_started:
+                raise  # too late for a clean answer: let the server drop the connection
+            response = error_response(500, [error_item("Something went wrong")])
+            await response(scope, receive, send_with_id)
         finally:
             if scope["path"] not in ("/healthz", "/readyz"):
                 access_log.info(

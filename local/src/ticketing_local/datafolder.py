@@ -12,12 +12,18 @@ import fcntl
 import hashlib
 import json
 import os
+import pwd
 import secrets
 import shutil
 import signal
+import stat
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ticketing_common.embedded import PG_SYSTEM_USER
 
 LOCK_FILE = "launcher.lock"
 STATUS_FILE = "status.json"
@@ -91,21 +97,43 @@ class DataFolder:
             return Path(pointer.read_text().strip())
         return self.path / "postgres"
 
-    def relocate_postgres(self) -> Path:
+    def relocate_postgres(self, log: Callable[[str], None] = lambda _: None) -> Path:
         """Move PostgreSQL's data to a folder its unprivileged user can reach.
 
         As root, PostgreSQL runs as a system user that must enter every folder above its data;
         a data folder under a private home (0700) is closed to it. The data then lives under
         /var/tmp (kept across reboots), named after this folder, and a pointer here says where.
         """
-        digest = hashlib.sha256(str(self.path).encode()).hexdigest()[:12]
-        base = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path("/tmp")
-        parent = base / f"ticketing-local-{digest}"
-        parent.mkdir(mode=0o755, exist_ok=True)
-        parent.chmod(0o755)
+        parent = self.shared_postgres_parent()
+        with contextlib.suppress(FileExistsError):
+            parent.mkdir(mode=0o700)
+        if (problem := folder_problem(parent)) is not None:
+            # Another user's folder, or a symlink, sits at the usual name (anyone may create
+            # names in /var/tmp): never follow it; take a fresh folder of our own instead.
+            parent = Path(tempfile.mkdtemp(prefix=f"{parent.name}-", dir=parent.parent))
+            log(f"warning: {problem}, so not used; PostgreSQL's data goes to {parent} instead")
+        parent.chmod(0o755)  # checked above: a real folder of ours, not a symlink
         shutil.rmtree(self.path / "postgres", ignore_errors=True)
         (self.path / POSTGRES_LOCATION_FILE).write_text(f"{parent / 'postgres'}\n")
         return parent / "postgres"
+
+    def shared_postgres_parent(self) -> Path:
+        """The usual folder for relocated PostgreSQL data: under /var/tmp, named after us."""
+        digest = hashlib.sha256(str(self.path).encode()).hexdigest()[:12]
+        base = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path("/tmp")
+        return base / f"ticketing-local-{digest}"
+
+    def checked_postgres_dir(self, log: Callable[[str], None] = lambda _: None) -> Path:
+        """``postgres_dir``, once a relocated one's folder is known to be still ours.
+
+        /var/tmp is cleaned of old entries on some systems, and another user may then put a
+        folder or a symlink of their own at the name; the data then moves to a fresh folder.
+        """
+        path = self.postgres_dir
+        if path.parent == self.path or (problem := folder_problem(path.parent)) is None:
+            return path
+        log(f"warning: {problem}; PostgreSQL's data there is not used")
+        return self.relocate_postgres(log)
 
     def jwt_key(self) -> str:
         """The key generated on the first start, kept so sessions survive a restart."""
@@ -122,7 +150,7 @@ class DataFolder:
         """Delete every piece of state (the caller holds the lock); return what was removed."""
         removed = []
         postgres = self.postgres_dir
-        if postgres.parent != self.path and postgres.exists():
+        if postgres.parent != self.path and folder_problem(postgres.parent) is None:
             shutil.rmtree(postgres.parent)  # the relocated folder made by relocate_postgres
             removed.append(postgres.parent)
         for entry in self.path.iterdir():
@@ -171,6 +199,30 @@ class DataFolder:
                 log(f"stopping {name} (pid {pid}), left by a launcher that did not stop cleanly")
                 terminate(pid, timeout=15)
         self.clear_status()
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why ``path`` (in a folder anyone can write to, such as /var/tmp) is not safely ours.
+
+    None when it is a real folder (not a symlink) owned by us, root or PostgreSQL's system
+    user, that nobody else can write to: then nobody else can have put anything inside.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    if stat.S_ISLNK(info.st_mode):
+        return f"{path} is a symbolic link"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{path} is not a folder"
+    trusted = {0, os.geteuid()}
+    with contextlib.suppress(KeyError):
+        trusted.add(pwd.getpwnam(PG_SYSTEM_USER).pw_uid)
+    if info.st_uid not in trusted:
+        return f"{path} belongs to another user (uid {info.st_uid})"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is writable by other users"
+    return None
 
 
 def process_start_ticks(pid: int) -> int | None:

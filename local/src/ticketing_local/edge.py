@@ -1,7 +1,8 @@
 """The local edge: one origin for every service, routed like the Kubernetes Ingress.
 
 A small reverse proxy (an ASGI app on uvicorn, httpx to the services). It forwards the
-request as ingress-nginx would: the original ``Host``, ``X-Forwarded-For/-Proto/-Host`` and an
+request as ingress-nginx would: the original ``Host``, ``X-Forwarded-For/-Proto/-Host/-Port``
+(set from what the edge saw; any the client sent are dropped) and an
 ``X-Request-Id`` (made here when the caller sent none, so one id follows the request through
 the services and the events it causes). A service that is down (restarting after a crash)
 answers 503 with ``Retry-After`` instead of hanging.
@@ -117,7 +118,10 @@ class Edge:
     async def _proxy(
         self, scope: Scope, receive: Receive, send: Send, service: str, upstream: str
     ) -> None:
-        body = await _read_body(receive)
+        try:
+            body = await _read_body(receive)
+        except ClientDisconnectedError:
+            return  # nobody to answer, and nothing complete to forward
         if body is None:
             await _respond_error(send, 413, "Request body too large")
             return
@@ -188,38 +192,65 @@ td{{padding:.15rem .8rem .15rem 0}}</style></head>
 
 
 def _forwarded_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
-    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
-    names = {k.lower() for k, _ in headers}
+    """The request's headers as the service should see them.
+
+    Hop-by-hop headers go, and so do those the client named in ``Connection`` (RFC 9110
+    section 7.6.1). Every forwarding header the client sent (``X-Forwarded-*``, ``Forwarded``,
+    ``X-Real-IP``) goes too, and the edge sets them from what it saw itself, as ingress-nginx
+    does by default: a client cannot choose the address, scheme or host a service believes
+    the request came from (the services trust these headers from any peer).
+    """
+    dropped = set(HOP_BY_HOP)
+    for name, value in scope["headers"]:
+        if name.lower() == b"connection":
+            dropped.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    # Values trimmed: HTTP ignores surrounding blanks, but the upstream client refuses them.
+    headers = [
+        (k, v.strip(b" \t"))
+        for k, v in scope["headers"]
+        if (key := k.lower()) not in dropped
+        and not key.startswith(b"x-forwarded-")
+        and key not in (b"forwarded", b"x-real-ip")
+    ]
     client = scope.get("client")
-    client_ip = client[0].encode() if client else b""
-    forwarded_for = [v for k, v in headers if k.lower() == b"x-forwarded-for"]
-    headers = [(k, v) for k, v in headers if k.lower() != b"x-forwarded-for"]
-    headers.append((b"x-forwarded-for", b", ".join([*forwarded_for, client_ip])))
+    if client:
+        headers.append((b"x-forwarded-for", client[0].encode()))
+        headers.append((b"x-real-ip", client[0].encode()))
     headers.append((b"x-forwarded-proto", scope["scheme"].encode()))
     host = next((v for k, v in headers if k.lower() == b"host"), b"")
-    if b"x-forwarded-host" not in names and host:
+    if host:
         headers.append((b"x-forwarded-host", host))
-    if b"x-request-id" not in names:
+    server = scope.get("server")
+    if server and server[1] is not None:
+        headers.append((b"x-forwarded-port", str(server[1]).encode()))
+    if not any(k.lower() == b"x-request-id" for k, _ in headers):
         headers.append((b"x-request-id", uuid.uuid4().hex.encode()))
     return headers
 
 
+class ClientDisconnectedError(Exception):
+    """The client went away before its request body arrived in full."""
+
+
 async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body (API requests are small), or None when it is too large."""
+    """The whole request body (API requests are small), or None when it is too large.
+
+    Raises ClientDisconnectedError when the client leaves mid-body: half a request must never
+    reach a service (a truncated JSON body could still parse, e.g. a cut-off number).
+    """
     chunks: list[bytes] = []
     size = 0
     while True:
         message: Message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise ClientDisconnectedError
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             return None
         chunks.append(chunk)
         if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+            return b"".join(chunks)
 
 
 async def _respond(

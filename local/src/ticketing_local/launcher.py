@@ -3,8 +3,8 @@
 Order: PostgreSQL and NATS (embedded, from wheels) -> one database per service -> every
 service as its own process on a free port, migrating its database first -> the edge on
 ``PORT`` (8080) -> wait until every service answers ``/readyz`` -> print the URL. A crashed
-service is restarted; SIGINT/SIGTERM stops the services (gracefully), then NATS, then
-PostgreSQL.
+service is restarted, and so are PostgreSQL and NATS (the platform stops if they cannot be);
+SIGINT/SIGTERM/SIGHUP stops the services (gracefully), then NATS, then PostgreSQL.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,9 +38,17 @@ OPTIONAL_SERVICES = ("client",)
 READY_TIMEOUT_SECONDS = 180.0
 # Services shut down gracefully within 20s (ticketing_common.cli); give them a little more.
 STOP_TIMEOUT_SECONDS = 25.0
+# PostgreSQL or NATS that died is restarted at once; should that fail (its port taken, its
+# folder unwritable...), a few more tries after a growing pause, then the platform stops.
+INFRA_RESTART_ATTEMPTS = 4
+INFRA_FIRST_RETRY_DELAY = 1.0
 
 
-class StartupError(RuntimeError):
+class PlatformError(RuntimeError):
+    """The platform cannot run; the message says why (shown as ``error: ...``)."""
+
+
+class StartupError(PlatformError):
     pass
 
 
@@ -92,6 +100,8 @@ class Launcher:
         self.ready = False
         self._stop = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
+        self.infra_restart_attempts = INFRA_RESTART_ATTEMPTS
+        self.infra_first_retry_delay = INFRA_FIRST_RETRY_DELAY
 
     def log(self, message: str) -> None:
         self.output.line("launcher", message)
@@ -108,7 +118,9 @@ class Launcher:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP: the terminal it runs in was closed; stop everything rather than leave the
+        # servers running with nobody to stop them.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, self.request_stop)
         try:
             await self._start()
@@ -117,7 +129,7 @@ class Launcher:
             return 0
         except StopRequestedError:
             return 0
-        except StartupError as exc:
+        except PlatformError as exc:
             self.log(f"error: {exc}")
             return 1
         finally:
@@ -178,11 +190,11 @@ class Launcher:
     # -- infrastructure ----------------------------------------------------------------------
 
     async def _start_postgres(self) -> None:
-        postgres = EmbeddedPostgres(self.data.postgres_dir, durable=True)
+        postgres = EmbeddedPostgres(self.data.checked_postgres_dir(self.log), durable=True)
         try:
             await self._start_server("PostgreSQL", postgres, postgres.data_dir)
         except PermissionError as exc:  # raised before the server process is started
-            relocated = self.data.relocate_postgres()
+            relocated = self.data.relocate_postgres(self.log)
             self.log(
                 f"note: {exc}. (As root, PostgreSQL runs as that unprivileged user: it refuses "
                 f"to run as root.) Its data lives in {relocated} instead; `reset` deletes it too."
@@ -238,8 +250,35 @@ class Launcher:
                 if (code := process.poll()) is not None:
                     self.log(f"{name} {describe_exit(code)}; restarting it")
                     server.process = None
-                    await asyncio.to_thread(server.start)
+                    await self._restart_server(name, server)
                     self._write_status()
+
+    async def _restart_server(self, name: str, server: EmbeddedPostgres | EmbeddedNats) -> None:
+        """Start ``server`` again, retrying with a growing pause; PlatformError if it won't."""
+        folder = server.data_dir if isinstance(server, EmbeddedPostgres) else server.store_dir
+        delay = self.infra_first_retry_delay
+        for attempt in range(1, self.infra_restart_attempts + 1):
+            try:
+                await asyncio.to_thread(server.start)
+                if attempt > 1:
+                    self.log(f"{name} is back (attempt {attempt})")
+                return
+            except Exception as exc:
+                with contextlib.suppress(Exception):  # it may have started, just not in time
+                    await asyncio.to_thread(server.stop)
+                server.process = None
+                self.log(
+                    f"{name} did not restart ({type(exc).__name__}: {exc}; attempt {attempt} of "
+                    f"{self.infra_restart_attempts}; see {folder / 'server.log'})"
+                )
+            if attempt < self.infra_restart_attempts:
+                self.log(f"trying {name} again in {delay:g}s")
+                await self._until_stopped(asyncio.sleep(delay))
+                delay *= 2
+        raise PlatformError(
+            f"{name} died and could not be restarted after {self.infra_restart_attempts} "
+            f"attempts; stopping everything (see {folder / 'server.log'})"
+        )
 
     # -- services ----------------------------------------------------------------------------
 
@@ -277,13 +316,42 @@ class Launcher:
             task.add_done_callback(self._background.discard)
 
     async def _announce_ready_again(self, name: str) -> None:
+        if not await self._not_ready_in_time([name]):
+            self.log(f"{name} is ready again")
+
+    async def _wait_ready(self, names: list[str]) -> None:
+        pending = await self._not_ready_in_time(names, self._fail_if_one_exited)
+        if pending:
+            raise StartupError(
+                f"not ready after {READY_TIMEOUT_SECONDS:g}s: {', '.join(pending)} "
+                "(see their lines above)"
+            )
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while not await self._edge_listening():
+            if time.monotonic() > deadline:
+                raise StartupError("the edge did not start (see its lines above)")
+            await asyncio.sleep(0.1)
+
+    async def _not_ready_in_time(
+        self, names: list[str], check: Callable[[], None] | None = None
+    ) -> list[str]:
+        """Poll the services' ``/readyz``; those not ready within the timeout (or a stop)."""
+        pending = [*names]
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         async with httpx.AsyncClient(timeout=2, trust_env=False) as client:
-            deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-            while time.monotonic() < deadline and not self._stop.is_set():
-                if await self._is_ready(client, name):
-                    self.log(f"{name} is ready again")
-                    return
-                await asyncio.sleep(0.2)
+            while pending and time.monotonic() < deadline and not self._stop.is_set():
+                if check is not None:
+                    check()
+                pending = [n for n in pending if not await self._is_ready(client, n)]
+                if pending:
+                    await asyncio.sleep(0.2)
+        return pending
+
+    def _fail_if_one_exited(self) -> None:
+        for name, process in self.processes.items():
+            if process.process is not None and process.process.returncode is not None:
+                code = describe_exit(process.process.returncode)
+                raise StartupError(f"{name} failed to start ({code}); see its lines above")
 
     async def _is_ready(self, client: httpx.AsyncClient, name: str) -> bool:
         port = self.processes[name].port
@@ -292,29 +360,6 @@ class Launcher:
         except httpx.HTTPError:
             return False
         return response.status_code == 200
-
-    async def _wait_ready(self, names: list[str]) -> None:
-        pending = [*names]
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        async with httpx.AsyncClient(timeout=2, trust_env=False) as client:
-            while pending:
-                for name, process in self.processes.items():
-                    if process.process is not None and process.process.returncode is not None:
-                        code = describe_exit(process.process.returncode)
-                        raise StartupError(f"{name} failed to start ({code}); see its lines above")
-                pending = [n for n in pending if not await self._is_ready(client, n)]
-                if not pending:
-                    break
-                if time.monotonic() > deadline:
-                    raise StartupError(
-                        f"not ready after {READY_TIMEOUT_SECONDS:g}s: {', '.join(pending)} "
-                        "(see their lines above)"
-                    )
-                await asyncio.sleep(0.2)
-            while not await self._edge_listening():
-                if time.monotonic() > deadline:
-                    raise StartupError("the edge did not start (see its lines above)")
-                await asyncio.sleep(0.1)
 
     async def _edge_listening(self) -> bool:
         try:

@@ -95,11 +95,6 @@ class ManagedProcess:
         await self._spawn()
         self._supervisor = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
 
-    async def wait(self) -> int:
-        """The exit code of a process that is not restarted (a one-shot command)."""
-        assert self._supervisor is not None
-        return await asyncio.shield(self._supervisor)
-
     async def _spawn(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
             *self.argv,

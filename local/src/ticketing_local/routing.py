@@ -37,10 +37,6 @@ class RoutingTable:
         routes = tuple(Route(r["prefix"], r["service"]) for r in document["routes"])
         return cls(routes)
 
-    @property
-    def services(self) -> list[str]:
-        return list(dict.fromkeys(r.service for r in self.routes))
-
     def match(self, path: str) -> Route | None:
         """The route with the longest prefix matching ``path``."""
         candidates = [r for r in self.routes if r.matches(path)]

@@ -38,6 +38,10 @@ class Order(Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     user_id: Mapped[uuid.UUID]
     ticket_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tickets.id"))
+    # The ticket as it was when ordered: the price order.created carried (what payments
+    # charges). Later ticket.updated events change the replica, never an order's history.
+    ticket_title: Mapped[str] = mapped_column(String(120))
+    ticket_price: Mapped[Decimal] = mapped_column(Numeric(9, 2))
     status: Mapped[OrderStatus] = mapped_column(
         Enum(
             OrderStatus,

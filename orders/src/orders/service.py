@@ -8,7 +8,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,6 +23,8 @@ from ticketing_common.messaging import publish
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_KEY_PK = "pk_idempotency_keys"
+# How long a stored answer is replayed; an older key counts as never used (as Stripe's do).
+IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
 
 
 class TicketNotFoundError(NotFoundError):
@@ -56,14 +58,17 @@ class OrderCompleteError(BadRequestError):
     message = "Order is already complete and cannot be cancelled"
 
 
-def order_out(order: Order, ticket: Ticket) -> OrderOut:
+def order_out(order: Order) -> OrderOut:
+    """The order with its ticket as ordered (the snapshot, not today's replica)."""
     return OrderOut(
         id=order.id,
         status=order.status,
         user_id=order.user_id,
         expires_at=order.expires_at,
         version=order.version,
-        ticket=OrderTicketOut(id=ticket.id, title=ticket.title, price=ticket.price),
+        ticket=OrderTicketOut(
+            id=order.ticket_id, title=order.ticket_title, price=order.ticket_price
+        ),
     )
 
 
@@ -81,6 +86,19 @@ async def _stored_answer(
 ) -> Answer | None:
     stored = await session.get(IdempotencyKey, (user_id, key))
     if stored is None:
+        return None
+    if stored.created_at < utcnow() - IDEMPOTENCY_KEY_TTL:
+        # Expired: forget it so this request is answered afresh and stored under the key.
+        # A concurrent twin blocks on this delete, then loses on the primary key and gets
+        # our answer.
+        session.expunge(stored)
+        await session.execute(
+            delete(IdempotencyKey).where(
+                IdempotencyKey.user_id == user_id,
+                IdempotencyKey.key == key,
+                IdempotencyKey.created_at == stored.created_at,
+            )
+        )
         return None
     if stored.request_hash != request_hash:
         raise IdempotencyKeyReusedError()
@@ -117,11 +135,13 @@ async def create_order(
         id=uuid.uuid4(),
         user_id=user_id,
         ticket_id=ticket.id,
+        ticket_title=ticket.title,
+        ticket_price=ticket.price,
         status=OrderStatus.CREATED,
         expires_at=utcnow() + timedelta(seconds=expiration_seconds),
         version=0,
     )
-    body = order_out(order, ticket).model_dump(mode="json", by_alias=True)
+    body = order_out(order).model_dump(mode="json", by_alias=True)
     try:
         if idempotency_key is not None:
             # First, so a concurrent twin of this request waits here for ours to finish.
@@ -155,7 +175,7 @@ async def create_order(
             status=order.status,
             user_id=order.user_id,
             expires_at=order.expires_at,
-            ticket=EventTicket(id=ticket.id, price=ticket.price),
+            ticket=EventTicket(id=order.ticket_id, price=order.ticket_price),
         ),
     )
     await session.commit()
@@ -163,13 +183,12 @@ async def create_order(
 
 
 async def list_orders(session: AsyncSession, user_id: uuid.UUID) -> list[OrderOut]:
-    rows = await session.execute(
-        select(Order, Ticket)
-        .join(Ticket, Order.ticket_id == Ticket.id)
+    orders = await session.scalars(
+        select(Order)
         .where(Order.user_id == user_id)
         .order_by(Order.created_at.desc(), Order.id.desc())
     )
-    return [order_out(order, ticket) for order, ticket in rows.all()]
+    return [order_out(order) for order in orders]
 
 
 async def _owned_order(
@@ -185,9 +204,7 @@ async def _owned_order(
 
 
 async def get_order(session: AsyncSession, user_id: uuid.UUID, order_id: uuid.UUID) -> OrderOut:
-    order = await _owned_order(session, user_id, order_id)
-    ticket = await session.get_one(Ticket, order.ticket_id)
-    return order_out(order, ticket)
+    return order_out(await _owned_order(session, user_id, order_id))
 
 
 async def lock_order(session: AsyncSession, order_id: uuid.UUID) -> Order | None:

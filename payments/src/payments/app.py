@@ -14,6 +14,7 @@ def provider_for(settings: PaymentsSettings) -> PaymentProvider:
         settings.stripe_key.get_secret_value() if settings.stripe_key else None,
         api_base=settings.stripe_api_base,
         timeout=settings.provider_timeout_seconds,
+        max_network_retries=settings.provider_max_network_retries,
     )
 
 

@@ -1,14 +1,40 @@
 from __future__ import annotations
 
-from sqlalchemy import select
+import logging
+import uuid
+
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from payments.models import Order
+from payments.models import CancelledOrder, Order
 from payments.providers import PaymentProvider
-from payments.service import order_cancelled
+from payments.service import PaymentStateError, order_cancelled
 from ticketing_common.events import OrderCancelled, OrderCreated
-from ticketing_common.messaging import Consumer, RetryLater
+from ticketing_common.messaging import Consumer
+
+log = logging.getLogger(__name__)
+
+
+async def _lock_order_id(session: AsyncSession, order_id: uuid.UUID) -> None:
+    """Serialise the events of one order (any replica) until commit.
+
+    A row lock cannot do it while the replica does not exist yet: without this, an
+    order.created and an order.cancelled handled at once could each miss the other's row.
+    """
+    await session.execute(
+        select(func.pg_advisory_xact_lock(func.hashtextextended(str(order_id), 0)))
+    )
+
+
+async def _replica(session: AsyncSession, order_id: uuid.UUID) -> Order | None:
+    order: Order | None = await session.scalar(
+        select(Order)
+        .where(Order.id == order_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return order
 
 
 def make_consumer(provider: PaymentProvider) -> Consumer:
@@ -17,6 +43,7 @@ def make_consumer(provider: PaymentProvider) -> Consumer:
 
     @consumer.on(OrderCreated)
     async def on_order_created(session: AsyncSession, event: OrderCreated) -> None:
+        await _lock_order_id(session, event.id)
         await session.execute(
             insert(Order)
             .values(
@@ -29,12 +56,33 @@ def make_consumer(provider: PaymentProvider) -> Consumer:
             )
             .on_conflict_do_nothing(index_elements=[Order.id])
         )
+        tombstone = await session.scalar(
+            delete(CancelledOrder)
+            .where(CancelledOrder.order_id == event.id)
+            .returning(CancelledOrder.version)
+        )
+        if tombstone is not None:
+            log.info("order %s was cancelled before it reached us; stored cancelled", event.id)
+            order = await _replica(session, event.id)
+            if order is None:
+                raise PaymentStateError(f"order {event.id} replica missing right after insert")
+            await order_cancelled(session, provider, order, tombstone)
 
     @consumer.on(OrderCancelled)
     async def on_order_cancelled(session: AsyncSession, event: OrderCancelled) -> None:
-        order = await session.scalar(select(Order).where(Order.id == event.id).with_for_update())
+        await _lock_order_id(session, event.id)
+        order = await _replica(session, event.id)
         if order is None:
-            raise RetryLater(f"order {event.id} not replicated yet")
+            # Its order.created is still on its way: leave a tombstone for it to find.
+            await session.execute(
+                insert(CancelledOrder)
+                .values(order_id=event.id, version=event.version)
+                .on_conflict_do_update(
+                    index_elements=[CancelledOrder.order_id],
+                    set_={"version": func.greatest(CancelledOrder.version, event.version)},
+                )
+            )
+            return
         # Orders only ever go created -> cancelled here, but versions may skip (orders may bump
         # the version on changes it does not publish): apply anything newer.
         await order_cancelled(session, provider, order, event.version)

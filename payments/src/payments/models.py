@@ -28,6 +28,23 @@ class Order(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class CancelledOrder(Base):
+    """An order.cancelled that arrived before its order.created (a tombstone).
+
+    The two events can arrive in either order; remembering the cancellation makes the late
+    order.created store a cancelled replica, so nobody can pay for an order that no longer
+    exists.
+    """
+
+    __tablename__ = "cancelled_orders"
+
+    order_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    version: Mapped[int]
+    cancelled_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
 class PaymentStatus(StrEnum):
     # A charge is under way (or its outcome is unknown after a crash): the order's
     # cancellation releases it at the provider all the same.

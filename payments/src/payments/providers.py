@@ -10,13 +10,23 @@ retried or double-clicked payment safe even before our own database has a say:
   :class:`InvalidPaymentTokenError`, :class:`IntentClosedError` (released meanwhile) or
   :class:`ProviderUnavailableError`;
 - ``release``: make sure nothing is kept: refund a paid intent (returns the refund's reference)
-  or cancel an unpaid one so it can never be paid (returns None). Idempotent.
+  or cancel an unpaid one so it can never be paid (returns None). Idempotent. ``paid`` says
+  whether our own record has the payment as succeeded (the sandbox, which forgets its intents
+  on a restart, decides by it; Stripe is asked instead).
+
+A provider that cannot be reached raises :class:`ProviderUnavailableError`, a
+:class:`TemporaryFailure`: the consumer retries a release until the provider is back, and never
+parks it. A request the provider refuses for good (say, an amount below its minimum) is a
+:class:`PaymentRejectedError` (400), not "try again".
 
 ``sandbox`` (no ``STRIPE_KEY``) decides by Stripe's test tokens: ``tok_visa`` and the other
 successful test cards are paid, ``tok_chargeDeclined*`` is declined (402); any other token is
 rejected as invalid (400), as Stripe rejects a token it does not know. Its intents live in the
-process's memory, which is enough for local mode and tests, not for real money.
-``stripe`` uses the official SDK's async client: PaymentIntents with idempotency keys.
+process's memory, which is enough for local mode and tests, not for real money: after a
+restart (or in ``parked replay``, which builds its own provider) an intent it does not know is
+treated as a fresh one, and a release is decided by the payment's recorded status.
+``stripe`` uses the official SDK's async client: PaymentIntents with idempotency keys, short
+timeouts and one retry, so no call outlasts a consumer handler's time budget.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from typing import Protocol
 import stripe
 
 from ticketing_common.errors import AppError, BadRequestError, PaymentRequiredError
+from ticketing_common.messaging import TemporaryFailure
 
 
 class PaymentDeclinedError(PaymentRequiredError):
@@ -44,7 +55,23 @@ class InvalidPaymentTokenError(BadRequestError):
         super().__init__(message, field="token")
 
 
-class ProviderUnavailableError(AppError):
+class PaymentRejectedError(BadRequestError):
+    """The provider refuses this payment for good: asking again will not help."""
+
+    message = "The payment provider refused this payment"
+
+
+class AmountTooSmallError(PaymentRejectedError):
+    message = "The amount is below the minimum the payment provider accepts"
+
+
+class AmountTooLargeError(PaymentRejectedError):
+    message = "The amount is above the maximum the payment provider accepts"
+
+
+class ProviderUnavailableError(AppError, TemporaryFailure):
+    """The provider cannot be reached (or failed on its side): worth retrying, never parked."""
+
     status_code = 503
     message = "The payment provider is unavailable; please try again"
 
@@ -60,7 +87,7 @@ class PaymentProvider(Protocol):
 
     async def confirm(self, *, intent_ref: str, token: str) -> None: ...
 
-    async def release(self, *, intent_ref: str) -> str | None: ...
+    async def release(self, *, intent_ref: str, paid: bool) -> str | None: ...
 
 
 def to_minor_units(amount: Decimal) -> int:
@@ -89,9 +116,9 @@ SANDBOX_DECLINED_PREFIX = "tok_chargeDeclined"
 @dataclass
 class SandboxIntent:
     ref: str
-    amount: int
-    currency: str
-    status: str = "requires_payment_method"  # -> succeeded | canceled
+    amount: int | None  # None: made again after a restart, the amount was not asked
+    currency: str | None
+    status: str = "requires_payment_method"  # -> succeeded (-> refunded) | canceled
     refund_ref: str | None = None
 
 
@@ -113,12 +140,11 @@ class SandboxProvider:
 
     async def confirm(self, *, intent_ref: str, token: str) -> None:
         async with self._lock:
-            intent = self.intents.get(intent_ref)
-            if intent is None:
-                raise IntentClosedError(intent_ref)
+            # Unknown: prepared before a restart (or by another replica); start it afresh.
+            intent = self.intents.setdefault(intent_ref, SandboxIntent(intent_ref, None, None))
             if intent.status == "succeeded":
                 return
-            if intent.status == "canceled":
+            if intent.status in ("canceled", "refunded"):
                 raise IntentClosedError(intent_ref)
             if token.startswith(SANDBOX_DECLINED_PREFIX):
                 raise PaymentDeclinedError()
@@ -127,11 +153,18 @@ class SandboxProvider:
             intent.status = "succeeded"
             self.captures.append(intent_ref)
 
-    async def release(self, *, intent_ref: str) -> str | None:
+    async def release(self, *, intent_ref: str, paid: bool) -> str | None:
         async with self._lock:
             intent = self.intents.get(intent_ref)
-            if intent is None:  # lost with a restart: a sandbox intent never held money
-                return None
+            if intent is None:
+                # Forgotten with a restart: our record says whether it was paid. Either way it
+                # is closed from now on, so a late confirm cannot take money.
+                intent = self.intents[intent_ref] = SandboxIntent(
+                    intent_ref,
+                    None,
+                    None,
+                    status="succeeded" if paid else "requires_payment_method",
+                )
             if intent.status == "succeeded":
                 intent.status = "refunded"
                 intent.refund_ref = f"re_sandbox_{uuid.uuid4().hex}"
@@ -141,19 +174,32 @@ class SandboxProvider:
             return intent.refund_ref
 
 
+# Stripe failures worth retrying: unreachable, timed out, rate limited or failing on its side.
+_UNAVAILABLE = (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError)
+
+
 class StripeProvider:
     """Stripe PaymentIntents through the official SDK (its async client, off no thread)."""
 
     name = "stripe"
 
-    def __init__(self, api_key: str, *, api_base: str | None = None, timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        api_base: str | None = None,
+        timeout: float = 5.0,
+        max_network_retries: int = 1,
+    ) -> None:
         self._client = stripe.StripeClient(
             api_key,
             base_addresses={"api": api_base} if api_base else None,
             http_client=stripe.HTTPXClient(timeout=timeout),
             # The SDK retries network errors and 409s (a concurrent request with the same
-            # idempotency key) with the same key: safe, never a second charge.
-            max_network_retries=2,
+            # idempotency key) with the same key: safe, never a second charge. Few retries and
+            # a short timeout keep one call well inside a consumer handler's time budget; the
+            # consumer (or the buyer) retries the rest.
+            max_network_retries=max_network_retries,
         )
 
     async def prepare(self, *, order_id: uuid.UUID, amount: Decimal, currency: str) -> str:
@@ -167,18 +213,22 @@ class StripeProvider:
                 },
                 {"idempotency_key": f"order-{order_id}"},
             )
-        except stripe.StripeError as exc:
+        except stripe.InvalidRequestError as exc:
+            # Stripe will never accept this intent (e.g. below its minimum charge).
+            raise _rejected(exc) from exc
+        except _UNAVAILABLE as exc:
             raise ProviderUnavailableError() from exc
         return intent.id
 
     async def confirm(self, *, intent_ref: str, token: str) -> None:
         token_digest = hashlib.sha256(token.encode()).hexdigest()[:32]
         try:
-            # A card token becomes a PaymentMethod (tokens are single-use: the key makes a
-            # retry with the same token get the same PaymentMethod back).
+            # A card token becomes a PaymentMethod, which can pay one intent only. The key is
+            # per intent and token: a retry of this attempt gets the same PaymentMethod back,
+            # another order paid with the same (test) token gets a new one.
             method = await self._client.v1.payment_methods.create_async(
                 {"type": "card", "card": {"token": token}},
-                {"idempotency_key": f"payment-method-{token_digest}"},
+                {"idempotency_key": f"payment-method-{intent_ref}-{token_digest}"},
             )
             intent = await self._client.v1.payment_intents.confirm_async(
                 intent_ref,
@@ -201,17 +251,18 @@ class StripeProvider:
                 "token_already_used",
             }:
                 raise InvalidPaymentTokenError() from exc
-            raise ProviderUnavailableError() from exc
-        except stripe.StripeError as exc:
+            raise _rejected(exc) from exc
+        except _UNAVAILABLE as exc:
             raise ProviderUnavailableError() from exc
         if intent.status != "succeeded":
             # requires_action (3-D Secure) cannot be completed by a server-side token charge.
             raise PaymentDeclinedError("Your card needs an authentication this checkout cannot do")
 
-    async def release(self, *, intent_ref: str) -> str | None:
+    async def release(self, *, intent_ref: str, paid: bool) -> str | None:
+        # Stripe knows better than our record (a crash may have cut off a capture's record).
         try:
             return await self._release(intent_ref)
-        except stripe.StripeError as exc:
+        except _UNAVAILABLE as exc:
             raise ProviderUnavailableError() from exc
 
     async def _release(self, intent_ref: str) -> str | None:
@@ -236,12 +287,29 @@ class StripeProvider:
         return refund.id
 
     async def _retrieve(self, intent_ref: str) -> stripe.PaymentIntent:
-        return await self._client.v1.payment_intents.retrieve_async(intent_ref)
+        try:
+            return await self._client.v1.payment_intents.retrieve_async(intent_ref)
+        except _UNAVAILABLE as exc:
+            raise ProviderUnavailableError() from exc
+
+
+def _rejected(exc: stripe.InvalidRequestError) -> PaymentRejectedError:
+    if exc.code == "amount_too_small":
+        return AmountTooSmallError()
+    if exc.code == "amount_too_large":
+        return AmountTooLargeError()
+    return PaymentRejectedError()
 
 
 def make_provider(
-    stripe_key: str | None, *, api_base: str | None = None, timeout: float = 20.0
+    stripe_key: str | None,
+    *,
+    api_base: str | None = None,
+    timeout: float = 5.0,
+    max_network_retries: int = 1,
 ) -> PaymentProvider:
     if stripe_key:
-        return StripeProvider(stripe_key, api_base=api_base, timeout=timeout)
+        return StripeProvider(
+            stripe_key, api_base=api_base, timeout=timeout, max_network_retries=max_network_retries
+        )
     return SandboxProvider()

@@ -32,6 +32,7 @@ from payments.providers import (
     InvalidPaymentTokenError,
     PaymentDeclinedError,
     PaymentProvider,
+    PaymentRejectedError,
 )
 from ticketing_common.auth import UserClaims
 from ticketing_common.db import constraint_name, utcnow
@@ -60,6 +61,10 @@ class OrderExpiredError(BadRequestError):
 
 class AlreadyPaidError(BadRequestError):
     message = "Order is already paid"
+
+
+class PaymentStateError(RuntimeError):
+    """An invariant of the payment records does not hold: a bug, never a user error."""
 
 
 async def _order(session: AsyncSession, order_id: uuid.UUID, *, lock: bool = False) -> Order | None:
@@ -111,18 +116,23 @@ async def create_payment(
     # 3. Claim: record the attempt as pending under the order's lock, before any money moves.
     await _claim(session, provider, user, order_id, intent_ref, amount, currency)
 
-    # 4. Charge (no transaction open).
+    # 4. Charge (no transaction open), then 5. record the outcome, checking again under the
+    #    lock: the order may have been cancelled (or expired) while the card was being charged.
+    #    However the attempt ends, it stops counting as in flight (the one place it does).
+    charged_nothing = False
     try:
-        await provider.confirm(intent_ref=intent_ref, token=token)
-    except (PaymentDeclinedError, InvalidPaymentTokenError):
-        await _forget_attempt(session, order_id)
-        raise
-    except IntentClosedError as exc:
-        raise OrderCancelledError() from exc
-
-    # 5. Record the outcome, checking again under the lock: the order may have been cancelled
-    #    (or expired) while the card was being charged.
-    return await _record_success(session, provider, order_id, intent_ref)
+        try:
+            await provider.confirm(intent_ref=intent_ref, token=token)
+        except (PaymentDeclinedError, InvalidPaymentTokenError, PaymentRejectedError):
+            charged_nothing = True
+            raise
+        except IntentClosedError as exc:
+            raise OrderCancelledError() from exc
+        # Anything else (the provider unreachable, say) leaves the outcome unknown: the row
+        # stays pending, and the order's cancellation or expiry releases it.
+        return await _record_success(session, provider, order_id, intent_ref)
+    finally:
+        await _end_attempt(session, order_id, charged_nothing=charged_nothing)
 
 
 async def _claim(
@@ -164,15 +174,23 @@ async def _claim(
         raise
 
 
-async def _forget_attempt(session: AsyncSession, order_id: uuid.UUID) -> None:
-    """A declined card records nothing: drop the pending attempt, unless another is under way."""
+async def _end_attempt(
+    session: AsyncSession, order_id: uuid.UUID, *, charged_nothing: bool
+) -> None:
+    """This attempt is over. One that surely took no money (declined, say) records nothing:
+    its pending row goes, unless another attempt is under way (it may be taking the money)."""
+    await session.rollback()  # whatever the attempt left open
     async with session.begin():
         await _order(session, order_id, lock=True)
         payment = await _payment(session, order_id)
         if payment is None:
             return
         payment.attempts_in_flight = max(payment.attempts_in_flight - 1, 0)
-        if payment.attempts_in_flight == 0 and payment.status == PaymentStatus.PENDING:
+        if (
+            charged_nothing
+            and payment.attempts_in_flight == 0
+            and payment.status == PaymentStatus.PENDING
+        ):
             await session.delete(payment)
 
 
@@ -181,11 +199,10 @@ async def _record_success(
 ) -> Payment:
     async with session.begin():
         order = await _order(session, order_id, lock=True)
-        assert order is not None  # replicas are never deleted
         payment = await _payment(session, order_id)
-        # Our claim keeps the row: a declined twin deletes it only when it is the last attempt.
-        assert payment is not None
-        payment.attempts_in_flight = max(payment.attempts_in_flight - 1, 0)
+        if order is None or payment is None:
+            # Replicas are never deleted, and our claim (still counted in flight) keeps the row.
+            raise PaymentStateError(f"order {order_id} or its payment vanished during a charge")
         error: BadRequestError
         if payment.status == PaymentStatus.SUCCEEDED:
             # A concurrent attempt recorded it first: the intent was paid once, for both.
@@ -219,7 +236,9 @@ async def release_payment(
     """
     if payment.status not in (PaymentStatus.PENDING, PaymentStatus.SUCCEEDED):
         return
-    refund_ref = await provider.release(intent_ref=payment.intent_ref)
+    refund_ref = await provider.release(
+        intent_ref=payment.intent_ref, paid=payment.status == PaymentStatus.SUCCEEDED
+    )
     if refund_ref is None:
         payment.status = PaymentStatus.VOIDED
         return

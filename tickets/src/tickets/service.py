@@ -6,7 +6,7 @@ import base64
 import binascii
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import select, tuple_
@@ -111,12 +111,13 @@ class Cursor:
         try:
             raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
             created_at, ticket_id = raw.split("|")
-            cursor = cls(datetime.fromisoformat(created_at), uuid.UUID(ticket_id))
-        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+            when = datetime.fromisoformat(created_at)
+            if when.tzinfo is None:
+                raise ValueError("cursor time without a zone")
+            # In UTC, as PostgreSQL will compare it: year 1 at +05:00 falls off the calendar.
+            return cls(when.astimezone(UTC), uuid.UUID(ticket_id))
+        except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as exc:
             raise InvalidCursorError() from exc
-        if cursor.created_at.tzinfo is None:
-            raise InvalidCursorError()
-        return cursor
 
 
 async def list_available(

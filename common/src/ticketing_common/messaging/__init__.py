@@ -6,8 +6,21 @@
 - ``tables``: the outbox, inbox and parked-event tables every service database has.
 """
 
-from ticketing_common.messaging.consumer import Consumer, ConsumerRunner, RetryLater
+from ticketing_common.messaging.consumer import (
+    Consumer,
+    ConsumerRunner,
+    RetryLater,
+    TemporaryFailure,
+)
 from ticketing_common.messaging.outbox import OutboxRelay, publish
 from ticketing_common.messaging.streams import ensure_stream
 
-__all__ = ["Consumer", "ConsumerRunner", "OutboxRelay", "RetryLater", "ensure_stream", "publish"]
+__all__ = [
+    "Consumer",
+    "ConsumerRunner",
+    "OutboxRelay",
+    "RetryLater",
+    "TemporaryFailure",
+    "ensure_stream",
+    "publish",
+]

@@ -4,9 +4,16 @@ A service declares one :class:`Consumer` (its durable name) and registers a hand
 type. The :class:`ConsumerRunner` fetches, and for each message runs the handler and writes the
 event id to the ``inbox`` in one transaction, then acks: an event id seen before is acked
 without effect. A handler may raise :class:`RetryLater` ("not yet", e.g. a version from the
-future): the message is nacked with a delay. Any other failure is retried with backoff; after
-``max_deliveries`` the event is parked in ``parked_events`` (and acked) so it never blocks the
-stream, where ``parked`` commands list and replay it.
+future): the message is nacked with a delay. Any other failure of the handler is retried with
+backoff; after ``max_deliveries`` the event is parked in ``parked_events`` (and acked) so it
+never blocks the stream, where ``parked`` commands list and replay it.
+
+A failure of what the handler depends on (the database, or a :class:`TemporaryFailure` such as a
+payment provider that is down) says nothing about the event: it is retried with backoff for as
+long as it takes and never parked, so an outage does not turn healthy events into parked ones.
+A message is marked in progress before its handler runs and the handler is given at most
+``ack_wait / 2``, so JetStream does not hand it to another replica meanwhile. If the stream or
+the consumer vanishes (a NATS store rebuilt), the runner creates them again.
 """
 
 from __future__ import annotations
@@ -21,15 +28,18 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 from pydantic import ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ticketing_common.events import Event, EventEnvelope, Subject
-from ticketing_common.messaging.streams import STREAM_NAME
+from ticketing_common.messaging.streams import STREAM_NAME, ensure_stream
 from ticketing_common.messaging.tables import inbox, parked_events
 from ticketing_common.observability import REQUEST_ID_HEADER, request_id_var
 
@@ -41,6 +51,19 @@ Handler = Callable[[AsyncSession, Any], Awaitable[None]]
 
 class RetryLater(Exception):  # noqa: N818 - it is a signal, not an error
     """Raised by a handler when the event cannot be applied yet; it is redelivered later."""
+
+
+class TemporaryFailure(Exception):  # noqa: N818 - it is a signal, not an error
+    """Raised (or subclassed) for a dependency that is down: retried until it is back."""
+
+
+def _is_temporary(exc: BaseException) -> bool:
+    if isinstance(exc, TemporaryFailure | OperationalError | InterfaceError | OSError):
+        return True
+    # A connection lost mid-statement, or no pooled connection free in time.
+    return (isinstance(exc, DBAPIError) and exc.connection_invalidated) or (
+        type(exc).__name__ == "TimeoutError" and "QueuePool" in str(exc)
+    )
 
 
 @dataclass(frozen=True)
@@ -84,7 +107,8 @@ class ConsumerRunner:
         *,
         max_deliveries: int = 8,
         ack_wait_seconds: float = 30.0,
-        batch_size: int = 16,
+        batch_size: int = 8,
+        stream_replicas: int = 1,
     ) -> None:
         self.consumer = consumer
         self._js = js
@@ -92,6 +116,7 @@ class ConsumerRunner:
         self._max_deliveries = max_deliveries
         self._ack_wait = ack_wait_seconds
         self._batch_size = batch_size
+        self._stream_replicas = stream_replicas
         self._stopping = asyncio.Event()
 
     def consumer_config(self) -> ConsumerConfig:
@@ -113,12 +138,14 @@ class ConsumerRunner:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Fetch and handle until stopped. A stop cancels a waiting fetch, never a handler."""
-        await self.ensure_consumer()
-        sub = await self._js.pull_subscribe_bind(
-            durable=self.consumer.durable_name, stream=STREAM_NAME
-        )
+        """Fetch and handle until stopped.
+
+        A stop cancels a waiting fetch and finishes the message in hand; the rest of its batch
+        is handed back at once for another replica (or the next start).
+        """
+        sub = await self._subscribe()
         stop_wait = asyncio.ensure_future(self._stopping.wait())
+        failures = 0
         try:
             while not self._stopping.is_set():
                 fetch = asyncio.ensure_future(sub.fetch(self._batch_size, timeout=5))
@@ -132,22 +159,66 @@ class ConsumerRunner:
                     break
                 try:
                     messages = fetch.result()
-                except TimeoutError:
+                    failures = 0
+                except (TimeoutError, NatsTimeoutError):
                     continue
                 except Exception as exc:
-                    log.warning("fetch failed, retrying: %r", exc)
-                    await asyncio.sleep(1)
+                    failures += 1
+                    log.warning("fetch failed (%d in a row), retrying: %r", failures, exc)
+                    await asyncio.sleep(min(failures, 5))
+                    if isinstance(exc, NotFoundError | ServiceUnavailableError):
+                        sub = await self._resubscribe(sub)
                     continue
-                for msg in messages:
-                    await self.handle(msg)
+                for index, msg in enumerate(messages):
+                    if self._stopping.is_set():
+                        await self._hand_back(messages[index:])
+                        break
+                    try:
+                        await self.handle(msg)
+                    except Exception:
+                        # Never let one message end the loop; it comes back after ack_wait.
+                        log.exception("could not handle or settle a message")
         finally:
             stop_wait.cancel()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        await self.ensure_consumer()
+        return await self._js.pull_subscribe_bind(
+            durable=self.consumer.durable_name, stream=STREAM_NAME
+        )
+
+    async def _resubscribe(
+        self, sub: JetStreamContext.PullSubscription
+    ) -> JetStreamContext.PullSubscription:
+        """The consumer (or the whole stream) is gone: make both again."""
+        try:
+            await ensure_stream(self._js, self._stream_replicas)
+            new_sub = await self._subscribe()
+        except Exception as exc:
+            log.warning("cannot recreate the stream or consumer yet: %r", exc)
+            return sub
+        log.warning("recreated consumer %s", self.consumer.durable_name)
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        return new_sub
+
+    @staticmethod
+    async def _hand_back(messages: list[Msg]) -> None:
+        for msg in messages:
+            with contextlib.suppress(Exception):
+                await msg.nak()
+
     async def handle(self, msg: Msg) -> None:
         headers = dict(msg.headers or {})
         token = request_id_var.set(headers.get(REQUEST_ID_HEADER))
+        try:
+            await self._handle(msg, headers)
+        finally:
+            request_id_var.reset(token)
+
+    async def _handle(self, msg: Msg, headers: dict[str, str]) -> None:
         deliveries = msg.metadata.num_delivered
         try:
             envelope = EventEnvelope.model_validate_json(msg.data)
@@ -156,20 +227,30 @@ class ConsumerRunner:
         except (ValidationError, KeyError, ValueError) as exc:
             # Nothing will ever make a malformed event valid: park it at once.
             await self._park(msg, headers, f"malformed event: {exc!r}", deliveries)
-            request_id_var.reset(token)
             return
         try:
-            await apply_once(self._sessionmaker, envelope, event, registration.handler)
+            await msg.in_progress()  # restart the ack timer: this replica has it now
+            async with asyncio.timeout(self._ack_wait / 2):
+                await apply_once(self._sessionmaker, envelope, event, registration.handler)
             await msg.ack()
         except RetryLater as exc:
             await self._retry_or_park(msg, headers, exc, deliveries, envelope)
         except Exception as exc:
+            if _is_temporary(exc):
+                delay = retry_delay(deliveries)
+                log.warning(
+                    "event %s %s: dependency unavailable, retrying in %.2fs: %r",
+                    envelope.subject,
+                    envelope.id,
+                    delay,
+                    exc,
+                )
+                await msg.nak(delay=delay)
+                return
             log.exception(
                 "handler for %s %s failed (delivery %d)", envelope.subject, envelope.id, deliveries
             )
             await self._retry_or_park(msg, headers, exc, deliveries, envelope)
-        finally:
-            request_id_var.reset(token)
 
     async def _retry_or_park(
         self,

@@ -7,6 +7,14 @@ the safety net. The relay takes unpublished rows with ``FOR UPDATE SKIP LOCKED``
 the work without taking the same row), publishes each with ``Nats-Msg-Id`` = event id (a row
 republished after a crash is dropped by JetStream's duplicate window, and by every inbox), marks
 it published and retries with backoff while NATS is down.
+
+What consumers may and may not assume: every committed event arrives, at least once; events of
+one service arrive in commit order while one relay runs, but two relay replicas can interleave
+batches, so handlers rely on versions (and tombstones), never on arrival order.
+
+A row JetStream refuses for good (a malformed schedule header, say) is retried a few times and
+then marked failed (``failed_at``) and logged, so it cannot hold back every later event; an
+operator can clear ``failed_at`` to send it again.
 """
 
 from __future__ import annotations
@@ -15,23 +23,29 @@ import asyncio
 import contextlib
 import json
 import logging
-from datetime import timedelta
 from typing import Any
 
 import asyncpg
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
+from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from ticketing_common.db import utcnow
 from ticketing_common.events import Event, EventEnvelope
-from ticketing_common.messaging.tables import outbox
+from ticketing_common.messaging.streams import ensure_stream
+from ticketing_common.messaging.tables import inbox, outbox
 from ticketing_common.observability import REQUEST_ID_HEADER, request_id_var
 
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "outbox"
-PUBLISHED_RETENTION = timedelta(days=3)
+# Published rows are kept a while for inspection; handled event ids for longer than the stream
+# keeps messages (14 days), so nothing the stream could still redeliver is forgotten.
+PUBLISHED_CUTOFF = text("now() - interval '3 days'")
+INBOX_CUTOFF = text("now() - interval '30 days'")
+PRUNE_EVERY_SECONDS = 600.0
+MAX_BACKOFF_SECONDS = 5.0
 
 
 async def publish(
@@ -58,8 +72,14 @@ async def publish(
             headers=all_headers,
         )
     )
+    # Delivered at commit, and only then. (NOTIFY serialises committing writers briefly on
+    # PostgreSQL's notify queue: fine at this scale, the poll alone would do at a larger one.)
     await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
     return envelope
+
+
+class _StreamMissingError(Exception):
+    pass
 
 
 class OutboxRelay:
@@ -72,6 +92,8 @@ class OutboxRelay:
         poll_seconds: float = 2.0,
         batch_size: int = 100,
         publish_timeout: float = 5.0,
+        max_attempts: int = 10,
+        stream_replicas: int = 1,
     ) -> None:
         self._engine = engine
         self._sessionmaker = sessionmaker
@@ -79,15 +101,17 @@ class OutboxRelay:
         self._poll_seconds = poll_seconds
         self._batch_size = batch_size
         self._publish_timeout = publish_timeout
+        self._max_attempts = max_attempts
+        self._stream_replicas = stream_replicas
         self._wake = asyncio.Event()
-        self._stopping = False
-        self._last_prune = 0.0
-
-    def wake(self) -> None:
-        self._wake.set()
+        self._stopped = asyncio.Event()
+        self._next_prune = 0.0
+        self._next_listen = 0.0
+        # Flushes that failed in a row (NATS or the database unreachable); 0 when healthy.
+        self.consecutive_failures = 0
 
     def stop(self) -> None:
-        self._stopping = True
+        self._stopped.set()
         self._wake.set()
 
     async def run(self) -> None:
@@ -96,20 +120,28 @@ class OutboxRelay:
         backoff = 0.0
         self._wake.set()  # rows committed while no relay was running go out at once
         try:
-            while not self._stopping:
+            while not self._stopped.is_set():
                 listener = await self._listening(listener)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), backoff or self._poll_seconds)
+                if backoff:
+                    # NATS (or the database) is failing: commits must not shorten the backoff.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopped.wait(), backoff)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
                 self._wake.clear()
-                if self._stopping:
+                if self._stopped.is_set():
                     break
                 try:
                     await self.flush()
                     backoff = 0.0
-                    await self._prune()
+                    self.consecutive_failures = 0
                 except Exception as exc:
-                    backoff = min(max(backoff * 2, 0.1), 5.0)
+                    self.consecutive_failures += 1
+                    backoff = min(max(backoff * 2, 0.1), MAX_BACKOFF_SECONDS)
                     log.warning("outbox relay failed, retrying in %.1fs: %r", backoff, exc)
+                    continue
+                await self._prune()
         finally:
             if listener is not None:
                 with contextlib.suppress(Exception):
@@ -120,21 +152,23 @@ class OutboxRelay:
     async def _listening(self, listener: asyncpg.Connection | None) -> asyncpg.Connection | None:
         """A connection LISTENing for commits that wrote to the outbox, (re)opened as needed.
 
-        Without one the relay still works, on the poll alone.
+        Without one the relay still works, on the poll alone; it tries again every half minute.
         """
         if listener is not None and not listener.is_closed():
             return listener
-        try:
-            dsn = self._engine.url.set(drivername="postgresql").render_as_string(
-                hide_password=False
-            )
-            listener = await asyncpg.connect(dsn)
-            await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
-            self._wake.set()  # a commit may have been missed while not listening
-            return listener
-        except Exception as exc:
-            log.warning("outbox relay cannot LISTEN, polling only: %r", exc)
+        loop_time = asyncio.get_running_loop().time()
+        if loop_time < self._next_listen:
             return None
+        self._next_listen = loop_time + 30
+        url = self._engine.url.set(drivername="postgresql")
+        try:
+            listener = await asyncpg.connect(url.render_as_string(hide_password=False), timeout=5)
+            await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        except Exception as exc:
+            log.warning("outbox relay cannot LISTEN, polling only for now: %r", exc)
+            return None
+        self._wake.set()  # a commit may have been missed while not listening
+        return listener
 
     def _on_notify(self, *_: Any) -> None:
         self._wake.set()
@@ -143,55 +177,83 @@ class OutboxRelay:
         """Publish every committed, unpublished row; return how many were published."""
         total = 0
         while True:
-            published, more = await self._publish_batch()
+            try:
+                published, more = await self._publish_batch()
+            except _StreamMissingError:
+                # The stream was deleted or the NATS store lost: make it again, then retry.
+                log.warning("stream missing: creating it again")
+                await ensure_stream(self._js, self._stream_replicas)
+                continue
             total += published
             if not more:
                 return total
 
     async def _publish_batch(self) -> tuple[int, bool]:
-        async with self._sessionmaker() as session, session.begin():
+        async with self._sessionmaker() as session:
             rows = (
                 await session.execute(
                     select(outbox.c.id, outbox.c.nats_subject, outbox.c.envelope, outbox.c.headers)
-                    .where(outbox.c.published_at.is_(None))
+                    .where(outbox.c.published_at.is_(None), outbox.c.failed_at.is_(None))
                     .order_by(outbox.c.position)
                     .limit(self._batch_size)
                     .with_for_update(skip_locked=True)
                 )
             ).all()
             published = []
-            error: Exception | None = None
-            for row in rows:
-                try:
-                    await self._js.publish(
-                        row.nats_subject,
-                        json.dumps(row.envelope).encode(),
-                        timeout=self._publish_timeout,
-                        headers={**row.headers, "Nats-Msg-Id": str(row.id)},
-                    )
-                except Exception as exc:
-                    error = exc
+            try:
+                for row in rows:
+                    try:
+                        await self._js.publish(
+                            row.nats_subject,
+                            json.dumps(row.envelope).encode(),
+                            timeout=self._publish_timeout,
+                            headers={**row.headers, "Nats-Msg-Id": str(row.id)},
+                        )
+                    except (NoStreamResponseError, NoRespondersError) as exc:
+                        raise _StreamMissingError() from exc
+                    except APIError as exc:
+                        if isinstance(exc, ServiceUnavailableError):
+                            raise
+                        await self._refused(session, row.id, exc)
+                        continue
+                    # Anything else (NATS unreachable or slow) ends the batch: retried later.
+                    published.append(row.id)
+            finally:
+                # What went out is marked even when the batch stops early.
+                if published:
                     await session.execute(
                         update(outbox)
-                        .where(outbox.c.id == row.id)
-                        .values(attempts=outbox.c.attempts + 1, last_error=repr(exc)[:2000])
+                        .where(outbox.c.id.in_(published))
+                        .values(published_at=func.now())
                     )
-                    break
-                published.append(row.id)
-            if published:
-                await session.execute(
-                    update(outbox).where(outbox.c.id.in_(published)).values(published_at=func.now())
-                )
-        if error is not None:
-            raise error
+                await session.commit()
         return len(published), len(rows) == self._batch_size
+
+    async def _refused(self, session: AsyncSession, row_id: Any, exc: APIError) -> None:
+        """JetStream refused the row itself: count it, and give up on it after max_attempts."""
+        error = f"{type(exc).__name__} {exc.err_code}: {exc.description}"
+        attempts = await session.scalar(
+            update(outbox)
+            .where(outbox.c.id == row_id)
+            .values(attempts=outbox.c.attempts + 1, last_error=error[:2000])
+            .returning(outbox.c.attempts)
+        )
+        if attempts is not None and attempts >= self._max_attempts:
+            await session.execute(
+                update(outbox).where(outbox.c.id == row_id).values(failed_at=func.now())
+            )
+            log.error("outbox row %s refused %d times, marked failed: %s", row_id, attempts, error)
 
     async def _prune(self) -> None:
         loop_time = asyncio.get_running_loop().time()
-        if loop_time - self._last_prune < 600:
+        if loop_time < self._next_prune:
             return
-        self._last_prune = loop_time
-        async with self._sessionmaker() as session, session.begin():
-            await session.execute(
-                delete(outbox).where(outbox.c.published_at < utcnow() - PUBLISHED_RETENTION)
-            )
+        self._next_prune = loop_time + PRUNE_EVERY_SECONDS
+        try:
+            async with self._sessionmaker() as session, session.begin():
+                await session.execute(
+                    delete(outbox).where(outbox.c.published_at < PUBLISHED_CUTOFF)
+                )
+                await session.execute(delete(inbox).where(inbox.c.handled_at < INBOX_CUTOFF))
+        except Exception as exc:
+            log.warning("pruning old outbox and inbox rows failed: %r", exc)

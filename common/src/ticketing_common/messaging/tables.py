@@ -40,7 +40,13 @@ outbox = Table(
     Column("published_at", DateTime(timezone=True)),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("last_error", Text),
-    Index("ix_outbox_unpublished", "position", postgresql_where=text("published_at IS NULL")),
+    # Set when JetStream refused the row for good: the relay leaves it for an operator.
+    Column("failed_at", DateTime(timezone=True)),
+    Index(
+        "ix_outbox_unpublished",
+        "position",
+        postgresql_where=text("published_at IS NULL AND failed_at IS NULL"),
+    ),
 )
 
 # Event ids already handled by this service: written in the handler's own transaction.
@@ -50,6 +56,7 @@ inbox = Table(
     Column("event_id", UUID(as_uuid=True), primary_key=True),
     Column("subject", Text, nullable=False),
     Column("handled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_inbox_handled_at", "handled_at"),  # for pruning
 )
 
 # Events whose handler kept failing: kept for an operator to inspect and replay.
@@ -69,10 +76,65 @@ parked_events = Table(
 def create_messaging_tables(op: Any) -> None:
     """Version 1 of the messaging tables, for a service's first migration.
 
-    A later change to these tables comes as a new function, so old migrations stay as they ran.
+    Written out, not ``create_all``: a migration must build what it built the day it ran. A
+    later change to these tables comes as a new function here, called by a new migration in
+    every service; every service's schema-drift test checks the result against the tables above.
     """
-    messaging_metadata.create_all(op.get_bind())
+    import sqlalchemy as sa
+
+    def timestamp(name: str) -> sa.Column[Any]:
+        return sa.Column(
+            name, sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        )
+
+    op.create_table(
+        "outbox",
+        sa.Column("id", UUID(as_uuid=True), nullable=False),
+        sa.Column("position", sa.BigInteger(), sa.Identity(always=True), nullable=False),
+        sa.Column("nats_subject", sa.Text(), nullable=False),
+        sa.Column("envelope", JSONB(), nullable=False),
+        sa.Column("headers", JSONB(), server_default=sa.text("'{}'::jsonb"), nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("failed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name="pk_outbox"),
+        sa.UniqueConstraint("position", name="uq_outbox_position"),
+    )
+    op.create_index(
+        "ix_outbox_unpublished",
+        "outbox",
+        ["position"],
+        postgresql_where=sa.text("published_at IS NULL AND failed_at IS NULL"),
+    )
+    op.create_table(
+        "inbox",
+        sa.Column("event_id", UUID(as_uuid=True), nullable=False),
+        sa.Column("subject", sa.Text(), nullable=False),
+        sa.Column(
+            "handled_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("event_id", name="pk_inbox"),
+    )
+    op.create_index("ix_inbox_handled_at", "inbox", ["handled_at"])
+    op.create_table(
+        "parked_events",
+        sa.Column("event_id", UUID(as_uuid=True), nullable=False),
+        sa.Column("subject", sa.Text(), nullable=False),
+        sa.Column("envelope", JSONB(), nullable=False),
+        sa.Column("headers", JSONB(), server_default=sa.text("'{}'::jsonb"), nullable=False),
+        sa.Column("error", sa.Text(), nullable=False),
+        sa.Column("deliveries", sa.Integer(), nullable=False),
+        sa.Column(
+            "parked_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("event_id", name="pk_parked_events"),
+    )
 
 
 def drop_messaging_tables(op: Any) -> None:
-    messaging_metadata.drop_all(op.get_bind())
+    for table in ("parked_events", "inbox", "outbox"):
+        op.drop_table(table)

@@ -32,6 +32,8 @@ def upgrade() -> None:
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("user_id", sa.Uuid(), nullable=False),
         sa.Column("ticket_id", sa.Uuid(), nullable=False),
+        sa.Column("ticket_title", sa.String(length=120), nullable=False),
+        sa.Column("ticket_price", sa.Numeric(precision=9, scale=2), nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),

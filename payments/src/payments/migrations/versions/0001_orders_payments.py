@@ -1,4 +1,4 @@
-"""orders replica, payments and the messaging tables
+"""orders replica, early cancellations, payments and the messaging tables
 
 Revision ID: 0001
 Revises:
@@ -28,6 +28,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_orders"),
     )
     op.create_table(
+        "cancelled_orders",
+        sa.Column("order_id", sa.Uuid(), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("cancelled_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.PrimaryKeyConstraint("order_id", name="pk_cancelled_orders"),
+    )
+    op.create_table(
         "payments",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("order_id", sa.Uuid(), nullable=False),
@@ -50,4 +57,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     drop_messaging_tables(op)
     op.drop_table("payments")
+    op.drop_table("cancelled_orders")
     op.drop_table("orders")

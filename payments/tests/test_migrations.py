@@ -1,0 +1,10 @@
+"""The hand-written migrations build exactly the schema the models describe."""
+
+from __future__ import annotations
+
+from payments.models import Base
+from ticketing_common.testing import TestDatabase
+
+
+async def test_migrations_match_models(payments_db: TestDatabase) -> None:
+    assert await payments_db.schema_drift(Base.metadata) == []
