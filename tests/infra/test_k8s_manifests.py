@@ -19,8 +19,9 @@ import yaml
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / "infra" / "k8s"
 NOT_SERVICES = {"common", "local"}
-# Graceful shutdown takes at most 20s (ticketing_common.cli) after a 5s preStop pause.
-MIN_GRACE_SECONDS = 25
+# After a 5s preStop pause: in-flight requests (20s, ticketing_common.cli), the event in hand
+# (ack_wait/2, payments 30s), the outbox flush (5s) and the NATS drain (5s).
+MIN_GRACE_SECONDS = 5 + 20 + 30 + 5 + 5
 
 
 def load_manifests() -> list[dict[str, Any]]:
