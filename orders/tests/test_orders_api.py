@@ -42,10 +42,6 @@ async def order(
     return body
 
 
-async def outbox_count(db: TestDatabase, subject: str) -> int:
-    return len(await db.fetch("SELECT 1 FROM outbox WHERE nats_subject = $1", subject))
-
-
 # --- POST /api/orders ----------------------------------------------------------------------
 
 
@@ -185,7 +181,7 @@ async def test_reserved_ticket_cannot_be_ordered_again_until_cancelled(
     assert r.status_code == 204
     second = await order(client, users, uuid.uuid4(), ticket)
     assert second["id"] != first["id"]
-    assert await outbox_count(orders_db, "order.created") == 2
+    assert (await orders_db.outbox_subjects()).count("order.created") == 2
 
 
 async def test_a_hundred_buyers_race_for_one_ticket(
@@ -217,7 +213,7 @@ async def test_a_hundred_buyers_race_for_one_ticket(
     live = await orders_db.fetch("SELECT id FROM orders WHERE status <> 'cancelled'")
     assert [str(row["id"]) for row in live] == [winner["id"]]
 
-    assert await outbox_count(orders_db, "order.created") == 1
+    assert (await orders_db.outbox_subjects()).count("order.created") == 1
     await event_probe.wait_for("order.created")
     published = await event_probe.all("order.created")
     assert [e.data["id"] for e in published] == [winner["id"]]
@@ -250,7 +246,7 @@ async def test_retry_with_idempotency_key_returns_the_first_answer(
     assert retry.headers["Idempotent-Replayed"] == "true"
     assert "Idempotent-Replayed" not in first.headers
     assert len(await orders_db.fetch("SELECT 1 FROM orders")) == 1
-    assert await outbox_count(orders_db, "order.created") == 1
+    assert (await orders_db.outbox_subjects()).count("order.created") == 1
 
     await event_probe.wait_for("order.created")
     assert len(await event_probe.all("order.created")) == 1
@@ -270,7 +266,7 @@ async def test_concurrent_retries_with_one_key_make_one_order(
     assert [r.status_code for r in responses] == [201] * 20
     assert len({r.json()["id"] for r in responses}) == 1
     assert len(await orders_db.fetch("SELECT 1 FROM orders")) == 1
-    assert await outbox_count(orders_db, "order.created") == 1
+    assert (await orders_db.outbox_subjects()).count("order.created") == 1
 
 
 async def test_idempotency_key_reused_for_another_request_is_refused(
@@ -459,7 +455,7 @@ async def test_cancel_order_publishes_once(
 
     r = await client.delete(url, headers=users.headers(buyer))
     assert r.status_code == 204
-    assert await outbox_count(orders_db, "order.cancelled") == 1
+    assert (await orders_db.outbox_subjects()).count("order.cancelled") == 1
     assert (await client.get(url, headers=users.headers(buyer))).json()["version"] == 1
 
 
@@ -503,7 +499,7 @@ async def test_complete_order_cannot_be_cancelled(
     }
     [row] = await orders_db.fetch("SELECT status, version FROM orders")
     assert (row["status"], row["version"]) == ("complete", 1)
-    assert await outbox_count(orders_db, "order.cancelled") == 0
+    assert (await orders_db.outbox_subjects()).count("order.cancelled") == 0
 
 
 async def test_openapi_documents_the_routes(client: httpx.AsyncClient) -> None:

@@ -195,7 +195,7 @@ async def test_double_submit_charges_once(
     assert len(provider.captures) == 1
     [payment] = await orders.payments(order_id)
     assert payment["status"] == "succeeded"
-    await eventually(lambda: _outbox_flushed(payments_db))
+    await eventually(payments_db.outbox_flushed)
     assert len(await event_probe.all("payment.created")) == 1
 
 
@@ -215,17 +215,6 @@ async def test_declined_and_good_card_at_once_keep_the_good_payment(
         assert payment["status"] == "succeeded"
         assert payment["attempts_in_flight"] == 0
     assert len(provider.captures) == 5
-
-
-async def outbox_subjects(db: TestDatabase) -> list[str]:
-    """Every event the service committed, published yet or not, in order."""
-    rows = await db.fetch("SELECT nats_subject FROM outbox ORDER BY position")
-    return [r["nats_subject"] for r in rows]
-
-
-async def _outbox_flushed(db: TestDatabase) -> bool:
-    rows = await db.fetch("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
-    return bool(rows[0]["n"] == 0)
 
 
 async def test_cancel_after_payment_refunds(
@@ -339,7 +328,7 @@ async def test_provider_down_while_charging_leaves_a_pending_payment_that_a_canc
         await orders.cancel(order_id)
     [payment] = await orders.payments(order_id)
     assert payment["status"] == "voided" and payment["refund_ref"] is None
-    assert restarted.refunds == [] and await outbox_subjects(orders.db) == []
+    assert restarted.refunds == [] and await orders.db.outbox_subjects() == []
 
 
 @dataclass
@@ -374,7 +363,7 @@ async def test_cancelled_while_charging_after_capture_is_refunded(
         refunded = await event_probe.wait_for("payment.refunded")
         assert refunded.data["orderId"] == str(order_id)
         # Committed with the refund: the outbox holds every event, published or not.
-        assert await outbox_subjects(orders.db) == ["payment.refunded"]
+        assert await orders.db.outbox_subjects() == ["payment.refunded"]
         assert await event_probe.all("payment.created") == []
 
 
@@ -417,7 +406,7 @@ async def test_expiring_while_charging_is_refunded(
         assert payment["status"] == "refunded" and payment["attempts_in_flight"] == 0
         assert provider.refunds == provider.captures == [payment["intent_ref"]]
         await event_probe.wait_for("payment.refunded")
-        assert await outbox_subjects(orders.db) == ["payment.refunded"]
+        assert await orders.db.outbox_subjects() == ["payment.refunded"]
 
 
 async def test_payment_and_cancellation_racing_never_keep_money(

@@ -152,6 +152,18 @@ class TestDatabase:
         finally:
             await engine.dispose()
 
+    async def outbox_subjects(self) -> list[str]:
+        """Every event the service committed, published yet or not, in commit order.
+
+        Asserting on this, not on the stream, sees an event the relay has not sent yet.
+        """
+        rows = await self.fetch("SELECT nats_subject FROM outbox ORDER BY position")
+        return [row["nats_subject"] for row in rows]
+
+    async def outbox_flushed(self) -> bool:
+        """True once the relay has published everything committed so far."""
+        return not await self.fetch("SELECT 1 FROM outbox WHERE published_at IS NULL LIMIT 1")
+
     async def wait_handled(self, event_id: uuid.UUID, timeout: float = 15.0) -> None:
         """Wait until the service's consumer has committed the event (its id is in the inbox)."""
 
