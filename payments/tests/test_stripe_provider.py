@@ -274,3 +274,12 @@ def test_a_provider_call_fits_inside_a_handlers_time_budget(settings: PaymentsSe
                 | {"provider_timeout_seconds": 20, "consumer_ack_wait_seconds": 30}
             )
         )
+
+
+@pytest.mark.parametrize("currency", ["jpy", "kwd"])
+def test_a_currency_without_two_decimals_is_refused(
+    settings: PaymentsSettings, currency: str
+) -> None:
+    """Amounts are sent in hundredths: 12.50 JPY would be charged as 1250 yen."""
+    with pytest.raises(ValidationError, match="two decimal places"):
+        PaymentsSettings(**(settings.model_dump() | {"currency": currency}))

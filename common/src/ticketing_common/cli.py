@@ -57,7 +57,7 @@ def service_main(
             port=args.port,
             log_config=None,
             proxy_headers=True,
-            forwarded_allow_ips="*",
+            forwarded_allow_ips=settings.forwarded_allow_ips,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         )
     elif args.command == "parked":

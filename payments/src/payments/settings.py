@@ -8,6 +8,32 @@ from ticketing_common.settings import ServiceSettings
 
 # The most the Stripe SDK sleeps between two tries of one call.
 PROVIDER_RETRY_DELAY_MAX_SECONDS = 5.0
+# Prices have two decimals and are charged in hundredths; these currencies have none or three.
+NOT_TWO_DECIMAL_CURRENCIES = frozenset(
+    [
+        "bif",
+        "clp",
+        "djf",
+        "gnf",
+        "jpy",
+        "kmf",
+        "krw",
+        "mga",
+        "pyg",
+        "rwf",
+        "ugx",
+        "vnd",
+        "vuv",
+        "xaf",
+        "xof",
+        "xpf",
+        "bhd",
+        "jod",
+        "kwd",
+        "omr",
+        "tnd",
+    ]
+)
 
 
 class PaymentsSettings(ServiceSettings):
@@ -22,6 +48,13 @@ class PaymentsSettings(ServiceSettings):
     provider_max_network_retries: int = Field(default=1, ge=0, le=5)
     # A release makes several provider calls inside one handler, which gets ack_wait / 2.
     consumer_ack_wait_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("currency")
+    @classmethod
+    def _two_decimal_currency(cls, value: str) -> str:
+        if value in NOT_TWO_DECIMAL_CURRENCIES:
+            raise ValueError(f"{value} does not have two decimal places; prices here do")
+        return value
 
     @field_validator("stripe_key", mode="before")
     @classmethod
