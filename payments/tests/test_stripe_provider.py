@@ -258,8 +258,9 @@ async def test_a_hanging_stripe_call_is_cut_short(
     started = asyncio.get_running_loop().time()
     with pytest.raises(ProviderUnavailableError):
         await provider.prepare(order_id=uuid.uuid4(), amount=Decimal("3.00"), currency="usd")
-    # One try and one retry, each cut at the timeout: nowhere near the 30s Stripe would take.
-    assert asyncio.get_running_loop().time() - started < 10
+    # One try and one retry, each cut at the timeout, not the 30s the fake Stripe would take
+    # (the bound is that, not a speed requirement: a loaded machine is far inside it).
+    assert asyncio.get_running_loop().time() - started < 25
     assert len(stripe_fake.calls("POST", "/v1/payment_intents")) == 2
 
 

@@ -23,7 +23,6 @@ import uuid
 from decimal import Decimal
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from payments.models import Order, Payment, PaymentStatus
@@ -35,7 +34,7 @@ from payments.providers import (
     PaymentRejectedError,
 )
 from ticketing_common.auth import UserClaims
-from ticketing_common.db import constraint_name, utcnow
+from ticketing_common.db import utcnow
 from ticketing_common.errors import BadRequestError, ForbiddenError, NotFoundError
 from ticketing_common.events import OrderStatus, PaymentCreated, PaymentRefunded
 from ticketing_common.messaging import publish
@@ -165,10 +164,7 @@ async def _claim(
             # the same intent, which can be paid only once.
             payment.attempts_in_flight += 1
         await session.commit()
-    except IntegrityError as exc:  # pragma: no cover - the order lock serialises claims
-        await session.rollback()
-        if constraint_name(exc) != "uq_payments_order_id":
-            raise
+    # No unique-violation case to handle: the order's row lock serialises claims.
     except BaseException:
         await session.rollback()
         raise
