@@ -45,7 +45,7 @@ def run(database: TestDatabase, consumer: Consumer, *argv: str) -> int:
         ),
         app_factory=no_app,
         migrations_dir=Path("unused"),
-        consumer=consumer,
+        consumer_factory=lambda _: consumer,
         argv=list(argv),
     )
 

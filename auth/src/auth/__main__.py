@@ -11,7 +11,7 @@ from ticketing_common.cli import service_main
 def main() -> int:
     return service_main(
         settings_factory=AuthSettings,
-        app_factory=create_app,  # type: ignore[arg-type]
+        app_factory=create_app,
         migrations_dir=Path(__file__).parent / "migrations",
     )
 

@@ -16,13 +16,9 @@ from ticketing_common.auth import (
 )
 from ticketing_common.db import SessionDep
 from ticketing_common.errors import error_responses
+from ticketing_common.settings import settings_dependency
 
 router = APIRouter(prefix="/api/users", tags=["users"])
-
-
-def _settings(request: Request) -> AuthSettings:
-    settings: AuthSettings = request.app.state.settings
-    return settings
 
 
 def _passwords(request: Request) -> Passwords:
@@ -30,7 +26,7 @@ def _passwords(request: Request) -> Passwords:
     return passwords
 
 
-SettingsDep = Annotated[AuthSettings, Depends(_settings)]
+SettingsDep = Annotated[AuthSettings, Depends(settings_dependency(AuthSettings))]
 PasswordsDep = Annotated[Passwords, Depends(_passwords)]
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth.models import SigninFailure, User
 from auth.settings import AuthSettings
-from ticketing_common.db import utcnow
+from ticketing_common.db import advisory_xact_lock, utcnow
 from ticketing_common.errors import BadRequestError, TooManyRequestsError
 
 
@@ -73,7 +73,7 @@ async def sign_in(
     # One attempt per email at a time (any replica): the lock is held through the count, the
     # slow verify and the failure insert, so parallel guesses cannot all pass the count
     # before any failure is recorded. Released when the transaction ends.
-    await session.execute(select(func.pg_advisory_xact_lock(func.hashtext(email))))
+    await advisory_xact_lock(session, f"signin:{email}")
     window_start = utcnow() - timedelta(seconds=settings.signin_failure_window_seconds)
     # Failures outside the window no longer count; don't let them pile up.
     await session.execute(

@@ -14,7 +14,7 @@ from fastapi import Depends, Request, Response
 from pydantic import BaseModel, ConfigDict
 
 from ticketing_common.errors import NotAuthorizedError
-from ticketing_common.settings import ServiceSettings
+from ticketing_common.settings import ServiceSettings, settings_dependency
 
 SESSION_COOKIE = "session"
 JWT_ALGORITHM = "HS256"
@@ -75,9 +75,7 @@ def clear_session_cookie(response: Response, settings: ServiceSettings) -> None:
     )
 
 
-def _settings(request: Request) -> ServiceSettings:
-    settings: ServiceSettings = request.app.state.settings
-    return settings
+_settings = settings_dependency(ServiceSettings)
 
 
 def optional_user(request: Request) -> UserClaims | None:

@@ -18,7 +18,7 @@ from ticketing_common.messaging import Consumer
 from ticketing_common.messaging.consumer import list_parked, replay_parked
 from ticketing_common.migrations import upgrade
 from ticketing_common.observability import configure_logging
-from ticketing_common.settings import ServiceSettings
+from ticketing_common.settings import S, ServiceSettings
 
 # Kubernetes gives 30s between SIGTERM and SIGKILL; finish in-flight work well inside that.
 GRACEFUL_SHUTDOWN_SECONDS = 20
@@ -26,12 +26,14 @@ GRACEFUL_SHUTDOWN_SECONDS = 20
 
 def service_main(
     *,
-    settings_factory: Callable[[], ServiceSettings],
-    app_factory: Callable[[ServiceSettings], FastAPI],
+    settings_factory: Callable[[], S],
+    app_factory: Callable[[S], FastAPI],
     migrations_dir: Path,
-    consumer: Consumer | None = None,
+    consumer_factory: Callable[[S], Consumer] | None = None,
     argv: list[str] | None = None,
 ) -> int:
+    """``consumer_factory`` gives the service's consumer to the ``parked`` commands (built only
+    for them: the app builds its own)."""
     parser = argparse.ArgumentParser()
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP service, its relay and consumer")
@@ -61,9 +63,10 @@ def service_main(
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         )
     elif args.command == "parked":
-        if consumer is None:
+        if consumer_factory is None:
             print("this service consumes no events")
             return 1
+        consumer = consumer_factory(settings)
         return asyncio.run(
             _parked(settings, consumer, args.parked_command, getattr(args, "event_id", None))
         )

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, func, select
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -51,6 +51,14 @@ async def request_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 SessionDep = Annotated[AsyncSession, Depends(request_session)]
+
+
+async def advisory_xact_lock(session: AsyncSession, key: str) -> None:
+    """Serialise work on ``key`` across every replica until the transaction ends.
+
+    For what a row lock cannot cover: a row that may not exist yet, or no row at all.
+    """
+    await session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
 
 
 def constraint_name(exc: BaseException) -> str | None:

@@ -5,10 +5,12 @@ A service subclasses :class:`ServiceSettings` to add its own fields.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, TypeVar
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.requests import Request
 
 # Keys that appear in examples and tutorials; production refuses them.
 KNOWN_WEAK_KEYS = frozenset({"secret", "changeme", "changethis", "jwt_key", "asdf", "development"})
@@ -54,3 +56,17 @@ class ServiceSettings(BaseSettings):
                     "characters in production (e.g. `openssl rand -hex 32`)"
                 )
         return self
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def settings_dependency(settings_cls: type[S]) -> Callable[[Request], S]:
+    """A FastAPI dependency giving a route its service's settings (set by the app factory)."""
+
+    def dependency(request: Request) -> S:
+        settings = request.app.state.settings
+        assert isinstance(settings, settings_cls)
+        return settings
+
+    return dependency

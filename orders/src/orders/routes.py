@@ -4,7 +4,7 @@ import re
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Response, status
 from fastapi.responses import JSONResponse
 
 from orders import service
@@ -13,16 +13,12 @@ from orders.settings import OrdersSettings
 from ticketing_common.auth import CurrentUser
 from ticketing_common.db import SessionDep
 from ticketing_common.errors import BadRequestError, error_responses
+from ticketing_common.settings import settings_dependency
 
 router = APIRouter(prefix="/api/orders", tags=["orders"])
 
 
-def _settings(request: Request) -> OrdersSettings:
-    settings: OrdersSettings = request.app.state.settings
-    return settings
-
-
-SettingsDep = Annotated[OrdersSettings, Depends(_settings)]
+SettingsDep = Annotated[OrdersSettings, Depends(settings_dependency(OrdersSettings))]
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, as Stripe's keys
 
 

@@ -12,10 +12,10 @@ from ticketing_common.cli import service_main
 def main() -> int:
     return service_main(
         settings_factory=PaymentsSettings,
-        app_factory=create_app,  # type: ignore[arg-type]
+        app_factory=create_app,
         migrations_dir=Path(__file__).parent / "migrations",
         # For `parked replay`: a replayed order.cancelled releases payments like a live one.
-        consumer=make_consumer(provider_for(PaymentsSettings())),
+        consumer_factory=lambda settings: make_consumer(provider_for(settings)),
     )
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from payments.models import CancelledOrder, Order
 from payments.providers import PaymentProvider
 from payments.service import PaymentStateError, order_cancelled
+from ticketing_common.db import advisory_xact_lock
 from ticketing_common.events import OrderCancelled, OrderCreated
 from ticketing_common.messaging import Consumer
 
@@ -22,9 +23,7 @@ async def _lock_order_id(session: AsyncSession, order_id: uuid.UUID) -> None:
     A row lock cannot do it while the replica does not exist yet: without this, an
     order.created and an order.cancelled handled at once could each miss the other's row.
     """
-    await session.execute(
-        select(func.pg_advisory_xact_lock(func.hashtextextended(str(order_id), 0)))
-    )
+    await advisory_xact_lock(session, f"order:{order_id}")
 
 
 async def _replica(session: AsyncSession, order_id: uuid.UUID) -> Order | None:

@@ -11,6 +11,7 @@ from payments.settings import PaymentsSettings
 from ticketing_common.auth import CurrentUser
 from ticketing_common.db import SessionDep
 from ticketing_common.errors import error_responses
+from ticketing_common.settings import settings_dependency
 
 router = APIRouter(prefix="/api/payments", tags=["payments"])
 
@@ -20,13 +21,8 @@ def _provider(request: Request) -> PaymentProvider:
     return provider
 
 
-def _settings(request: Request) -> PaymentsSettings:
-    settings: PaymentsSettings = request.app.state.settings
-    return settings
-
-
 ProviderDep = Annotated[PaymentProvider, Depends(_provider)]
-SettingsDep = Annotated[PaymentsSettings, Depends(_settings)]
+SettingsDep = Annotated[PaymentsSettings, Depends(settings_dependency(PaymentsSettings))]
 
 
 @router.post(

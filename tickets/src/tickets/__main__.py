@@ -12,9 +12,9 @@ from tickets.settings import TicketsSettings
 def main() -> int:
     return service_main(
         settings_factory=TicketsSettings,
-        app_factory=create_app,  # type: ignore[arg-type]
+        app_factory=create_app,
         migrations_dir=Path(__file__).parent / "migrations",
-        consumer=consumer,
+        consumer_factory=lambda _: consumer,
     )
 
 
