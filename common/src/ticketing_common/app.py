@@ -39,8 +39,6 @@ class Runtime:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     nc: NatsClient
-    relay: OutboxRelay
-    consumer: ConsumerRunner | None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stopping: bool = False
     # Set when background work died: /healthz then fails, so the orchestrator restarts us.
@@ -107,7 +105,7 @@ async def run_service(
         if consumer
         else None
     )
-    runtime = Runtime(engine, sessionmaker, nc, relay, runner)
+    runtime = Runtime(engine, sessionmaker, nc)
     runtime.start(relay.run(), "outbox-relay")
     if runner:
         runtime.start(runner.run(), "consumer")
