@@ -116,3 +116,29 @@ async def test_nats_that_cannot_be_restarted_stops_the_platform_cleanly(
     )
     assert "Traceback" not in output
     assert alive(processes) == []
+
+
+def test_overrides_in_the_environment_reach_every_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ticketing_common.embedded import EmbeddedNats, EmbeddedPostgres
+    from ticketing_local.launcher import Launcher
+    from ticketing_local.processes import Output
+
+    monkeypatch.setenv("STRIPE_KEY", "sk_test_passed_through")
+    monkeypatch.setenv("ORDER_EXPIRATION_SECONDS", "42")
+    monkeypatch.setenv("PORT", "9999")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://somewhere-else/db")
+    launcher = Launcher(DataFolder(tmp_path / "data"), 9999, Output())
+    launcher.postgres = EmbeddedPostgres(tmp_path / "pg")  # configured, not started
+    launcher.nats = EmbeddedNats(tmp_path / "nats")
+
+    env = launcher._service_env("the-key")
+
+    assert env["STRIPE_KEY"] == "sk_test_passed_through"
+    assert env["ORDER_EXPIRATION_SECONDS"] == "42"
+    assert env["JWT_KEY"] == "the-key"
+    assert env["NATS_URL"] == launcher.nats.url
+    # The edge's port and a foreign database are not the services' to take.
+    assert "PORT" not in env
+    assert "DATABASE_URL" not in env
