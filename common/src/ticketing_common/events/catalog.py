@@ -1,0 +1,50 @@
+"""Who publishes and who consumes each subject: the one table of the event flow.
+
+The SPEC's service table, as data. The bus permissions (each service's NATS user may publish only
+what it publishes here and consume only what it consumes), the architecture diagrams and the tests
+that check each service's consumer all read it, so a change of the flow is made here once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ticketing_common.events.models import Subject
+
+
+@dataclass(frozen=True)
+class ServiceEvents:
+    publishes: tuple[Subject, ...]
+    consumes: tuple[Subject, ...]
+
+
+CATALOG: dict[str, ServiceEvents] = {
+    "auth": ServiceEvents(publishes=(), consumes=()),
+    "tickets": ServiceEvents(
+        publishes=(Subject.TICKET_CREATED, Subject.TICKET_UPDATED),
+        consumes=(Subject.ORDER_CREATED, Subject.ORDER_CANCELLED),
+    ),
+    "orders": ServiceEvents(
+        publishes=(Subject.ORDER_CREATED, Subject.ORDER_CANCELLED),
+        consumes=(
+            Subject.TICKET_CREATED,
+            Subject.TICKET_UPDATED,
+            Subject.EXPIRATION_COMPLETE,
+            Subject.PAYMENT_CREATED,
+        ),
+    ),
+    # Expiration publishes through JetStream message schedules: the server fires the event.
+    "expiration": ServiceEvents(
+        publishes=(Subject.EXPIRATION_COMPLETE,), consumes=(Subject.ORDER_CREATED,)
+    ),
+    "payments": ServiceEvents(
+        publishes=(Subject.PAYMENT_CREATED, Subject.PAYMENT_REFUNDED),
+        consumes=(Subject.ORDER_CREATED, Subject.ORDER_CANCELLED),
+    ),
+}
+
+
+def publisher_of(subject: Subject) -> str:
+    """The one service that publishes ``subject``."""
+    (service,) = (name for name, events in CATALOG.items() if subject in events.publishes)
+    return service
