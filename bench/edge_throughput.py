@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ticketing_common.embedded import free_port, wait_for_port
 from ticketing_common.http import outbound_client
-from ticketing_local.caddy import caddy_binary, caddy_environment, write_config
+from ticketing_local.edge import caddy_binary, caddy_environment, write_config
 from ticketing_local.routing import RoutingTable
 
 SERVICE = textwrap.dedent(

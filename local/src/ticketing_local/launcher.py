@@ -27,8 +27,8 @@ import httpx
 
 from ticketing_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from ticketing_common.http import outbound_client
-from ticketing_local.caddy import caddy_binary, caddy_environment, write_config
 from ticketing_local.datafolder import DataFolder, process_start_ticks
+from ticketing_local.edge import caddy_binary, caddy_environment, write_config
 from ticketing_local.processes import ManagedProcess, Output, describe_exit
 from ticketing_local.routing import RoutingTable
 
