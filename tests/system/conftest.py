@@ -86,7 +86,8 @@ class LocalPlatform:
                 f"the launcher exited with {self.process.returncode}\n{self.output()}"
             )
         status = self.data.read_status()
-        return bool(status and status.get("ready"))
+        # A status file left by a launcher that was killed says "ready" too: not ours.
+        return bool(status and status.get("ready") and status["pid"] == self.process.pid)
 
     def status(self) -> dict[str, Any]:
         status = self.data.read_status()
