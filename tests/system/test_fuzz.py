@@ -29,7 +29,7 @@ from .conftest import LocalPlatform, User
 
 pytestmark = pytest.mark.timeout(600)
 
-EXAMPLES_PER_OPERATION = 20
+EXAMPLES_PER_OPERATION = 15
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
