@@ -25,8 +25,8 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from ticketing_common.events import EventEnvelope, ExpirationComplete, PaymentCreated
 from ticketing_common.messaging import ensure_stream
 from ticketing_common.messaging.connection import BusCredentialsRefusedError, connect_nats
-from ticketing_common.messaging.permissions import render_authorization
-from ticketing_common.messaging.streams import STREAM_NAME
+from ticketing_common.messaging.permissions import SERVICE_USERS, render_authorization
+from ticketing_common.messaging.streams import DUPLICATE_WINDOW_SECONDS, STREAM_NAME, stream_config
 from ticketing_common.settings import ServiceSettings
 from ticketing_common.testing import EventProbe, send_event, test_settings
 from ticketing_common.testing.helpers import eventually
@@ -110,6 +110,17 @@ async def test_a_wrong_password_is_refused(secured_nats: SecuredNats) -> None:
     nc = await connect_nats(right)
     assert nc.is_connected
     await nc.close()
+
+
+@pytest.mark.parametrize("service", SERVICE_USERS)
+async def test_every_service_ensures_the_stream(bus: Connections, service: str) -> None:
+    js = await bus.jetstream(service)
+    await ensure_stream(js)  # a second replica starting
+    # A stream left with an older configuration is brought up to date.
+    await js.update_stream(stream_config().evolve(duplicate_window=60.0))
+    await ensure_stream(js)
+    info = await (await bus.jetstream("monitor")).stream_info(STREAM_NAME)
+    assert info.config.duplicate_window == DUPLICATE_WINDOW_SECONDS
 
 
 async def test_orders_cannot_publish_a_payment(bus: Connections) -> None:
