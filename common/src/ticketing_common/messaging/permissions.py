@@ -162,7 +162,8 @@ def render_authorization(passwords: Mapping[str, str]) -> str:
         raise ValueError(f"no such NATS user: {', '.join(sorted(unknown))}")
     pad = " " * 10
     lines = [
-        "# Generated from the event catalog (ticketing_common.messaging.permissions).",
+        "# Generated from the event catalog by ticketing_common.messaging.permissions;",
+        "# do not edit (the cluster's copy: `make nats-auth` rewrites it).",
         "authorization {",
         "  users = [",
     ]
