@@ -2,7 +2,8 @@
 
 Set ``DATABASE_URL`` (a server URL whose user may create databases) or ``NATS_URL`` (2.12+) to
 use servers you run yourself; otherwise both are started from their wheels on free ports and
-stopped at the end of the run.
+stopped at the end of the run. That NATS server admits anyone (tests publish on behalf of every
+service); ``secured_nats`` starts one per test that admits only the bus's users.
 """
 
 from __future__ import annotations
