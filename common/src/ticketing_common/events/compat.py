@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-# Words about a field, not its shape: changing them breaks no reader.
-ANNOTATIONS = frozenset({"title", "description", "examples", "$comment"})
+# Words about a field, not its shape: changing them breaks no reader. (Whether a field may be
+# absent is ``required``, checked on its own; its default is only what a reader assumes then.)
+ANNOTATIONS = frozenset({"title", "description", "examples", "$comment", "default"})
 NEW_VERSION = "make a new version of the event (a new subject) instead"
 
 
@@ -99,4 +100,3 @@ def explain(report: dict[str, list[str]]) -> str:
     lines = [f"  {change}" for changes in report.values() for change in changes]
     subjects = ", ".join(report)
     return f"incompatible change to {subjects}; {NEW_VERSION}:\n" + "\n".join(lines)
-

@@ -86,7 +86,7 @@ def events_markdown(asyncapi: dict[str, Any]) -> str:
         subject = Subject(message["name"])
         lines.append(
             f"| [`{subject}`](#{_anchor(subject)}) | `{message['title']}` "
-            f"| {publisher_of(subject)} | {', '.join(consumers_of(subject)) or '–'} |"
+            f"| {publisher_of(subject)} | {', '.join(consumers_of(subject)) or '-'} |"
         )
     lines += ["", "## The envelope", "", *_field_table(schemas["EventEnvelope"], schemas)]
     lines += ["", "Headers of every message:", "", "| header | meaning |", "|---|---|"]

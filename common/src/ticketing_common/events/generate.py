@@ -1,4 +1,4 @@
-"""``ticketing-schemas`` (``make contracts``): write the event contracts and the docs made from them.
+"""``ticketing-schemas`` (``make contracts``): write the event contracts and the docs from them.
 
 It writes, under the repository root: ``common/contracts/events.schema.json`` and
 ``asyncapi.json``; ``common/contracts/released/<subject>.json`` for a new subject or an added

@@ -108,19 +108,20 @@ def render(document: dict[str, Any]) -> str:
 def event_schema(subject: Subject, documents: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The envelope of ``subject`` with its data, every reference written out in place."""
     defs = documents["events.schema.json"]["$defs"]
-    envelope = _inline(defs["EventEnvelope"], defs)
+    envelope: dict[str, Any] = inline_refs(defs["EventEnvelope"], defs)
     envelope["properties"]["subject"] = {"const": subject.value}
-    envelope["properties"]["data"] = _inline(defs[EVENT_TYPES[subject].__name__], defs)
+    envelope["properties"]["data"] = inline_refs(defs[EVENT_TYPES[subject].__name__], defs)
     envelope["title"] = subject.value
     return envelope
 
 
-def _inline(schema: Any, defs: dict[str, Any]) -> Any:
+def inline_refs(schema: Any, defs: dict[str, Any]) -> Any:
+    """``schema`` with every ``#/.../Name`` reference replaced by ``defs[Name]``."""
     if isinstance(schema, list):
-        return [_inline(item, defs) for item in schema]
+        return [inline_refs(item, defs) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    inlined = {key: _inline(value, defs) for key, value in schema.items() if key != "$ref"}
+    inlined = {key: inline_refs(value, defs) for key, value in schema.items() if key != "$ref"}
     if "$ref" in schema:
-        return _inline(defs[schema["$ref"].rsplit("/", 1)[-1]], defs) | inlined
+        return inline_refs(defs[schema["$ref"].rsplit("/", 1)[-1]], defs) | inlined
     return inlined
