@@ -12,6 +12,7 @@ from typing import Any
 
 from ticketing_common.events.catalog import CATALOG, ServiceEvents, publisher_of
 from ticketing_common.events.models import Subject
+from ticketing_common.messaging.streams import MAX_AGE_SECONDS
 
 GENERATED_BLOCK = re.compile(
     r"(<!-- generated: (?P<name>[\w-]+) -->\n).*?(<!-- end generated -->)", re.DOTALL
@@ -145,25 +146,29 @@ def _type(schema: dict[str, Any], schemas: dict[str, Any]) -> str:
     return str(described)
 
 
+RETENTION_DAYS = MAX_AGE_SECONDS // (24 * 3600)
+
 # After the generated tables: what the models cannot say.
-NOTES = """## Timers in the stream
+NOTES = f"""## Timers in the stream
 
 Expiration does not publish `expiration.complete` itself: for each order it puts the event, as a
 JetStream message schedule, on `schedule.expiration.<orderId>` (headers `Nats-Schedule: @at
 <expiresAt>` and `Nats-Schedule-Target: expiration.complete`), and the server publishes it to
 `expiration.complete` at that time, then removes the schedule. So the stream also holds, for each
 order not yet expired, one message on a `schedule.` subject whose body is the
-`expiration.complete` envelope. Consumers filter on the subjects above and never see it.
+`expiration.complete` envelope. The services' consumers filter on the subjects above and never
+see these; a reader of the whole stream (like the Node.js one below) does, and tells them by
+their `Nats-Schedule-Target` header, which names the subject the envelope is for.
 
 ## Changing an event
 
 Consumers in every service (and in any language) read these events, and the stream keeps them
-for 14 days: a parked event may be replayed after an upgrade. So a change must let an old
-consumer read a new event and a new consumer an old one. The only such change is **adding an
-optional field**. Anything else (removing or renaming a field, changing its type, making a field
-required or optional, removing or adding an enum value) needs a new version of the event: a new
-subject (say `order.created.v2`) with its own model, published beside the old one until every
-consumer has moved.
+for {RETENTION_DAYS} days: a parked event may be replayed after an upgrade. So a change must let
+an old consumer read a new event and a new consumer an old one. The only such change is **adding
+an optional field**. Anything else (removing or renaming a field, changing its type, making a
+field required or optional, removing or adding an enum value) needs a new version of the event:
+a new subject (say `order.created.v2`) with its own model, published beside the old one until
+every consumer has moved.
 
 `common/contracts/released/` holds each subject's schema as released. `make contracts` records
 an addition there and refuses a breaking change ("make a new version of the event"), and
