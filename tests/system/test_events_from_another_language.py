@@ -135,13 +135,14 @@ async def test_every_event_of_a_purchase_and_an_expiry_keeps_the_contract(
         seller, buyer = Person(s), Person(b)
         await seller.sign_up()
         await buyer.sign_up()
-        bought = await buyer.order(await seller.sell("Concert", "20.50"))
-        left = await buyer.order(await seller.sell("Play", "35"))
+        concert, play = await seller.sell("Concert", "20.50"), await seller.sell("Play", "35")
 
+        bought = await buyer.order(concert)  # paid at once: well before it could expire
         paid = await buyer.post_once_known(
             "/api/payments", {"orderId": bought, "token": "tok_visa"}
         )
         assert paid.status_code == 201, paid.text
+        left = await buyer.order(play)
         await buyer.order_reaches(bought, "complete", EVENTUAL)
         await buyer.order_reaches(left, "cancelled", EXPIRATION_SECONDS + EVENTUAL)
 
