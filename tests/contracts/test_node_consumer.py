@@ -8,14 +8,19 @@ the whole platform.
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 from nats.js import JetStreamContext
 
+from ticketing_common.embedded import free_port, nats_server_binary, wait_for_port
 from ticketing_common.events import (
     EVENT_TYPES,
     Event,
@@ -171,3 +176,39 @@ async def test_an_empty_stream_fails_the_consumer(
     result = node_consumer(nats_server.url)
     assert result.returncode == 2
     assert "no event in stream EVENTS" in result.stderr
+
+
+@pytest.fixture
+def nats_with_a_user(tmp_path: Path) -> Iterator[str]:
+    """A NATS server of its own that lets in only ``monitor`` / ``secret``."""
+    port = free_port()
+    options = ["-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp_path)]
+    server = subprocess.Popen(
+        [nats_server_binary(), *options, "--user", "monitor", "--pass", "secret"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, 30, server)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(15)
+
+
+async def test_the_consumer_signs_in_with_the_user_it_is_given(
+    nats_with_a_user: str, node_consumer: Any
+) -> None:
+    nc = await nats.connect(nats_with_a_user, user="monitor", password="secret")
+    try:
+        await send_valid_events(nc.jetstream())
+    finally:
+        await nc.close()
+
+    refused = node_consumer(nats_with_a_user)
+    assert refused.returncode == 2
+    assert "Authorization Violation" in refused.stderr
+
+    result = node_consumer(nats_with_a_user, NATS_USER="monitor", NATS_PASSWORD="secret")
+    assert result.returncode == 0, result.stderr
+    assert sum(summary_of(result.stdout)["validated"].values()) == len(EVENT_TYPES)
