@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ticketing_common.events import Subject
+from ticketing_common.events import EVENT_TYPES, Subject
 from ticketing_common.events.catalog import CATALOG, publisher_of
 
 ROOT = Path(__file__).parents[1]
@@ -175,3 +175,16 @@ def test_the_spec_service_table_agrees_with_the_catalog() -> None:
 
 def subjects(cell: str) -> set[str]:
     return set(re.findall(r"[a-z]+\.[a-z]+", cell))
+
+
+def test_the_spec_event_table_names_every_field_of_every_event() -> None:
+    rows = re.findall(r"^\| ([a-z]+\.[a-z]+) \| ([^|]+) \|$", (DOCS / "spec.md").read_text(), re.M)
+    # "id, orderId (or null), ticket {id, price}": the top-level names.
+    listed = {
+        subject: {name.strip() for name in re.sub(r"\{[^}]*\}|\([^)]*\)", "", cell).split(",")}
+        for subject, cell in rows
+    }
+    assert listed == {
+        subject.value: set(model.model_json_schema(by_alias=True)["properties"])
+        for subject, model in EVENT_TYPES.items()
+    }
