@@ -2,8 +2,8 @@
 
 Every relative link in a committed Markdown file leads to a committed file (and to a heading
 there, if it names one) without leaving the repository; the hand-written sequence diagrams and
-the spec's service table agree with the event catalog. (The generated parts are checked by
-``common/tests/test_contracts.py``.)
+the spec's service table agree with the event catalog, and its event table with the models.
+(The generated parts are checked by ``common/tests/test_contracts.py``.)
 """
 
 from __future__ import annotations
