@@ -158,7 +158,9 @@ JetStream message schedule, on `schedule.expiration.<orderId>` (headers `Nats-Sc
 order not yet expired, one message on a `schedule.` subject whose body is the
 `expiration.complete` envelope. The services' consumers filter on the subjects above and never
 see these; a reader of the whole stream (like the Node.js one below) does, and tells them by
-their `Nats-Schedule-Target` header, which names the subject the envelope is for.
+their `Nats-Schedule-Target` header, which names the subject the envelope is for. The event a
+timer fires carries the schedule's `X-Request-Id` but no `Nats-Msg-Id` (the server does not copy
+it); its envelope id is still the event id every inbox goes by.
 
 ## Changing an event
 
