@@ -146,7 +146,14 @@ async def test_every_event_of_a_purchase_and_an_expiry_keeps_the_contract(
         await buyer.order_reaches(bought, "complete", EVENTUAL)
         await buyer.order_reaches(left, "cancelled", EXPIRATION_SECONDS + EVENTUAL)
 
-    result = await asyncio.to_thread(node_consumer, running_platform.nats_url)
+    # The bus admits only its users: the consumer reads as the read-only monitor.
+    monitor = running_platform.data.monitor_credentials()
+    result = await asyncio.to_thread(
+        node_consumer,
+        running_platform.nats_url,
+        NATS_USER=monitor.user,
+        NATS_PASSWORD=monitor.password,
+    )
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["mismatches"] == []

@@ -45,7 +45,9 @@ def services_flowchart() -> str:
 def _flow_edges(service: str, events: ServiceEvents) -> list[str]:
     edges = []
     if events.publishes:
-        edges.append(f'    {service} -- "{_subjects(events.publishes)}" --> nats')
+        # A scheduled event is fired by the server from the schedule the service published.
+        via = "<br/>(by message schedule)" if events.scheduled else ""
+        edges.append(f'    {service} -- "{_subjects(events.publishes)}{via}" --> nats')
     if events.consumes:
         edges.append(f'    nats -- "{_subjects(events.consumes)}" --> {service}')
     return edges
