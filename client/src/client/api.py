@@ -4,7 +4,7 @@ One ``Api`` per browser request: it forwards that person's ``session`` cookie as
 header (the shared HTTP client keeps no cookie jar, so nobody's session reaches anyone else's
 request), carries the request id, and turns answers into models or into one of two errors: an
 :class:`ApiError` (the service's 4xx, in the common error shape, shown next to the form) or
-:class:`ServiceDown` (unreachable, timed out or a 5xx: the "try again" page).
+:class:`ServiceDownError` (unreachable, timed out or a 5xx: the "try again" page).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class ApiError(Exception):
         return [e["message"] for e in self.errors if not e.get("field")]
 
 
-class ServiceDown(Exception):
+class ServiceDownError(Exception):
     def __init__(self, service: Service, reason: str) -> None:
         super().__init__(f"{service}: {reason}")
         self.service = service
@@ -126,9 +126,9 @@ class Api:
                 method, base + path, json=json, params=params, headers=sent
             )
         except httpx.HTTPError as exc:
-            raise ServiceDown(service, repr(exc)) from exc
+            raise ServiceDownError(service, repr(exc)) from exc
         if response.status_code >= 500:
-            raise ServiceDown(service, f"answered {response.status_code}")
+            raise ServiceDownError(service, f"answered {response.status_code}")
         if response.status_code >= 400:
             raise ApiError(response.status_code, _errors(response))
         self.set_cookies += response.headers.get_list("set-cookie")
@@ -225,4 +225,4 @@ def _parse(model: Any, service: Service, response: httpx.Response) -> Any:
     try:
         return TypeAdapter(model).validate_json(response.content)
     except ValidationError as exc:
-        raise ServiceDown(service, f"unexpected answer: {exc}") from exc
+        raise ServiceDownError(service, f"unexpected answer: {exc}") from exc

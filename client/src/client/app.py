@@ -18,11 +18,11 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from client import i18n
-from client.api import TIMEOUT, ApiError, ServiceDown
-from client.csrf import CSRF_COOKIE, CsrfRefused
+from client.api import TIMEOUT, ApiError, ServiceDownError
+from client.csrf import CSRF_COOKIE, CsrfRefusedError
 from client.i18n import N_
 from client.i18n import gettext as _
-from client.routes import SignInRequired, router
+from client.routes import SignInRequiredError, router
 from client.security import new_nonce, security_headers
 from client.settings import ClientSettings
 from client.templating import STATIC_DIGESTS, STATIC_DIR, render
@@ -167,9 +167,9 @@ def _install_error_pages(app: FastAPI) -> None:
         in_path = any(error.get("loc", ("",))[0] == "path" for error in exc.errors())
         return _error_page(request, 404 if in_path else 400)
 
-    app.add_exception_handler(SignInRequired, sign_in_first)
-    app.add_exception_handler(ServiceDown, service_down)
+    app.add_exception_handler(SignInRequiredError, sign_in_first)
+    app.add_exception_handler(ServiceDownError, service_down)
     app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(CsrfRefused, csrf_refused)
+    app.add_exception_handler(CsrfRefusedError, csrf_refused)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_request)

@@ -23,7 +23,7 @@ CSRF_COOKIE = "csrf"
 CSRF_FIELD = "csrf_token"
 
 
-class CsrfRefused(Exception):
+class CsrfRefusedError(Exception):
     """A POST without a valid token, or from another origin (answered with a 403 page)."""
 
 
@@ -63,7 +63,7 @@ async def check_csrf(request: Request) -> None:
         or not isinstance(sent, str)
         or not hmac.compare_digest(sent, csrf_token(request))
     ):
-        raise CsrfRefused()
+        raise CsrfRefusedError()
 
 
 CsrfChecked = Annotated[None, Depends(check_csrf)]

@@ -24,7 +24,7 @@ router = APIRouter(include_in_schema=False)
 LANGUAGE_COOKIE_SECONDS = 365 * 24 * 3600
 
 
-class SignInRequired(Exception):
+class SignInRequiredError(Exception):
     """A page for signed-in people, asked for by someone who is not (sent to sign in)."""
 
 
@@ -40,7 +40,7 @@ def _api(request: Request) -> Api:
 def _signed_in(request: Request) -> UserClaims:
     user: UserClaims | None = request.state.user
     if user is None:
-        raise SignInRequired()
+        raise SignInRequiredError()
     return user
 
 
