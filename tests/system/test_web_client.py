@@ -1,0 +1,407 @@
+"""The web client in a real browser (Chromium, driven by Playwright), against the platform as
+``make up`` runs it: people sign up, sell, buy, pay, in their own browser contexts.
+
+Every page visited is checked as it is shown: axe-core finds no serious or critical
+accessibility problem, the browser logs no error (a blocked inline script or a CSP violation
+would be one), and a screenshot is saved under ``.artifacts/screenshots/``. Steps that wait for
+an event to travel between services poll (reload until) with a timeout; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .test_local_platform import EVENTUAL, LocalPlatform
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+from axe_playwright_python.sync_playwright import Axe  # noqa: E402
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = Path(__file__).parents[2] / ".artifacts" / "screenshots"
+# Short enough for the expiry test to wait it out, long enough to pay comfortably.
+ORDER_EXPIRATION_SECONDS = 30
+XSS_TITLE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+
+if not CHROMIUM.exists():
+    reason = (
+        f"browser tests skipped: no Chromium at {CHROMIUM} (install Debian's `chromium` "
+        "package; .ci/run does)"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(reason.replace("skipped", "cannot run in CI"), pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform]:
+    base = tmp_path_factory.mktemp("web-client")
+    platform = LocalPlatform(base / "data", base)
+    platform.start(ORDER_EXPIRATION_SECONDS=str(ORDER_EXPIRATION_SECONDS))
+    try:
+        yield platform
+    finally:
+        if platform.process is not None:
+            platform.stop()
+        subprocess.run(
+            [sys.executable, "-m", "ticketing_local", "reset", "--data-dir", str(base / "data")],
+            env=platform.env(),
+            capture_output=True,
+            check=False,
+        )
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+class Person:
+    """Someone at their own browser (own cookies), looking at the site."""
+
+    def __init__(
+        self,
+        browser: Browser,
+        site: LocalPlatform,
+        *,
+        javascript: bool = True,
+        locale: str = "en-GB",
+        width: int = 1280,
+    ) -> None:
+        self.context: BrowserContext = browser.new_context(
+            base_url=site.url,
+            java_script_enabled=javascript,
+            locale=locale,
+            viewport={"width": width, "height": 900},
+        )
+        self.page: Page = self.context.new_page()
+        self.dialogs: list[str] = []
+        self.console_errors: list[str] = []
+        self.page.on(
+            "dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss())
+        )
+        self.page.on(
+            "console",
+            lambda message: (
+                self.console_errors.append(message.text) if message.type == "error" else None
+            ),
+        )
+        self.email = f"web-{uuid.uuid4().hex[:10]}@example.com"
+
+    def _console(self, message: ConsoleMessage) -> None:
+        # A page answered with an error status (a 404 page, a declined payment) is logged as
+        # such by the browser; anything else (a blocked script, a CSP violation) is a fault.
+        if message.type == "error" and message.location.get("url") != self.page.url:
+            self.console_errors.append(f"{message.text} ({message.location})")
+
+    def open(self, path: str, screenshot: str | None = None) -> Page:
+        self.page.goto(path)
+        if screenshot:
+            self.check(screenshot)
+        return self.page
+
+    def check(self, name: str) -> None:
+        """The page as shown: accessible, no browser errors, and a screenshot of it."""
+        self.page.wait_for_load_state("load")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+        violations = [
+            f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']]}"
+            for v in Axe().run(self.page).response["violations"]
+            if v["impact"] in ("serious", "critical")
+        ]
+        assert violations == [], f"{name}: {violations}"
+        assert self.console_errors == [], f"{name}: {self.console_errors}"
+
+    def sign_up(self) -> Person:
+        self.open("/auth/signup")
+        self.page.get_by_label("Email").fill(self.email)
+        self.page.get_by_label("Password").fill("correct horse battery")
+        self.page.get_by_role("button", name="Sign up").click()
+        expect(self.page.get_by_text(f"Signed in as {self.email}")).to_be_visible()
+        return self
+
+    def sell(self, title: str, price: str) -> str:
+        self.open("/tickets/new")
+        self.page.get_by_label("Title").fill(title)
+        self.page.get_by_label("Price (EUR)").fill(price)
+        self.page.get_by_role("button", name="List for sale").click()
+        expect(self.page.get_by_role("heading", level=1)).to_have_text(title)
+        return self.page.url
+
+    def buy(self, ticket_url: str) -> str:
+        self.open(ticket_url)
+        self.page.get_by_role("button", name="Buy").click()
+        expect(self.page.get_by_text("Time left to pay:")).to_be_visible()
+        return self.page.url
+
+    def pay(self, card: str) -> None:
+        self.page.get_by_label(card).check()
+        self.page.get_by_role("button", name=re.compile(r"^Pay ")).click()
+
+    def reload_until(self, text: str, timeout: float = EVENTUAL) -> None:
+        """Look again (as a patient person would) until ``text`` shows."""
+        deadline_ms = timeout * 1000
+        waited = 0
+        while not self.page.get_by_text(text).count():
+            if waited > deadline_ms:
+                raise AssertionError(f"{text!r} not shown on {self.page.url} within {timeout}s")
+            self.page.wait_for_timeout(500)  # a person's pause before reloading
+            waited += 500
+            self.page.reload()
+
+    def close(self) -> None:
+        self.context.close()
+
+
+class People:
+    """Makes people, each at their own browser context; closes them after the test."""
+
+    def __init__(self, browser: Browser, site: LocalPlatform) -> None:
+        self.browser = browser
+        self.site = site
+        self.made: list[Person] = []
+
+    def new(self, *, javascript: bool = True, locale: str = "en-GB", width: int = 1280) -> Person:
+        self.made.append(
+            Person(self.browser, self.site, javascript=javascript, locale=locale, width=width)
+        )
+        return self.made[-1]
+
+
+@pytest.fixture
+def people(browser: Browser, site: LocalPlatform) -> Iterator[People]:
+    made = People(browser, site)
+    yield made
+    for one in made.made:
+        one.close()
+
+
+def test_a_ticket_is_listed_bought_paid_and_shown_sold(people: People) -> None:
+    seller = people.new().sign_up()
+    seller.check("signed-in-home")
+    ticket_url = seller.sell("Concert in the park", "20.50")
+    seller.check("ticket-own")
+    expect(seller.page.get_by_text("€20.50")).to_be_visible()
+
+    buyer = people.new().sign_up()
+    buyer.open(ticket_url, "ticket-buy")
+    order_url = buyer.buy(ticket_url)
+    buyer.check("order-payable")
+    # The countdown is live: the time shown changes without a reload.
+    countdown = buyer.page.locator("#countdown")
+    shown = countdown.inner_text()
+    expect(countdown).not_to_have_text(shown, timeout=5000)
+
+    buyer.pay("Visa ending in 4242 (pays)")
+    expect(buyer.page.get_by_text("Paid. The ticket is yours.")).to_be_visible(
+        timeout=EVENTUAL * 1000
+    )
+    buyer.check("order-complete")
+    buyer.open("/orders", "orders")
+    row = buyer.page.get_by_role("row", name=re.compile("Concert in the park"))
+    expect(row).to_contain_text("Paid")
+    link = row.get_by_role("link", name="Concert in the park").get_attribute("href")
+    assert link is not None and order_url.endswith(link)
+
+    stranger = people.new()
+    stranger.open("/", "home")
+    expect(stranger.page.get_by_role("link", name="Concert in the park")).to_have_count(0)
+    stranger.open(ticket_url)
+    expect(stranger.page.get_by_text("Someone has already reserved this ticket.")).to_be_visible()
+
+    seller.open("/tickets/mine")
+    seller.reload_until("Sold")
+    seller.check("my-listings")
+    row = seller.page.get_by_role("row", name=re.compile("Concert in the park"))
+    expect(row).to_contain_text("Sold")
+
+
+def test_a_declined_card_is_said_and_another_can_be_tried(people: People) -> None:
+    seller = people.new().sign_up()
+    ticket_url = seller.sell("Opera night", "75")
+    buyer = people.new().sign_up()
+    buyer.buy(ticket_url)
+
+    buyer.pay("Card ending in 0002 (declined)")
+    expect(buyer.page.get_by_role("alert")).to_contain_text("declined")
+    buyer.check("order-declined")
+    buyer.pay("Visa ending in 4242 (pays)")
+    expect(buyer.page.get_by_text("Paid. The ticket is yours.")).to_be_visible(
+        timeout=EVENTUAL * 1000
+    )
+
+
+def test_an_unpaid_order_expires_and_says_so(people: People) -> None:
+    seller = people.new().sign_up()
+    ticket_url = seller.sell("Late show", "12")
+    buyer = people.new().sign_up()
+    buyer.buy(ticket_url)
+    # The countdown reloads the page at zero; the order is cancelled by its timer (an event).
+    expect(buyer.page.get_by_text("This order expired before it was paid.")).to_be_visible(
+        timeout=(ORDER_EXPIRATION_SECONDS + EVENTUAL) * 1000
+    )
+    buyer.check("order-expired")
+    expect(buyer.page.get_by_role("button", name=re.compile(r"^Pay "))).to_have_count(0)
+    # The ticket is for sale again: the seller sees it so.
+    seller.open("/tickets/mine")
+    seller.reload_until("For sale")
+    row = seller.page.get_by_role("row", name=re.compile("Late show"))
+    expect(row).to_contain_text("For sale")
+
+
+def test_the_whole_purchase_works_without_javascript(people: People) -> None:
+    seller = people.new(javascript=False).sign_up()
+    ticket_url = seller.sell("Quiet recital", "15.25")
+    buyer = people.new(javascript=False).sign_up()
+    order_url = buyer.buy(ticket_url)
+    buyer.pay("Visa ending in 4242 (pays)")
+    assert buyer.page.url.startswith(order_url)
+    buyer.reload_until("Paid. The ticket is yours.")
+    seller.open("/tickets/mine")
+    seller.reload_until("Sold")
+
+
+def test_a_script_in_a_title_is_shown_as_text(people: People) -> None:
+    seller = people.new().sign_up()
+    ticket_url = seller.sell(XSS_TITLE, "5")
+    visitor = people.new()
+    for path in (ticket_url, "/"):
+        visitor.open(path)
+        expect(visitor.page.get_by_text(XSS_TITLE).first).to_be_visible()
+        assert visitor.page.locator("img[src=x]").count() == 0
+    visitor.check("xss-title")
+    assert visitor.dialogs == [] and seller.dialogs == []
+
+
+def test_a_form_without_its_csrf_token_or_from_another_site_is_refused(people: People) -> None:
+    seller = people.new().sign_up()
+    seller.open("/tickets/new")
+    token = seller.page.locator("input[name=csrf_token]").get_attribute("value")
+    assert token
+    attempts: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+        "no token": ({"title": "Forged", "price": "1"}, {}),
+        "wrong token": ({"title": "Forged", "price": "1", "csrf_token": "0" * 64}, {}),
+        "another site": (
+            {"title": "Forged", "price": "1", "csrf_token": token},
+            {"Origin": "https://evil.example"},
+        ),
+    }
+    for attempt, (form, headers) in attempts.items():
+        response = seller.context.request.post(
+            "/tickets/new", form=form, headers=headers, max_redirects=0
+        )
+        assert response.status == 403, attempt
+        assert "This form has expired" in response.text(), attempt
+    seller.open("/tickets/mine")
+    expect(seller.page.get_by_text("Forged")).to_have_count(0)
+    # A token from one person's session does not work for another's.
+    other = people.new().sign_up()
+    response = other.context.request.post(
+        "/tickets/new", form={"title": "Forged", "price": "1", "csrf_token": token}
+    )
+    assert response.status == 403
+
+
+def test_errors_show_next_to_their_fields_with_the_input_kept(people: People) -> None:
+    seller = people.new().sign_up()
+    seller.open("/tickets/new")
+    seller.page.get_by_label("Title").fill("Gig")
+    seller.page.get_by_label("Price (EUR)").fill("-3")
+    seller.page.get_by_role("button", name="List for sale").click()
+    expect(seller.page.get_by_label("Price (EUR)")).to_have_attribute("aria-invalid", "true")
+    expect(seller.page.locator("#price-error")).not_to_be_empty()
+    expect(seller.page.get_by_label("Title")).to_have_value("Gig")
+    seller.check("sell-error")
+
+    stranger = people.new()
+    stranger.open("/auth/signin")
+    stranger.page.get_by_label("Email").fill("nobody@example.com")
+    stranger.page.get_by_label("Password").fill("wrong password")
+    stranger.page.get_by_role("button", name="Sign in").click()
+    expect(stranger.page.get_by_role("alert")).to_contain_text("Invalid credentials")
+    expect(stranger.page.get_by_label("Email")).to_have_value("nobody@example.com")
+    stranger.check("signin-error")
+
+
+def test_a_reserved_ticket_cannot_be_edited_and_says_why(people: People) -> None:
+    seller = people.new().sign_up()
+    ticket_url = seller.sell("Derby", "40")
+    seller.open(f"{ticket_url}/edit", "edit-ticket")
+    buyer = people.new().sign_up()
+    buyer.buy(ticket_url)
+    seller.reload_until("reserved by a buyer")
+    seller.page.get_by_label("Price (EUR)").fill("45")
+    seller.page.get_by_role("button", name="Save changes").click()
+    expect(seller.page.get_by_role("alert")).to_be_visible()
+    seller.check("edit-reserved")
+    seller.open(ticket_url)
+    expect(seller.page.get_by_text("€40.00")).to_be_visible()
+
+
+def test_dutch_pages_and_the_language_switch(people: People) -> None:
+    seller = people.new().sign_up()
+    seller.sell("Kermis", "1234.5")
+    visitor = people.new(locale="nl-NL")
+    visitor.open("/", "home-nl")
+    expect(visitor.page.locator("html")).to_have_attribute("lang", "nl")
+    expect(visitor.page.get_by_role("heading", level=1)).to_have_text("Tickets te koop")
+    expect(visitor.page.get_by_text("€ 1.234,50").first).to_be_visible()
+    visitor.open("/auth/signup", "signup-nl")
+    expect(visitor.page.get_by_label("Wachtwoord")).to_be_visible()
+
+    visitor.page.get_by_role("link", name="English").click()
+    expect(visitor.page.locator("html")).to_have_attribute("lang", "en")
+    expect(visitor.page.get_by_role("heading", level=1)).to_have_text("Sign up")
+    visitor.open("/")  # remembered, whatever the browser asks for
+    expect(visitor.page.get_by_role("heading", level=1)).to_have_text("Tickets for sale")
+
+
+def test_every_other_page_is_accessible_and_fits_a_phone(people: People) -> None:
+    visitor = people.new()
+    for path, name in (
+        ("/auth/signup", "signup"),
+        ("/auth/signin", "signin"),
+        ("/tickets/not-an-id", "not-found-bad-id"),
+        ("/no/such/page", "not-found"),
+    ):
+        visitor.open(path, name)
+    expect(visitor.page.get_by_role("heading", level=1)).to_have_text("Page not found")
+    member = people.new().sign_up()
+    for path, name in (
+        ("/auth/signout", "signout"),
+        ("/tickets/new", "sell"),
+        ("/orders", "orders-empty"),
+        ("/tickets/mine", "my-listings-empty"),
+    ):
+        member.open(path, name)
+
+    phone = people.new(width=375).sign_up()
+    for path, name in (("/", "phone-home"), ("/tickets/new", "phone-sell")):
+        phone.open(path, name)
+        width = phone.page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 375, f"{path} is {width}px wide on a 375px screen"
