@@ -13,10 +13,12 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from .test_local_platform import EVENTUAL, LocalPlatform
@@ -412,3 +414,65 @@ def test_every_other_page_is_accessible_and_fits_a_phone(people: People) -> None
         phone.open(path, name)
         width = phone.page.evaluate("document.documentElement.scrollWidth")
         assert width <= 375, f"{path} is {width}px wide on a 375px screen"
+
+
+HIDDEN_INPUT = re.compile(r'<input type="hidden" name="(\w+)" value="([^"]*)">')
+
+
+class FormBrowser:
+    """A browser without JavaScript, over plain HTTP: fetches a page, posts its form."""
+
+    def __init__(self, site: LocalPlatform) -> None:
+        self.http = httpx.Client(
+            base_url=site.url, timeout=60, trust_env=False, follow_redirects=True
+        )
+
+    def submit(self, page: str, action: str, **fields: str) -> httpx.Response:
+        shown = self.http.get(page)
+        assert shown.status_code == 200, shown.text
+        hidden = dict(HIDDEN_INPUT.findall(shown.text))
+        return self.http.post(action, data=hidden | fields)
+
+
+def test_many_buyers_racing_through_the_client_make_one_order(site: LocalPlatform) -> None:
+    seller = FormBrowser(site)
+    email = f"seller-{uuid.uuid4().hex[:8]}@example.com"
+    seller.submit("/auth/signup", "/auth/signup", email=email, password="correct horse battery")
+    listed = seller.submit("/tickets/new", "/tickets/new", title="Final", price="99")
+    assert listed.url.path.startswith("/tickets/"), listed.text
+    ticket_path = listed.url.path
+
+    buyers = [FormBrowser(site) for _ in range(10)]
+    for buyer in buyers:
+        signed_up = buyer.submit(
+            "/auth/signup",
+            "/auth/signup",
+            email=f"racer-{uuid.uuid4().hex[:8]}@example.com",
+            password="correct horse battery",
+        )
+        assert "Signed in as" in signed_up.text
+    # Each has the ticket's page (and its form) open; all press Buy at once.
+    pages = [dict(HIDDEN_INPUT.findall(b.http.get(ticket_path).text)) for b in buyers]
+    start = threading.Barrier(len(buyers))
+    answers: list[httpx.Response | None] = [None] * len(buyers)
+
+    def press_buy(index: int) -> None:
+        start.wait()
+        answers[index] = buyers[index].http.post(f"{ticket_path}/buy", data=pages[index])
+
+    threads = [threading.Thread(target=press_buy, args=(i,)) for i in range(len(buyers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    won = [a for a in answers if a is not None and a.url.path.startswith("/orders/")]
+    lost = [a for a in answers if a is not None and a.status_code == 400]
+    assert len(won) == 1, [(a.status_code, a.url) for a in answers if a]
+    assert len(lost) == len(buyers) - 1
+    assert all("Ticket is already reserved" in a.text for a in lost)
+    # Each buyer's orders page shows their own orders only: one order in all.
+    listed_orders = [b.http.get("/orders").text.count('href="/orders/') for b in buyers]
+    assert sorted(listed_orders) == [0] * (len(buyers) - 1) + [1]
+    for browser in (seller, *buyers):
+        browser.http.close()
