@@ -25,7 +25,6 @@ from babel.support import NullTranslations, Translations
 LANGUAGES = {"en": "English", "nl": "Nederlands"}
 DEFAULT_LANGUAGE = "en"
 LANGUAGE_COOKIE = "lang"
-CURRENCY = "EUR"
 LOCALES_DIR = Path(__file__).parent / "locales"
 
 
@@ -93,11 +92,11 @@ def ngettext(singular: str, plural: str, n: int) -> str:
 
 
 def _locale() -> Locale:
-    return Locale.parse({"en": "en_GB", "nl": "nl_NL"}[_current.get()])
+    return Locale.parse({"en": "en_US", "nl": "nl_NL"}[_current.get()])
 
 
-def format_price(amount: Decimal) -> str:
-    return format_currency(amount, CURRENCY, locale=_locale())
+def format_price(amount: Decimal, currency: str) -> str:
+    return format_currency(amount, currency.upper(), locale=_locale())
 
 
 def format_time(moment: datetime) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import AnyHttpUrl
+from pydantic import AnyHttpUrl, Field
 
 from ticketing_common.settings import WebSettings
 
@@ -18,3 +18,5 @@ class ClientSettings(WebSettings):
     # Set: Stripe's Payment Element takes the card in the browser. Unset: the sandbox's test
     # cards are offered instead.
     stripe_publishable_key: str | None = None
+    # The currency payments charges in (the same CURRENCY setting): prices are shown in it.
+    currency: str = Field(default="usd", pattern=r"^[a-z]{3}$")

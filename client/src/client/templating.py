@@ -58,6 +58,7 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
         lang=i18n.current_language(),
         nonce=request.state.nonce,
         csrf_token=csrf_token(request),
+        currency=request.app.state.settings.currency,
         **context,
     )
     return HTMLResponse(page, status_code=status_code)
