@@ -9,6 +9,7 @@ an event to travel between services poll (reload until) with a timeout; nothing 
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
@@ -47,6 +48,8 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = Path(__file__).parents[2] / ".artifacts" / "screenshots"
 # Short enough for the expiry test to wait it out, long enough to pay comfortably.
 ORDER_EXPIRATION_SECONDS = 30
+# Pages whose screenshots are also kept small (640px wide), as the README shows them.
+README_PAGES = ("home", "ticket-buy", "order-payable", "order-complete", "my-listings", "home-nl")
 XSS_TITLE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 
 if not CHROMIUM.exists():
@@ -107,6 +110,7 @@ class Person:
             locale=locale,
             viewport={"width": width, "height": 900},
         )
+        self.browser = browser
         self.page: Page = self.context.new_page()
         self.dialogs: list[str] = []
         self.console_errors: list[str] = []
@@ -137,7 +141,9 @@ class Person:
         """The page as shown: accessible, no browser errors, and a screenshot of it."""
         self.page.wait_for_load_state("load")
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+        shot = self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+        if name in README_PAGES:
+            self._save_small(shot, SCREENSHOTS / "small" / f"{name}.png")
         violations = [
             f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']]}"
             for v in Axe().run(self.page).response["violations"]
@@ -145,6 +151,20 @@ class Person:
         ]
         assert violations == [], f"{name}: {violations}"
         assert self.console_errors == [], f"{name}: {self.console_errors}"
+
+    def _save_small(self, png: bytes, path: Path, width: int = 640) -> None:
+        """The screenshot scaled down by the browser itself (no image library needed)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        small = self.browser.new_page(viewport={"width": width, "height": 100})
+        try:
+            data = base64.b64encode(png).decode()
+            small.set_content(
+                f'<body style="margin:0"><img style="width:{width}px;display:block" '
+                f'src="data:image/png;base64,{data}"></body>'
+            )
+            small.screenshot(path=str(path), full_page=True)
+        finally:
+            small.close()
 
     def sign_up(self) -> Person:
         self.open("/auth/signup")
@@ -237,8 +257,14 @@ def test_a_ticket_is_listed_bought_paid_and_shown_sold(people: People) -> None:
     link = row.get_by_role("link", name="Concert in the park").get_attribute("href")
     assert link is not None and order_url.endswith(link)
 
+    for title, price in (("Jazz at the pier", "35"), ("Comedy night", "18"), ("Symphony", "62.5")):
+        seller.sell(title, price)
     stranger = people.new()
     stranger.open("/", "home")
+    # Someone who never signed in is nobody else either (no session kept along the way).
+    expect(stranger.page.get_by_role("link", name="Sign in")).to_be_visible()
+    expect(stranger.page.get_by_text("Signed in as")).to_have_count(0)
+    expect(stranger.page.get_by_role("link", name="Symphony")).to_be_visible()
     expect(stranger.page.get_by_role("link", name="Concert in the park")).to_have_count(0)
     stranger.open(ticket_url)
     expect(stranger.page.get_by_text("Someone has already reserved this ticket.")).to_be_visible()
