@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .test_local_platform import EVENTUAL, LocalPlatform
+from .test_local_platform import EVENTUAL, LocalPlatform, running_platform
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 from axe_playwright_python.sync_playwright import Axe  # noqa: E402
@@ -66,20 +64,11 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform]:
-    base = tmp_path_factory.mktemp("web-client")
-    platform = LocalPlatform(base / "data", base)
-    platform.start(ORDER_EXPIRATION_SECONDS=str(ORDER_EXPIRATION_SECONDS))
-    try:
+    with running_platform(
+        tmp_path_factory.mktemp("web-client"),
+        ORDER_EXPIRATION_SECONDS=str(ORDER_EXPIRATION_SECONDS),
+    ) as platform:
         yield platform
-    finally:
-        if platform.process is not None:
-            platform.stop()
-        subprocess.run(
-            [sys.executable, "-m", "ticketing_local", "reset", "--data-dir", str(base / "data")],
-            env=platform.env(),
-            capture_output=True,
-            check=False,
-        )
 
 
 @pytest.fixture(scope="module")

@@ -83,12 +83,6 @@ class ApiError(Exception):
         self.status_code = status_code
         self.errors = errors
 
-    def by_field(self) -> dict[str, str]:
-        return {e["field"]: e["message"] for e in self.errors if e.get("field")}
-
-    def general(self) -> list[str]:
-        return [e["message"] for e in self.errors if not e.get("field")]
-
 
 class ServiceDownError(Exception):
     def __init__(self, service: Service, reason: str) -> None:

@@ -6,8 +6,9 @@ the service's messages next to their fields and the input kept.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
@@ -49,6 +50,27 @@ SignedIn = Annotated[UserClaims, Depends(_signed_in)]
 FormText = Annotated[str, Form(max_length=1000)]
 
 
+def _signed_in_form(user: SignedIn, _: CsrfChecked) -> UserClaims:
+    """A form only a signed-in person may post: signed in first, then a valid CSRF token."""
+    return user
+
+
+SignedInForm = Annotated[UserClaims, Depends(_signed_in_form)]
+
+
+@dataclass(frozen=True)
+class TicketFields:
+    title: str
+    price: str
+
+
+def _ticket_fields(title: FormText = "", price: FormText = "") -> TicketFields:
+    return TicketFields(title, price)
+
+
+TicketFieldsDep = Annotated[TicketFields, Depends(_ticket_fields)]
+
+
 def local_path(target: str | None) -> str:
     """Where to go next, if it is a path on this site (never an open redirect)."""
     if target and target.startswith("/") and not target.startswith(("//", "/\\")):
@@ -62,6 +84,27 @@ def redirect(target: str, api: Api | None = None) -> RedirectResponse:
     for cookie in api.set_cookies if api else []:
         response.headers.append("set-cookie", cookie)
     return response
+
+
+def form_page(
+    request: Request,
+    template: str,
+    error: ApiError | None,
+    *,
+    fields: tuple[str, ...] = (),
+    **context: Any,
+) -> Response:
+    """A page with a form, shown again after a refusal with the status the service answered:
+    a message about one of ``fields`` goes next to it, any other above the form."""
+    messages = error.errors if error else []
+    return render(
+        request,
+        template,
+        error.status_code if error else 200,
+        field_errors={e["field"]: e["message"] for e in messages if e.get("field") in fields},
+        errors=[e["message"] for e in messages if e.get("field") not in fields],
+        **context,
+    )
 
 
 # -- tickets for sale -----------------------------------------------------------------------
@@ -88,15 +131,14 @@ def _auth_page(
     next_path: str = "/",
     error: ApiError | None = None,
 ) -> Response:
-    return render(
+    return form_page(
         request,
         "auth.html",
-        error.status_code if error else 200,
+        error,
+        fields=("email", "password"),
         mode=mode,
         email=email,
         next_path=local_path(next_path),
-        field_errors=error.by_field() if error else {},
-        errors=error.general() if error else [],
     )
 
 
@@ -153,16 +195,15 @@ def _ticket_form(
     reserved: bool = False,
     error: ApiError | None = None,
 ) -> Response:
-    return render(
+    return form_page(
         request,
         "ticket_form.html",
-        error.status_code if error else 200,
+        error,
+        fields=("title", "price"),
         ticket_id=ticket_id,
         title=title,
         price=price,
         reserved=reserved,
-        field_errors=error.by_field() if error else {},
-        errors=error.general() if error else [],
     )
 
 
@@ -173,17 +214,12 @@ async def new_ticket_page(request: Request, _: SignedIn) -> Response:
 
 @router.post("/tickets/new")
 async def create_ticket(
-    request: Request,
-    api: ApiDep,
-    _user: SignedIn,
-    _: CsrfChecked,
-    title: FormText = "",
-    price: FormText = "",
+    request: Request, api: ApiDep, _: SignedInForm, form: TicketFieldsDep
 ) -> Response:
     try:
-        ticket = await api.create_ticket(title, price)
+        ticket = await api.create_ticket(form.title, form.price)
     except ApiError as error:
-        return _ticket_form(request, title=title, price=price, error=error)
+        return _ticket_form(request, title=form.title, price=form.price, error=error)
     return redirect(f"/tickets/{ticket.id}")
 
 
@@ -210,22 +246,21 @@ async def edit_ticket_page(
 
 @router.post("/tickets/{ticket_id}/edit")
 async def update_ticket(
-    request: Request,
-    ticket_id: uuid.UUID,
-    api: ApiDep,
-    _user: SignedIn,
-    _: CsrfChecked,
-    title: FormText = "",
-    price: FormText = "",
+    request: Request, ticket_id: uuid.UUID, api: ApiDep, _: SignedInForm, form: TicketFieldsDep
 ) -> Response:
     try:
-        await api.update_ticket(ticket_id, title, price)
+        await api.update_ticket(ticket_id, form.title, form.price)
     except ApiError as error:
         if error.status_code not in (400, 429):
             raise
         reserved = (await api.ticket(ticket_id)).order_id is not None
         return _ticket_form(
-            request, ticket_id=ticket_id, title=title, price=price, reserved=reserved, error=error
+            request,
+            ticket_id=ticket_id,
+            title=form.title,
+            price=form.price,
+            reserved=reserved,
+            error=error,
         )
     return redirect(f"/tickets/{ticket_id}")
 
@@ -236,14 +271,13 @@ async def update_ticket(
 async def _ticket_page(
     request: Request, api: Api, ticket_id: uuid.UUID, error: ApiError | None = None
 ) -> Response:
-    return render(
+    return form_page(
         request,
         "ticket.html",
-        error.status_code if error else 200,
+        error,
         ticket=await api.ticket(ticket_id),
         # One key per page shown: a double click or a retried form makes one order.
         idempotency_key=uuid.uuid4(),
-        errors=[e["message"] for e in error.errors] if error else [],
     )
 
 
@@ -257,8 +291,7 @@ async def buy(
     request: Request,
     ticket_id: uuid.UUID,
     api: ApiDep,
-    _user: SignedIn,
-    _: CsrfChecked,
+    _: SignedInForm,
     idempotency_key: FormText = "",
 ) -> Response:
     try:
@@ -293,15 +326,14 @@ async def _order_page(
 ) -> Response:
     order = await api.order(order_id)
     now = datetime.now(UTC)
-    return render(
+    return form_page(
         request,
         "order.html",
-        error.status_code if error else 200,
+        error,
         order=order,
         view=order_view(order, now, paid),
         seconds_left=max(0, int((order.expires_at - now).total_seconds())),
         stripe_key=request.app.state.settings.stripe_publishable_key,
-        errors=[e["message"] for e in error.errors] if error else [],
     )
 
 
@@ -317,8 +349,7 @@ async def pay(
     request: Request,
     order_id: uuid.UUID,
     api: ApiDep,
-    _user: SignedIn,
-    _: CsrfChecked,
+    _: SignedInForm,
     token: FormText = "",
 ) -> Response:
     try:
@@ -331,7 +362,7 @@ async def pay(
 
 
 @router.post("/orders/{order_id}/cancel")
-async def cancel(order_id: uuid.UUID, api: ApiDep, _user: SignedIn, _: CsrfChecked) -> Response:
+async def cancel(order_id: uuid.UUID, api: ApiDep, _: SignedInForm) -> Response:
     await api.cancel_order(order_id)
     return redirect(f"/orders/{order_id}")
 
