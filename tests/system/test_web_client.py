@@ -257,6 +257,12 @@ def test_a_ticket_is_listed_bought_paid_and_shown_sold(people: People) -> None:
     expect(stranger.page.get_by_role("link", name="Concert in the park")).to_have_count(0)
     stranger.open(ticket_url)
     expect(stranger.page.get_by_text("Someone has already reserved this ticket.")).to_be_visible()
+    # Another member who knows the order's address still cannot see it, nor edit the ticket.
+    snoop = people.new().sign_up()
+    for path in (order_url, f"{ticket_url}/edit"):
+        snoop.open(path)
+        expect(snoop.page.get_by_role("heading", level=1)).to_have_text("Not yours")
+    expect(snoop.page.get_by_text("Concert in the park")).to_have_count(0)
 
     seller.open("/tickets/mine")
     seller.reload_until("Sold")

@@ -101,19 +101,21 @@ def create_app(settings: ClientSettings) -> FastAPI:
     return app
 
 
+# A refused form is a 403 too, but says what to do about it.
+FORM_EXPIRED = (
+    N_("This form has expired"),
+    N_(
+        "For your safety, a form works only on the page it came from. Reload the page and try "
+        "again."
+    ),
+)
 NOT_FOUND = (
     N_("Page not found"),
     N_("There is nothing at this address. It may have been removed."),
 )
 ERROR_PAGES = {
     400: (N_("Something is wrong with that request"), N_("Go back and check what you sent.")),
-    403: (
-        N_("This form has expired"),
-        N_(
-            "For your safety, a form works only on the page it came from. Reload the page and "
-            "try again."
-        ),
-    ),
+    403: (N_("Not yours"), N_("This page belongs to someone else.")),
     404: NOT_FOUND,
     405: NOT_FOUND,
     500: (
@@ -127,8 +129,10 @@ ERROR_PAGES = {
 }
 
 
-def _error_page(request: Request, status_code: int) -> Response:
-    title, explanation = ERROR_PAGES.get(status_code, ERROR_PAGES[400])
+def _error_page(
+    request: Request, status_code: int, page: tuple[str, str] | None = None
+) -> Response:
+    title, explanation = page or ERROR_PAGES.get(status_code, ERROR_PAGES[400])
     response = render(
         request, "error.html", status_code, title=_(title), explanation=_(explanation)
     )
@@ -155,7 +159,7 @@ def _install_error_pages(app: FastAPI) -> None:
         return _error_page(request, exc.status_code if exc.status_code in ERROR_PAGES else 400)
 
     async def csrf_refused(request: Request, exc: Exception) -> Response:
-        return _error_page(request, 403)
+        return _error_page(request, 403, FORM_EXPIRED)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
