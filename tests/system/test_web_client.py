@@ -430,6 +430,18 @@ def test_every_other_page_is_accessible_and_fits_a_phone(people: People) -> None
     ):
         member.open(path, name)
 
+    # Signing out (the confirm page's button) and in again, through the forms.
+    member.open("/auth/signout")
+    member.page.locator("#main").get_by_role("button", name="Sign out").click()
+    expect(member.page.get_by_role("link", name="Sign in")).to_be_visible()
+    member.open("/orders")
+    expect(member.page.get_by_role("heading", level=1)).to_have_text("Sign in")
+    member.page.get_by_label("Email").fill(member.email)
+    member.page.get_by_label("Password").fill("correct horse battery")
+    member.page.get_by_role("button", name="Sign in").click()
+    expect(member.page.get_by_role("heading", level=1)).to_have_text("My orders")
+    expect(member.page.get_by_text(f"Signed in as {member.email}")).to_be_visible()
+
     phone = people.new(width=375).sign_up()
     for path, name in (("/", "phone-home"), ("/tickets/new", "phone-sell")):
         phone.open(path, name)
@@ -497,3 +509,23 @@ def test_many_buyers_racing_through_the_client_make_one_order(site: LocalPlatfor
     assert sorted(listed_orders) == [0] * (len(buyers) - 1) + [1]
     for browser in (seller, *buyers):
         browser.http.close()
+
+
+def test_the_tickets_for_sale_come_newest_first_a_page_at_a_time(site: LocalPlatform) -> None:
+    seller = FormBrowser(site)
+    email = f"seller-{uuid.uuid4().hex[:8]}@example.com"
+    seller.submit("/auth/signup", "/auth/signup", email=email, password="correct horse battery")
+    batch = uuid.uuid4().hex[:6]
+    titles = [f"Batch {batch} no. {n}" for n in range(1, 22)]  # one more than a page
+    for title in titles:
+        assert seller.submit("/tickets/new", "/tickets/new", title=title, price="10").is_success
+
+    first = seller.http.get("/")
+    shown = re.findall(rf"Batch {batch} no\. \d+", first.text)
+    assert shown == titles[:0:-1]  # the 20 newest, newest first
+    more = re.search(r'<a href="(/\?cursor=[^"]+)" rel="next">', first.text)
+    assert more, "no link to the next page"
+    second = seller.http.get(more.group(1).replace("&amp;", "&"))
+    assert re.findall(rf"Batch {batch} no\. \d+", second.text)[:1] == [titles[0]]
+    assert 'href="/">Back to the newest</a>' in second.text
+    seller.http.close()

@@ -152,24 +152,41 @@ async def signin_page(request: Request, next: str = "/") -> Response:
     return _auth_page(request, "signin", next_path=next)
 
 
-@router.post("/auth/{mode}")
-async def sign_up_or_in(
-    request: Request,
-    mode: AuthMode,
-    api: ApiDep,
-    _: CsrfChecked,
-    email: FormText = "",
-    password: FormText = "",
-    next: FormText = "/",
-) -> Response:
+@dataclass(frozen=True)
+class Credentials:
+    email: str
+    password: str
+    next: str
+
+
+def _credentials(
+    email: FormText = "", password: FormText = "", next: FormText = "/"
+) -> Credentials:
+    return Credentials(email, password, next)
+
+
+CredentialsDep = Annotated[Credentials, Depends(_credentials)]
+
+
+async def _sign_up_or_in(request: Request, api: Api, mode: AuthMode, form: Credentials) -> Response:
     try:
         if mode == "signup":
-            await api.sign_up(email, password)
+            await api.sign_up(form.email, form.password)
         else:
-            await api.sign_in(email, password)
+            await api.sign_in(form.email, form.password)
     except ApiError as error:
-        return _auth_page(request, mode, email=email, next_path=next, error=error)
-    return redirect(local_path(next), api)
+        return _auth_page(request, mode, email=form.email, next_path=form.next, error=error)
+    return redirect(local_path(form.next), api)
+
+
+@router.post("/auth/signup")
+async def sign_up(request: Request, api: ApiDep, _: CsrfChecked, form: CredentialsDep) -> Response:
+    return await _sign_up_or_in(request, api, "signup", form)
+
+
+@router.post("/auth/signin")
+async def sign_in(request: Request, api: ApiDep, _: CsrfChecked, form: CredentialsDep) -> Response:
+    return await _sign_up_or_in(request, api, "signin", form)
 
 
 @router.get("/auth/signout")
