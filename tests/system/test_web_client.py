@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .test_local_platform import EVENTUAL, LocalPlatform, running_platform
+from .test_local_platform import EVENTUAL, LocalPlatform, running_platform, wait_until
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 from axe_playwright_python.sync_playwright import Axe  # noqa: E402
@@ -529,3 +529,27 @@ def test_the_tickets_for_sale_come_newest_first_a_page_at_a_time(site: LocalPlat
     assert re.findall(rf"Batch {batch} no\. \d+", second.text)[:1] == [titles[0]]
     assert 'href="/">Back to the newest</a>' in second.text
     seller.http.close()
+
+
+def test_one_request_id_follows_a_page_to_the_services_it_calls(site: LocalPlatform) -> None:
+    browser = FormBrowser(site)
+    request_id = uuid.uuid4().hex
+    page = browser.http.get("/auth/signup")
+    hidden = dict(HIDDEN_INPUT.findall(page.text))
+    email = f"traced-{uuid.uuid4().hex[:8]}@example.com"
+    answer = browser.http.post(
+        "/auth/signup",
+        data=hidden | {"email": email, "password": "correct horse battery"},
+        headers={"X-Request-Id": request_id},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303 and answer.headers["x-request-id"] == request_id
+    browser.http.close()
+
+    def logged_by(service: str) -> bool:
+        return any(
+            line.startswith(service) and f"[{request_id[:8]}]" in line
+            for line in site.output().splitlines()
+        )
+
+    assert wait_until(lambda: logged_by("client") and logged_by("auth"), 10, "the log lines")
