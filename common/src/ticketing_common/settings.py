@@ -58,12 +58,27 @@ class ServiceSettings(WebSettings):
 
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
     nats_url: str = "nats://127.0.0.1:4222"
+    # The service's own NATS user (see messaging.permissions); required in production.
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
     # Event machinery.
     # Copies of the stream JetStream keeps: 1 for a single server, 3 for a 3-node cluster.
     nats_stream_replicas: int = Field(default=1, ge=1, le=5)
     outbox_poll_seconds: float = Field(default=2.0, gt=0)
     consumer_max_deliveries: int = Field(default=8, ge=1)
     consumer_ack_wait_seconds: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _require_bus_credentials_in_production(self) -> ServiceSettings:
+        # An anonymous connection could publish any event; production never makes one.
+        if self.environment == "production" and not (self.nats_user and self.nats_password):
+            raise ValueError(
+                "NATS_USER and NATS_PASSWORD must both be set in production "
+                "(the service's own NATS user)"
+            )
+        if bool(self.nats_user) != bool(self.nats_password):
+            raise ValueError("NATS_USER and NATS_PASSWORD are set together or not at all")
+        return self
 
 
 S = TypeVar("S", bound=ServiceSettings)
