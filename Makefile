@@ -7,13 +7,14 @@ VENV := .venv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help install test lint format contracts up reset clean
+.PHONY: help install test lint format contracts up reset bench clean
 
 help:
 	@echo "make up       start the whole platform on http://localhost:8080 (PORT to change)"
 	@echo "make test     run every test (real PostgreSQL and NATS, started from wheels)"
 	@echo "make lint     ruff and mypy"
 	@echo "make reset    delete local-mode data"
+	@echo "make bench    measure the platform against its performance targets (docs/bench/)"
 
 # uv itself, pinned, in .tools/ (no system-wide install, no curl | sh).
 $(UV):
@@ -42,6 +43,9 @@ up: install
 
 reset: install
 	$(VENV)/bin/python -m ticketing_local reset
+
+bench: install
+	$(VENV)/bin/python bench/run.py
 
 contracts: install
 	$(VENV)/bin/ticketing-schemas

@@ -29,6 +29,7 @@ import contextlib
 import os
 import platform as host
 import secrets
+import shutil
 import subprocess
 import sys
 import uuid
@@ -751,9 +752,10 @@ def main() -> int:
     work = event_pipeline.temporary_folder()
     try:
         results = asyncio.run(Bench(plan, work, progress).measured())
-    finally:
-        with contextlib.suppress(OSError):
-            (work / "platform.log").replace(Path(args.out) / "platform.log")
+    except BaseException:
+        print(f"\nthe platform's log is in {work / 'platform.log'}", file=sys.stderr)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
     progress.finish()
     rows = table_rows(results)
     table = report.write(args.out, rows, conditions(plan, args.quick, load), raw_figures(results))

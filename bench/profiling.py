@@ -1,0 +1,127 @@
+"""Where the CPU goes: every Python process of the platform sampled by py-spy under purchases.
+
+Starts the platform as ``make up`` does, makes the tickets, then offers purchases at a steady
+rate while py-spy records each service and the edge (CPU samples only: idle threads are left
+out). Writes, per process, the raw collapsed stacks and a summary: the functions holding the
+most samples themselves (self) and under them (total). ``docs/bench/profile.md`` is written
+from those summaries. Sampling as root needs no setting; otherwise see py-spy's docs on ptrace.
+
+    .venv/bin/python bench/profiling.py --rate 80 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+import event_pipeline
+from platform_under_test import SERVICES, CpuSpan
+from progress import Progress
+from run import LONG_EXPIRY, Bench, Plan
+
+OUT = Path(__file__).resolve().parent.parent / "docs" / "bench" / "profile"
+TOP = 25
+SAMPLES_PER_SECOND = 100
+
+
+def summarise(collapsed: str, top: int = TOP) -> str:
+    """The functions with the most samples: their own (self) and everything under them."""
+    own: Counter[str] = Counter()
+    under: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        samples = int(count)
+        total += samples
+        own[frames[-1]] += samples
+        for frame in set(frames):
+            under[frame] += samples
+    lines = [f"{total} samples"]
+    for title, counter in (("self", own), ("total (self and callees)", under)):
+        lines += ["", f"top {top} by {title}:"]
+        lines += [f"{100 * n / total:5.1f}%  {frame}" for frame, n in counter.most_common(top)]
+    return "\n".join(lines) + "\n"
+
+
+async def record(pid: int, seconds: float, output: Path) -> bool:
+    process = await asyncio.create_subprocess_exec(
+        shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(round(seconds)),
+        "--rate",
+        str(SAMPLES_PER_SECOND),
+        "--format",
+        "raw",
+        "--nonblocking",  # never pause the process it samples
+        "--output",
+        str(output),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, error = await process.communicate()
+    if process.returncode != 0:
+        print(f"py-spy on pid {pid}: {error.decode(errors='replace').strip()}", file=sys.stderr)
+    return process.returncode == 0
+
+
+async def profile(rate: float, seconds: float, out: Path) -> None:
+    work = event_pipeline.temporary_folder()
+    bench = Bench(Plan(), work, Progress(4 * seconds))
+    bench.progress.start("starting the platform", 30)
+    await bench.start_platform(LONG_EXPIRY)
+    try:
+        tickets = await bench.tickets(round(rate * seconds))
+        bench.progress.start(f"profiling under {rate:g} purchases/s", seconds)
+        pids = bench.platform.processes()
+        names = [name for name in (*SERVICES, "edge") if name in pids]
+        span = CpuSpan(bench.meter.cpu())
+        load = asyncio.create_task(bench.steady(tickets, rate))
+        recorded = await asyncio.gather(
+            *(record(pids[n], seconds, out / f"{n}.collapsed.txt") for n in names)
+        )
+        answers, propagation, _ = await load
+        span.after = bench.meter.cpu()
+        purchases = max(len(propagation), 1)
+        cpu = "\n".join(
+            f"{name:<12}{1000 * s / purchases:7.2f} ms"
+            for name, s in sorted(span.by_process.items(), key=lambda item: -item[1])
+        )
+        (out / "cpu-per-purchase.txt").write_text(
+            f"{len(answers)} orders at {rate:g}/s, {len(propagation)} propagated "
+            f"(py-spy sampling adds to the services' figures)\n{cpu}\n"
+        )
+        for name, ok in zip(names, recorded, strict=True):
+            if ok:
+                collapsed = (out / f"{name}.collapsed.txt").read_text()
+                (out / f"{name}.top.txt").write_text(summarise(collapsed))
+    finally:
+        await bench.stop_platform()
+        await asyncio.to_thread(bench.platform.wipe)
+        shutil.rmtree(work, ignore_errors=True)
+    bench.progress.finish()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rate", type=float, default=80.0, help="purchases per second")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    asyncio.run(profile(args.rate, args.seconds, args.out))
+
+
+if __name__ == "__main__":
+    main()
