@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -129,7 +129,6 @@ async def closed_loop(
     pool: Sequence[Connection],
     requests: Iterator[Request],
     seconds: float,
-    on_answer: Callable[[Answer], None] = lambda _: None,
 ) -> list[Answer]:
     """Every connection sends back to back until ``seconds`` pass or the requests run out."""
     deadline = asyncio.get_running_loop().time() + seconds
@@ -140,9 +139,7 @@ async def closed_loop(
             request = next(requests, None)
             if request is None:
                 return
-            answer = await connection.send(request)
-            answers.append(answer)
-            on_answer(answer)
+            answers.append(await connection.send(request))
 
     await asyncio.gather(*(worker(c) for c in pool))
     return answers
@@ -152,7 +149,6 @@ async def open_loop(
     pool: Sequence[Connection],
     requests: Sequence[Request],
     rate: float,
-    on_answer: Callable[[Answer], None] = lambda _: None,
 ) -> list[Answer]:
     """Send ``requests`` at ``rate`` per second, each on a free connection of ``pool``.
 
@@ -165,10 +161,8 @@ async def open_loop(
     answers: list[Answer] = []
 
     async def one(connection: Connection, request: Request, scheduled: float) -> None:
-        answer = await connection.send(request, sent=scheduled)
+        answers.append(await connection.send(request, sent=scheduled))
         free.put_nowait(connection)
-        answers.append(answer)
-        on_answer(answer)
 
     tasks = []
     start = loop.time()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import shutil
 import sys
 from collections import Counter
@@ -25,11 +26,16 @@ from run import LONG_EXPIRY, Bench, Plan
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "bench" / "profile"
 TOP = 25
+LINE_NUMBER = re.compile(r":\d+\)$")
+OUR_CODE = re.compile(
+    r"\((ticketing_common|ticketing_local|auth|tickets|orders|expiration|payments)/(?!__main__)"
+)
 SAMPLES_PER_SECOND = 100
 
 
 def summarise(collapsed: str, top: int = TOP) -> str:
-    """The functions with the most samples: their own (self) and everything under them."""
+    """The functions with the most samples: their own (self), and for the platform's own code,
+    everything under them (total)."""
     own: Counter[str] = Counter()
     under: Counter[str] = Counter()
     total = 0
@@ -37,20 +43,25 @@ def summarise(collapsed: str, top: int = TOP) -> str:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        frames = stack.split(";")
+        # "function (path/file.py:line)": one entry per function, whatever line it was on.
+        frames = [LINE_NUMBER.sub(")", frame) for frame in stack.split(";")]
         samples = int(count)
         total += samples
         own[frames[-1]] += samples
         for frame in set(frames):
-            under[frame] += samples
+            if OUR_CODE.search(frame):
+                under[frame] += samples
     lines = [f"{total} samples"]
-    for title, counter in (("self", own), ("total (self and callees)", under)):
+    for title, counter in (("self", own), ("total (self and callees), our code", under)):
         lines += ["", f"top {top} by {title}:"]
         lines += [f"{100 * n / total:5.1f}%  {frame}" for frame, n in counter.most_common(top)]
     return "\n".join(lines) + "\n"
 
 
-async def record(pid: int, seconds: float, output: Path) -> bool:
+async def record(pid: int, seconds: float, output: Path, native: bool) -> bool:
+    # Native frames (uvloop, asyncpg's protocol, both compiled) need the process paused for
+    # each sample; Python frames alone do not.
+    how = ["--native"] if native else ["--nonblocking"]
     process = await asyncio.create_subprocess_exec(
         shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
         "record",
@@ -62,7 +73,7 @@ async def record(pid: int, seconds: float, output: Path) -> bool:
         str(SAMPLES_PER_SECOND),
         "--format",
         "raw",
-        "--nonblocking",  # never pause the process it samples
+        *how,
         "--output",
         str(output),
         stdout=asyncio.subprocess.DEVNULL,
@@ -74,7 +85,7 @@ async def record(pid: int, seconds: float, output: Path) -> bool:
     return process.returncode == 0
 
 
-async def profile(rate: float, seconds: float, out: Path) -> None:
+async def profile(rate: float, seconds: float, out: Path, native: bool) -> None:
     work = event_pipeline.temporary_folder()
     bench = Bench(Plan(), work, Progress(4 * seconds))
     bench.progress.start("starting the platform", 30)
@@ -87,7 +98,7 @@ async def profile(rate: float, seconds: float, out: Path) -> None:
         span = CpuSpan(bench.meter.cpu())
         load = asyncio.create_task(bench.steady(tickets, rate))
         recorded = await asyncio.gather(
-            *(record(pids[n], seconds, out / f"{n}.collapsed.txt") for n in names)
+            *(record(pids[n], seconds, out / f"{n}.collapsed.txt", native) for n in names)
         )
         answers, propagation, _ = await load
         span.after = bench.meter.cpu()
@@ -118,9 +129,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=80.0, help="purchases per second")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--native", action="store_true", help="compiled frames too (pauses)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    asyncio.run(profile(args.rate, args.seconds, args.out))
+    asyncio.run(profile(args.rate, args.seconds, args.out, args.native))
 
 
 if __name__ == "__main__":
