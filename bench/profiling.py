@@ -31,6 +31,8 @@ OUR_CODE = re.compile(
     r"\((ticketing_common|ticketing_local|auth|tickets|orders|expiration|payments)/(?!__main__)"
 )
 SAMPLES_PER_SECOND = 100
+# A sample of a thread running no Python code (py-spy's empty stack): compiled code alone.
+NO_PYTHON_FRAME = "(no Python frame)"
 
 
 def summarise(collapsed: str, top: int = TOP) -> str:
@@ -41,10 +43,11 @@ def summarise(collapsed: str, top: int = TOP) -> str:
     total = 0
     for line in collapsed.splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
+        if not count.isdigit():
             continue
         # "function (path/file.py:line)": one entry per function, whatever line it was on.
-        frames = [LINE_NUMBER.sub(")", frame) for frame in stack.split(";")]
+        frames = [LINE_NUMBER.sub(")", frame) for frame in stack.split(";") if frame]
+        frames = frames or [NO_PYTHON_FRAME]
         samples = int(count)
         total += samples
         own[frames[-1]] += samples
