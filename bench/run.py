@@ -36,7 +36,7 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -694,7 +694,7 @@ def raw_figures(results: Results) -> dict[str, Any]:
         ],
         "idleRssMiB": {k: v / MIB for k, v in results.idle_rss.items()},
         "peakRssMiB": {k: v / MIB for k, v in results.peak_rss.items()},
-        "pipeline": results.pipeline,
+        "pipeline": asdict(results.pipeline) if results.pipeline else None,
         "failures": results.failures,
     }
 
