@@ -33,12 +33,15 @@ OUR_CODE = re.compile(
 SAMPLES_PER_SECOND = 100
 # A sample of a thread running no Python code (py-spy's empty stack): compiled code alone.
 NO_PYTHON_FRAME = "(no Python frame)"
+# "function (package/module.py)" -> "package" (or "module.py" for a module of its own).
+PACKAGE = re.compile(r"^.*\(<?([^/:>)]+).*$")
 
 
 def summarise(collapsed: str, top: int = TOP) -> str:
     """The functions with the most samples: their own (self), and for the platform's own code,
     everything under them (total)."""
     own: Counter[str] = Counter()
+    packages: Counter[str] = Counter()  # self samples by the package (or module) they are in
     under: Counter[str] = Counter()
     total = 0
     for line in collapsed.splitlines():
@@ -51,11 +54,17 @@ def summarise(collapsed: str, top: int = TOP) -> str:
         samples = int(count)
         total += samples
         own[frames[-1]] += samples
+        packages[PACKAGE.sub(r"\1", frames[-1])] += samples
         for frame in set(frames):
             if OUR_CODE.search(frame):
                 under[frame] += samples
     lines = [f"{total} samples"]
-    for title, counter in (("self", own), ("total (self and callees), our code", under)):
+    tables = (
+        ("self, by package", packages),
+        ("self", own),
+        ("total (self and callees), our code", under),
+    )
+    for title, counter in tables:
         lines += ["", f"top {top} by {title}:"]
         lines += [f"{100 * n / total:5.1f}%  {frame}" for frame, n in counter.most_common(top)]
     return "\n".join(lines) + "\n"
