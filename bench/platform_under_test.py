@@ -26,13 +26,19 @@ import psutil
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
 
 from ticketing_common.embedded import free_port
+from ticketing_common.events.catalog import CATALOG
+from ticketing_common.messaging.permissions import durable_name
+from ticketing_common.messaging.streams import STREAM_NAME
 from ticketing_local.datafolder import DataFolder
 
 READY_TIMEOUT = 240.0
 STOP_TIMEOUT = 60.0
 SERVICES = ("auth", "tickets", "orders", "expiration", "payments")
+# Every service's one durable consumer: the platform is idle once none has a backlog.
+DURABLES = tuple(durable_name(s) for s, events in CATALOG.items() if events.consumes)
 # The launcher passes its environment on to the services; these would point them elsewhere.
 SCRUBBED_ENV = ("DATABASE_URL", "NATS_URL", "TICKETING_DATA_DIR", "STRIPE_KEY", "PORT")
 
@@ -164,7 +170,9 @@ class EventWatcher:
 
     ``ticket.updated`` with an ``orderId`` is tickets saying the reservation reached it (its
     change committed and relayed); ``order.cancelled`` is orders cancelling an expired order.
-    A plain subscription sees each event as JetStream stores it, at no cost to the consumers.
+    It reads the stream as local mode's read-only ``monitor`` user: an ordered consumer of its
+    own per subject, from new events on, sees each as JetStream stores it; the services'
+    durables are only looked at (their backlog), never touched.
     """
 
     def __init__(self, nc: NatsClient) -> None:
@@ -175,10 +183,23 @@ class EventWatcher:
         self._changed = asyncio.Event()
 
     @classmethod
-    async def connect(cls, url: str) -> EventWatcher:
-        watcher = cls(await nats.connect(url, name="bench"))
-        await watcher.nc.subscribe("ticket.updated", cb=watcher._on_ticket_updated)
-        await watcher.nc.subscribe("order.cancelled", cb=watcher._on_order_cancelled)
+    async def connect(cls, platform: Platform) -> EventWatcher:
+        monitor = platform.data.monitor_credentials()
+        nc = await nats.connect(
+            platform.nats_url, name="bench", user=monitor.user, password=monitor.password
+        )
+        watcher = cls(nc)
+        for subject, cb in (
+            ("ticket.updated", watcher._on_ticket_updated),
+            ("order.cancelled", watcher._on_order_cancelled),
+        ):
+            await watcher.js.subscribe(
+                subject,
+                stream=STREAM_NAME,
+                cb=cb,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.NEW,
+            )
         return watcher
 
     async def close(self) -> None:
@@ -211,13 +232,13 @@ class EventWatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), deadline - loop.time())
 
-    async def until_quiet(self, timeout: float, stream: str = "EVENTS") -> bool:
+    async def until_quiet(self, timeout: float, stream: str = STREAM_NAME) -> bool:
         """Wait until every consumer has handled every event and nothing new was published."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last_seq = -1
         while loop.time() < deadline:
-            consumers = await self.js.consumers_info(stream)
+            consumers = [await self.js.consumer_info(stream, d) for d in DURABLES]
             busy = any(c.num_pending or c.num_ack_pending for c in consumers)
             seq = (await self.js.stream_info(stream)).state.last_seq
             if not busy and seq == last_seq:

@@ -215,7 +215,7 @@ class Bench:
 
     async def start_platform(self, expiry: str) -> None:
         await asyncio.to_thread(self.platform.start, ORDER_EXPIRATION_SECONDS=expiry)
-        self._watcher = await EventWatcher.connect(self.platform.nats_url)
+        self._watcher = await EventWatcher.connect(self.platform)
         self._meter = Meter(self.platform.processes())
         await self.settle()
 
