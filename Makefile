@@ -7,13 +7,14 @@ VENV := .venv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help install test lint format contracts nats-auth up reset clean
+.PHONY: help install test lint format contracts nats-auth up reset chaos clean
 
 help:
 	@echo "make up       start the whole platform on http://localhost:8080 (PORT to change)"
 	@echo "make test     run every test (real PostgreSQL and NATS, started from wheels)"
 	@echo "make lint     ruff and mypy"
 	@echo "make reset    delete local-mode data"
+	@echo "make chaos    load the platform while killing its processes, then check every invariant (CHAOS_ARGS=--help)"
 
 # uv itself, pinned, in .tools/ (no system-wide install, no curl | sh).
 $(UV):
@@ -42,6 +43,10 @@ up: install
 
 reset: install
 	$(VENV)/bin/python -m ticketing_local reset
+
+# A few minutes by default; CHAOS_ARGS="--seed 42 --seconds 600" for a longer, repeatable run.
+chaos: install
+	$(VENV)/bin/python -m ticketing_chaos $(CHAOS_ARGS)
 
 contracts: install
 	$(VENV)/bin/ticketing-schemas

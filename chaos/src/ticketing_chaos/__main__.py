@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds between a process coming back and the next kill",
     )
     parser.add_argument(
-        "--expiration", type=int, default=5, help="ORDER_EXPIRATION_SECONDS of a started platform"
+        "--expiration", type=int, default=15, help="ORDER_EXPIRATION_SECONDS of a started platform"
     )
     parser.add_argument(
         "--settle-timeout", type=float, default=180.0, help="how long to wait for it to settle"

@@ -76,7 +76,7 @@ class Api:
                 self.stats.interrupted[f"{method} {route} {type(exc).__name__}"] += 1
             else:
                 if response.status_code not in INTERRUPTED:
-                    self.stats.answers[f"{method} {route} {response.status_code}"] += 1
+                    self.stats.answers[f"{method} {route} {_answer(response)}"] += 1
                     return response
                 self.stats.interrupted[f"{method} {route} {response.status_code}"] += 1
             if time.monotonic() > deadline:
@@ -94,6 +94,17 @@ class Api:
             if response is None or response.status_code != 404 or time.monotonic() > deadline:
                 return response
             await asyncio.sleep(0.3)
+
+
+def _answer(response: httpx.Response) -> str:
+    """The status, and for an error the first message: "400 (Order has expired)"."""
+    if response.status_code < 400:
+        return str(response.status_code)
+    try:
+        message = response.json()["errors"][0]["message"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        message = "not in the error shape"
+    return f"{response.status_code} ({message})"
 
 
 def _session_cookie(response: httpx.Response) -> str | None:
