@@ -61,6 +61,7 @@ def test_a_small_chaos_run_keeps_every_invariant(
     chaos_run: subprocess.CompletedProcess[str],
 ) -> None:
     out = chaos_run.stdout
+    print(out)  # the run's counts, for `pytest -s` and the report of a failure
     assert f"chaos: seed {SEED}" in out
     for counted in ("events in the stream:", "orders by status:", "payments by status:"):
         assert counted in out, out
