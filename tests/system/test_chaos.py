@@ -89,6 +89,20 @@ async def seed_violations(where: Endpoints) -> dict[str, str]:
         )
     finally:
         await tickets.close()
+    orders = await asyncpg.connect(where.database_dsn("orders"))
+    try:
+        # A replica left behind its source.
+        replica = await orders.fetchrow(
+            "UPDATE tickets SET version = version + 7"
+            " WHERE id = (SELECT id FROM tickets LIMIT 1) RETURNING id, version"
+        )
+        # An order charging other than what its ticket was reserved at.
+        repriced = await orders.fetchval(
+            "UPDATE orders SET ticket_price = ticket_price + 1"
+            " WHERE id = (SELECT id FROM orders WHERE status = 'complete' LIMIT 1) RETURNING id"
+        )
+    finally:
+        await orders.close()
     payments = await asyncpg.connect(where.database_dsn("payments"))
     try:
         await payments.execute(
@@ -102,6 +116,8 @@ async def seed_violations(where: Endpoints) -> dict[str, str]:
         "one live order": f"ticket {ticket_id} is held by order {bogus_order} in tickets",
         "outbox drained": f"tickets: outbox {outbox_id} (ticket.created) given up",
         "nothing parked": f"payments: order.created {parked_id} after 5 deliveries: boom",
+        "replica current": f"orders' copy of ticket {replica['id']} is v{replica['version']}",
+        "ticket's terms": f"order {repriced} (complete) is at",
     }
 
 

@@ -17,7 +17,9 @@ e. every outbox is drained: no row unpublished, none given up on (``failed_at``)
 f. nothing is parked;
 g. replicas equal their sources: orders' copy of each ticket has the ticket's version;
    payments' copy of each order has the last version orders published for it (orders also
-   bumps the version on completion, which no event carries) and the same cancelled-or-not.
+   bumps the version on completion, which no event carries) and the same cancelled-or-not;
+h. every order is on its ticket's terms: its price is the one tickets had when it reserved
+   the ticket for that order (the ``ticket.updated`` that set its ``orderId``).
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ import sys
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 from ticketing_chaos.platform import PlatformError, endpoints
 from ticketing_chaos.snapshot import Snapshot, take_snapshot
 from ticketing_common.events.catalog import CATALOG
-from ticketing_common.events.models import OrderStatus, Subject
+from ticketing_common.events.models import EventEnvelope, OrderStatus, Subject
 from ticketing_local.datafolder import DataFolder
 from ticketing_local.routing import REPO_ROOT
 
@@ -77,6 +80,7 @@ def check(snapshot: Snapshot) -> Report:
     _money(snapshot, report)
     _drained(snapshot, report)
     _replicas(snapshot, report)
+    _ticket_terms(snapshot, report)
     return report
 
 
@@ -205,6 +209,30 @@ def _replicas(snapshot: Snapshot, report: Report) -> None:
         "replicas checked",
         {"tickets in orders": len(snapshot.tickets), "orders in payments": len(snapshot.orders)},
     )
+
+
+def _ticket_terms(snapshot: Snapshot, report: Report) -> None:
+    reservations: dict[uuid.UUID, EventEnvelope] = {}
+    for event in snapshot.events[Subject.TICKET_UPDATED].values():
+        order_id = event.data.get("orderId")
+        if order_id is None:
+            continue
+        first = reservations.get(uuid.UUID(order_id))
+        if first is None or event.data["version"] < first.data["version"]:
+            reservations[uuid.UUID(order_id)] = event
+    for order in snapshot.orders:
+        reservation = reservations.get(order["id"])
+        if reservation is None:
+            continue  # never reserved: cancelled before tickets heard of it
+        reserved_at = Decimal(str(reservation.data["price"]))
+        if order["ticket_price"] != reserved_at:
+            report.violation(
+                "ticket's terms",
+                f"order {order['id']} ({order['status']}) is at {order['ticket_price']}; "
+                f"tickets reserved ticket {order['ticket_id']} for it at {reserved_at} "
+                f"(v{reservation.data['version']})",
+            )
+    report.count("orders checked against their reservation", {"reserved": len(reservations)})
 
 
 async def run_check(data: DataFolder) -> Report:

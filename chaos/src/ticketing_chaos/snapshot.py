@@ -67,7 +67,9 @@ async def _read_database(snapshot: Snapshot, dsn: str, database: str) -> None:
         if database == "tickets":
             snapshot.tickets = await rows("SELECT id, order_id, version FROM tickets")
         elif database == "orders":
-            snapshot.orders = await rows("SELECT id, ticket_id, status, version FROM orders")
+            snapshot.orders = await rows(
+                "SELECT id, ticket_id, ticket_price, status, version FROM orders"
+            )
             snapshot.ticket_replicas = {
                 r["id"]: r for r in await rows("SELECT id, version FROM tickets")
             }
