@@ -141,7 +141,9 @@ class Shopper:
 
     async def run(self, deadline: float) -> None:
         while time.monotonic() < deadline:
-            action = self.rng.choices([self.list, self.edit, self.buy], weights=[3, 1, 6])[0]
+            action = self.rng.choices(
+                [self.list_ticket, self.edit_ticket, self.buy_ticket], weights=[3, 1, 6]
+            )[0]
             await action()
             await asyncio.sleep(self.rng.uniform(0.05, 0.3))  # pacing, not synchronisation
         # Payments and cancels already under way finish before the load ends.
@@ -150,14 +152,14 @@ class Shopper:
     def _price(self) -> str:
         return f"{self.rng.randint(5, 300)}.{self.rng.randint(0, 99):02d}"
 
-    async def list(self) -> None:
+    async def list_ticket(self) -> None:
         body = {"title": f"Show {self.rng.randint(1, 10_000)}", "price": self._price()}
         response = await self.api.call("POST", "/api/tickets", "/api/tickets", self.person, body)
         if response is not None and response.status_code == 201:
             self.person.tickets.append(response.json()["id"])
             self.outcomes["ticket listed"] += 1
 
-    async def edit(self) -> None:
+    async def edit_ticket(self) -> None:
         if not self.person.tickets:
             return
         ticket_id = self.rng.choice(self.person.tickets)
@@ -169,7 +171,7 @@ class Shopper:
             edited = response.status_code == 200
             self.outcomes["ticket edited" if edited else "edit refused"] += 1
 
-    async def buy(self) -> None:
+    async def buy_ticket(self) -> None:
         listed = await self.api.call("GET", "/api/tickets", "/api/tickets?limit=50", self.person)
         if listed is None or listed.status_code != 200:
             return

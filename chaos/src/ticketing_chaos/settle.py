@@ -10,9 +10,10 @@ import time
 
 import asyncpg
 import nats
+from nats.errors import Error as NatsError
 
 from ticketing_chaos.faults import TARGETS
-from ticketing_chaos.platform import databases, endpoints, live_pid
+from ticketing_chaos.platform import PlatformError, databases, endpoints, live_pid
 from ticketing_common.events.catalog import CATALOG
 from ticketing_common.messaging.permissions import durable_name
 from ticketing_common.messaging.streams import STREAM_NAME
@@ -25,7 +26,14 @@ async def settle(data: DataFolder, timeout: float) -> list[str]:
     while True:
         try:
             pending = await _pending(data)
-        except (OSError, asyncpg.PostgresError, nats.errors.Error, TimeoutError) as exc:
+        except (
+            OSError,
+            TimeoutError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            NatsError,
+            PlatformError,
+        ) as exc:  # a server still coming back
             pending = [f"cannot read the platform yet: {exc!r}"]
         if not pending or time.monotonic() > deadline:
             return pending
