@@ -80,7 +80,13 @@ async def chaos(data: DataFolder, args: argparse.Namespace, seed: int) -> int:
         print(f"chaos: did not settle in {args.settle_timeout:g}s:", *pending, sep="\n  ")
     report = await run_check(data)
     print(report.render(), flush=True)
-    failed = bool(pending or report.violations or faults.not_back)
+    problems = [f"{a}: {n} times" for a, n in stats.server_errors().items()]
+    if not stats.outcomes["order placed"]:
+        problems.append("the load placed no order: nothing was tested")
+    problems += [f"{target} was not back in time" for target in faults.not_back]
+    if problems:
+        print("chaos: the run itself went wrong:", *problems, sep="\n  ")
+    failed = bool(pending or report.violations or problems)
     print(f"chaos: {'FAILED' if failed else 'passed'} (seed {seed})", flush=True)
     return 1 if failed else 0
 
@@ -107,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         launcher.stop()
         launcher.reset()
-        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(launcher.data.path, ignore_errors=True)
+        print(f"chaos: the platform's output is in {launcher.log_path}", flush=True)
 
 
 if __name__ == "__main__":

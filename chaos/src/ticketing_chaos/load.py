@@ -39,6 +39,10 @@ class LoadStats:
     answers: Counter[str] = field(default_factory=Counter)  # "POST /api/orders 201"
     interrupted: Counter[str] = field(default_factory=Counter)  # "POST /api/orders 503"
 
+    def server_errors(self) -> dict[str, int]:
+        """Answers that are neither the API's nor an interruption: a 500 is a bug."""
+        return {a: n for a, n in self.answers.items() if a.split()[2].startswith("5")}
+
 
 @dataclass
 class Person:
@@ -237,11 +241,16 @@ async def run_load(url: str, seed: int, people: int, seconds: float, stats: Load
     run_id = f"{seed}-{uuid.uuid4().hex[:6]}"  # fresh emails when re-run on the same data
     async with outbound_client(base_url=url, timeout=10) as client:
         api = Api(client, stats)
-        signed_up = await asyncio.gather(*(sign_up(api, n, run_id) for n in range(people)))
         await asyncio.gather(
-            *(
-                Shopper(api, person, random.Random(f"{seed}/{n}")).run(deadline)
-                for n, person in enumerate(signed_up)
-                if person is not None
-            )
+            *(shop(api, n, run_id, random.Random(f"{seed}/{n}"), deadline) for n in range(people))
         )
+
+
+async def shop(api: Api, number: int, run_id: str, rng: random.Random, deadline: float) -> None:
+    """Sign up (again, should a kill make it fail), then shop until the deadline."""
+    while time.monotonic() < deadline:
+        person = await sign_up(api, number, run_id)
+        if person is not None:
+            await Shopper(api, person, rng).run(deadline)
+            return
+        await asyncio.sleep(0.5)
