@@ -4,7 +4,8 @@ Starts the platform as ``make up`` does (on a fresh temporary data folder, with 
 of ``--expiration`` seconds so unpaid orders expire during the run), or uses the one already
 running on ``--data-dir``; runs the load and the faults together for ``--seconds``; waits for
 the platform to settle; runs the invariant checker; stops what it started. Exits 0 only if the
-platform settled and no invariant is violated. The seed fixes every choice (who does what,
+platform settled, no invariant is violated, no request got a 500 and the load placed orders.
+The seed fixes every choice (who does what,
 which process is killed when); the timing of a real platform still varies between runs.
 """
 
