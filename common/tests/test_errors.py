@@ -12,6 +12,7 @@ from pydantic import Field
 
 from ticketing_common.errors import ForbiddenError, TooManyRequestsError, install_error_handlers
 from ticketing_common.models import CamelModel, Money
+from ticketing_common.observability import RequestIdMiddleware
 
 
 class Body(CamelModel):
@@ -22,6 +23,7 @@ class Body(CamelModel):
 def make_app() -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
 
     @app.post("/things")
     async def create(body: Body) -> Body:

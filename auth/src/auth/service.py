@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth.models import SigninFailure, User
 from auth.settings import AuthSettings
-from ticketing_common.db import advisory_xact_lock, utcnow
+from ticketing_common.clock import utcnow
+from ticketing_common.db import advisory_xact_lock
 from ticketing_common.errors import BadRequestError, TooManyRequestsError
 
 

@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from orders.models import LIVE_ORDER_INDEX, IdempotencyKey, Order, Ticket
 from orders.schemas import OrderIn, OrderOut, OrderTicketOut
-from ticketing_common.db import constraint_name, utcnow
+from ticketing_common.clock import utcnow
+from ticketing_common.db import constraint_name
 from ticketing_common.errors import BadRequestError, ForbiddenError, NotFoundError
 from ticketing_common.events import OrderCancelled, OrderCancelledTicket, OrderCreated, OrderStatus
 from ticketing_common.events import OrderCreatedTicket as EventTicket

@@ -34,7 +34,7 @@ from payments.providers import (
     PaymentRejectedError,
 )
 from ticketing_common.auth import UserClaims
-from ticketing_common.db import utcnow
+from ticketing_common.clock import utcnow
 from ticketing_common.errors import BadRequestError, ForbiddenError, NotFoundError
 from ticketing_common.events import OrderStatus, PaymentCreated, PaymentRefunded
 from ticketing_common.messaging import publish

@@ -308,8 +308,9 @@ async def apply_once(
     envelope: EventEnvelope,
     event: Event,
     handler: Handler,
-) -> bool:
-    """Run the handler and record the event id in one transaction; False if seen before."""
+) -> None:
+    """Run the handler and record the event id in one transaction (the unit of work of an
+    event); an event id seen before has no effect."""
     async with sessionmaker() as session, session.begin():
         first_time = (
             await session.execute(
@@ -321,9 +322,8 @@ async def apply_once(
         ).first()
         if first_time is None:
             log.info("event %s already handled, skipping", envelope.id)
-            return False
+            return
         await handler(session, event)
-        return True
 
 
 async def list_parked(sessionmaker: async_sessionmaker[AsyncSession]) -> list[dict[str, Any]]:

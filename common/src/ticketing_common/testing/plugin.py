@@ -20,6 +20,7 @@ import pytest
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from ticketing_common.database_url import with_driver
 from ticketing_common.messaging.streams import STREAM_NAME
 from ticketing_common.testing.helpers import EventProbe
 
@@ -52,7 +53,7 @@ def _servers_dir() -> Iterator[Path]:
 def postgres_url(_servers_dir: Path) -> Iterator[str]:
     """URL of a PostgreSQL server where tests may create databases."""
     if url := os.environ.get("DATABASE_URL"):
-        yield url.replace("postgresql://", "postgresql+asyncpg://", 1)
+        yield with_driver(url)
         return
     from ticketing_common.embedded import EmbeddedPostgres
 
