@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from expiration.app import create_app
-from expiration.events import consumer
+from expiration.handlers import consumer
 from expiration.settings import ExpirationSettings
 from ticketing_common.cli import service_main
 

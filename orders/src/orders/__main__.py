@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from orders.app import create_app
-from orders.events import consumer
+from orders.handlers import consumer
 from orders.settings import OrdersSettings
 from ticketing_common.cli import service_main
 

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from payments.app import create_app, provider_for
-from payments.events import make_consumer
+from payments.handlers import make_consumer
 from payments.settings import PaymentsSettings
 from ticketing_common.cli import service_main
 

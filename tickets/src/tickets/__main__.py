@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ticketing_common.cli import service_main
 from tickets.app import create_app
-from tickets.events import consumer
+from tickets.handlers import consumer
 from tickets.settings import TicketsSettings
 
 
