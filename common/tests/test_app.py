@@ -23,8 +23,7 @@ from ticketing_common.settings import ServiceSettings
 from ticketing_common.testing import EventProbe, ServiceHarness, TestDatabase, test_settings
 from ticketing_common.testing.helpers import eventually
 from ticketing_common.testing.plugin import NatsServer
-
-from .conftest import effects
+from ticketing_common.testing.stand_ins import effects
 
 router = APIRouter()
 

@@ -21,8 +21,7 @@ from ticketing_common.messaging import Consumer
 from ticketing_common.messaging.tables import parked_events
 from ticketing_common.settings import ServiceSettings
 from ticketing_common.testing import TestDatabase
-
-from .conftest import effects
+from ticketing_common.testing.stand_ins import effects
 
 
 @pytest.fixture

@@ -24,8 +24,7 @@ from ticketing_common.messaging.consumer import list_parked, replay_parked
 from ticketing_common.messaging.tables import inbox
 from ticketing_common.observability import REQUEST_ID_HEADER, request_id_var
 from ticketing_common.testing.helpers import eventually
-
-from .conftest import effects
+from ticketing_common.testing.stand_ins import effects
 
 MAX_DELIVERIES = 3
 

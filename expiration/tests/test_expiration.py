@@ -127,7 +127,7 @@ async def test_expiration_complete_fires_at_expires_at(
 
 async def test_fires_while_the_service_is_stopped(
     harness: ServiceHarness,
-    expiration_db: TestDatabase,
+    db: TestDatabase,
     jetstream: JetStreamContext,
     event_probe: EventProbe,
 ) -> None:
@@ -135,7 +135,7 @@ async def test_fires_while_the_service_is_stopped(
     event = order_created(expires_at)
     async with harness.client():
         await publish_event(jetstream, event)
-        await eventually(lambda: all_published(expiration_db, 1))
+        await eventually(lambda: all_published(db, 1))
         assert await schedule_pending(jetstream, event.id)
     # The service is down well before expiresAt; the server still fires the timer.
     assert datetime.now(UTC) < expires_at
@@ -159,7 +159,7 @@ async def test_past_expiry_fires_at_once(
 
 async def test_duplicate_order_created_fires_once(
     client: httpx.AsyncClient,
-    expiration_db: TestDatabase,
+    db: TestDatabase,
     jetstream: JetStreamContext,
     event_probe: EventProbe,
 ) -> None:
@@ -182,8 +182,8 @@ async def test_duplicate_order_created_fires_once(
     )
     # The inbox dropped the redelivery; the second event id scheduled again on the same subject,
     # which replaced the first timer instead of adding one.
-    inbox = await expiration_db.fetch("SELECT count(*) AS n FROM inbox")
+    inbox = await db.fetch("SELECT count(*) AS n FROM inbox")
     assert inbox[0]["n"] == 2
-    await eventually(lambda: all_published(expiration_db, 2))
+    await eventually(lambda: all_published(db, 2))
     await eventually(lambda: schedule_gone(jetstream, event.id))
     assert len(await fired(jetstream, event.id)) == 1

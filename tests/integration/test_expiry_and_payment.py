@@ -8,6 +8,7 @@ for a ticket they did not get.
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,8 +20,7 @@ from nats.js.errors import NotFoundError
 from ticketing_common.messaging.streams import STREAM_NAME
 from ticketing_common.testing import EventProbe
 from ticketing_common.testing.helpers import eventually
-
-from .conftest import Platform
+from ticketing_common.testing.platform import Platform
 
 EXPIRY_SECONDS = 2
 
@@ -222,7 +222,7 @@ async def test_payment_racing_expiry_ends_consistent(platform: Platform) -> None
         return False
 
     for (ticket, order), buyer in zip(reserved, buyers, strict=True):
-        await eventually(lambda t=ticket, o=order, b=buyer: settled(t, o, b), timeout=20)
+        await eventually(functools.partial(settled, ticket, order, buyer), timeout=20)
     # Paying after expiresAt is always refused.
     assert outcomes[-1] == 400
 

@@ -69,7 +69,7 @@ async def reserve(
 
 
 async def test_create_returns_ticket_stores_exact_price_and_publishes(
-    client: httpx.AsyncClient, users: Users, event_probe: EventProbe, tickets_db: TestDatabase
+    client: httpx.AsyncClient, users: Users, event_probe: EventProbe, db: TestDatabase
 ) -> None:
     owner = uuid.uuid4()
     r = await client.post(
@@ -87,7 +87,7 @@ async def test_create_returns_ticket_stores_exact_price_and_publishes(
         "orderId": None,
         "version": 0,
     }
-    [row] = await tickets_db.fetch(
+    [row] = await db.fetch(
         "SELECT price, version FROM tickets WHERE id = $1", uuid.UUID(ticket["id"])
     )
     assert row["price"] == Decimal("1234.50") and row["version"] == 0
@@ -142,14 +142,14 @@ async def test_create_accepts_a_120_character_title(
 async def test_create_rejects_invalid_input(
     client: httpx.AsyncClient,
     users: Users,
-    tickets_db: TestDatabase,
+    db: TestDatabase,
     body: dict[str, Any],
     field: str,
 ) -> None:
     r = await client.post("/api/tickets", json=body, headers=users.headers(uuid.uuid4()))
     assert r.status_code == 400, r.text
     assert field in error_fields(r)
-    assert await tickets_db.fetch("SELECT 1 FROM tickets UNION ALL SELECT 1 FROM outbox") == []
+    assert await db.fetch("SELECT 1 FROM tickets UNION ALL SELECT 1 FROM outbox") == []
 
 
 @pytest.mark.parametrize("content", [b"", b"{", b"[]", b'"x"', b"null"])
@@ -167,12 +167,12 @@ async def test_create_rejects_malformed_bodies(
     [{}, {"Cookie": "session=not-a-jwt"}, {"Cookie": "session=eyJhbGciOiJub25lIn0.e30."}],
 )
 async def test_create_requires_sign_in(
-    client: httpx.AsyncClient, tickets_db: TestDatabase, headers: dict[str, str]
+    client: httpx.AsyncClient, db: TestDatabase, headers: dict[str, str]
 ) -> None:
     r = await client.post("/api/tickets", json={"title": "A", "price": "10"}, headers=headers)
     assert r.status_code == 401
     assert error_fields(r) == [None]
-    assert await tickets_db.fetch("SELECT 1 FROM tickets") == []
+    assert await db.fetch("SELECT 1 FROM tickets") == []
 
 
 # --- GET /api/tickets/{id} -----------------------------------------------------------------
@@ -258,10 +258,10 @@ async def test_list_pages_with_a_link_header(client: httpx.AsyncClient, users: U
 
 
 async def test_list_default_and_maximum_page_sizes(
-    client: httpx.AsyncClient, tickets_db: TestDatabase
+    client: httpx.AsyncClient, db: TestDatabase
 ) -> None:
     # 201 tickets in one statement: all share one created_at, so the id must break the tie.
-    await tickets_db.fetch(
+    await db.fetch(
         "INSERT INTO tickets (id, title, price, user_id, version) "
         "SELECT gen_random_uuid(), 'T' || n, 1, gen_random_uuid(), 0 FROM generate_series(1, 201) n"
     )
@@ -348,7 +348,7 @@ async def test_owner_updates_ticket_and_version_bumps(
 
 
 async def test_update_by_another_user_is_403(
-    client: httpx.AsyncClient, users: Users, tickets_db: TestDatabase
+    client: httpx.AsyncClient, users: Users, db: TestDatabase
 ) -> None:
     ticket = await create(client, users, uuid.uuid4())
     r = await client.put(
@@ -357,7 +357,7 @@ async def test_update_by_another_user_is_403(
         headers=users.headers(uuid.uuid4()),
     )
     assert r.status_code == 403
-    [row] = await tickets_db.fetch("SELECT title, version FROM tickets")
+    [row] = await db.fetch("SELECT title, version FROM tickets")
     assert (row["title"], row["version"]) == ("Concert", 0)
 
 
@@ -386,19 +386,19 @@ async def test_update_unknown_ticket_is_404(client: httpx.AsyncClient, users: Us
     ],
 )
 async def test_update_rejects_invalid_input(
-    client: httpx.AsyncClient, users: Users, tickets_db: TestDatabase, body: dict[str, Any]
+    client: httpx.AsyncClient, users: Users, db: TestDatabase, body: dict[str, Any]
 ) -> None:
     owner = uuid.uuid4()
     ticket = await create(client, users, owner)
     r = await client.put(f"/api/tickets/{ticket['id']}", json=body, headers=users.headers(owner))
     assert r.status_code == 400
     error_fields(r)
-    [row] = await tickets_db.fetch("SELECT version FROM tickets")
+    [row] = await db.fetch("SELECT version FROM tickets")
     assert row["version"] == 0
 
 
 async def test_reserved_ticket_cannot_be_updated(
-    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, tickets_db: TestDatabase
+    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, db: TestDatabase
 ) -> None:
     owner = uuid.uuid4()
     ticket = await create(client, users, owner)
@@ -410,12 +410,12 @@ async def test_reserved_ticket_cannot_be_updated(
     )
     assert r.status_code == 400
     assert r.json() == {"errors": [{"message": "Ticket is reserved and cannot be edited"}]}
-    [row] = await tickets_db.fetch("SELECT title, version FROM tickets")
+    [row] = await db.fetch("SELECT title, version FROM tickets")
     assert (row["title"], row["version"]) == ("Concert", 1)
 
 
 async def test_concurrent_updates_never_lose_a_version(
-    client: httpx.AsyncClient, users: Users, event_probe: EventProbe, tickets_db: TestDatabase
+    client: httpx.AsyncClient, users: Users, event_probe: EventProbe, db: TestDatabase
 ) -> None:
     owner = uuid.uuid4()
     ticket = await create(client, users, owner)
@@ -431,7 +431,7 @@ async def test_concurrent_updates_never_lose_a_version(
     )
     assert [r.status_code for r in responses] == [200] * 20
     assert sorted(r.json()["version"] for r in responses) == list(range(1, 21))
-    [row] = await tickets_db.fetch("SELECT version FROM tickets")
+    [row] = await db.fetch("SELECT version FROM tickets")
     assert row["version"] == 20
 
     async def all_published() -> list[int]:
@@ -440,7 +440,7 @@ async def test_concurrent_updates_never_lose_a_version(
 
     assert sorted(await eventually(all_published)) == list(range(1, 21))
     # And no 21st waiting in the outbox (committed with the change, maybe not yet published).
-    outbox = await tickets_db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'ticket.updated'")
+    outbox = await db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'ticket.updated'")
     assert len(outbox) == 20
 
 

@@ -68,7 +68,7 @@ async def test_order_created_reserves_and_order_cancelled_releases(
     users: Users,
     jetstream: JetStreamContext,
     event_probe: EventProbe,
-    tickets_db: TestDatabase,
+    db: TestDatabase,
 ) -> None:
     ticket = await create(client, users)
     order_id = uuid.uuid4()
@@ -87,12 +87,12 @@ async def test_order_created_reserves_and_order_cancelled_releases(
 
 
 async def test_redelivered_event_has_no_second_effect(
-    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, tickets_db: TestDatabase
+    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, db: TestDatabase
 ) -> None:
     ticket = await create(client, users)
     event = order_created(ticket)
     first = await send_event(jetstream, event)
-    await tickets_db.wait_handled(first.id)
+    await db.wait_handled(first.id)
     # The same event id again past JetStream's duplicate window (a replay): the inbox drops it.
     await jetstream.publish(
         "order.created",
@@ -100,24 +100,21 @@ async def test_redelivered_event_has_no_second_effect(
         headers={"Nats-Msg-Id": f"{first.id}-replay"},
     )
     marker = await send_event(jetstream, order_cancelled(ticket, uuid.uuid4()))
-    await tickets_db.wait_handled(marker.id)
-    row = await ticket_row(tickets_db)
+    await db.wait_handled(marker.id)
+    row = await ticket_row(db)
     assert (row["order_id"], row["version"]) == (event.id, 1)
-    assert (
-        len(await tickets_db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'ticket.updated'"))
-        == 1
-    )
+    assert len(await db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'ticket.updated'")) == 1
 
 
 async def test_cancellation_of_another_order_leaves_the_reservation(
-    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, tickets_db: TestDatabase
+    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, db: TestDatabase
 ) -> None:
     ticket = await create(client, users)
     holder = uuid.uuid4()
-    await tickets_db.wait_handled((await send_event(jetstream, order_created(ticket, holder))).id)
+    await db.wait_handled((await send_event(jetstream, order_created(ticket, holder))).id)
     other = await send_event(jetstream, order_cancelled(ticket, uuid.uuid4()))
-    await tickets_db.wait_handled(other.id)
-    row = await ticket_row(tickets_db)
+    await db.wait_handled(other.id)
+    row = await ticket_row(db)
     assert (row["order_id"], row["version"]) == (holder, 1)
 
 
@@ -126,35 +123,35 @@ async def test_next_order_waits_for_the_previous_cancellation(
     users: Users,
     jetstream: JetStreamContext,
     event_probe: EventProbe,
-    tickets_db: TestDatabase,
+    db: TestDatabase,
 ) -> None:
     """order.created B can overtake order.cancelled A: B is retried until A has let go."""
     ticket = await create(client, users)
     first, second = uuid.uuid4(), uuid.uuid4()
-    await tickets_db.wait_handled((await send_event(jetstream, order_created(ticket, first))).id)
+    await db.wait_handled((await send_event(jetstream, order_created(ticket, first))).id)
 
     await send_event(jetstream, order_created(ticket, second))
     await send_event(jetstream, order_cancelled(ticket, first))
 
     final = await event_probe.wait_for("ticket.updated", lambda e: e.data["version"] == 3)
     assert final.data["orderId"] == str(second)
-    row = await ticket_row(tickets_db)
+    row = await ticket_row(db)
     assert (row["order_id"], row["version"]) == (second, 3)
 
 
 async def test_cancellation_arriving_before_creation_never_reserves(
-    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, tickets_db: TestDatabase
+    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, db: TestDatabase
 ) -> None:
     ticket = await create(client, users)
     holder, late = uuid.uuid4(), uuid.uuid4()
-    await tickets_db.wait_handled((await send_event(jetstream, order_created(ticket, holder))).id)
+    await db.wait_handled((await send_event(jetstream, order_created(ticket, holder))).id)
     # `late` was created and cancelled while `holder` held the ticket; its cancellation lands first.
-    await tickets_db.wait_handled((await send_event(jetstream, order_cancelled(ticket, late))).id)
+    await db.wait_handled((await send_event(jetstream, order_cancelled(ticket, late))).id)
     late_created = await send_event(jetstream, order_created(ticket, late))
-    await tickets_db.wait_handled((await send_event(jetstream, order_cancelled(ticket, holder))).id)
-    await tickets_db.wait_handled(late_created.id)
+    await db.wait_handled((await send_event(jetstream, order_cancelled(ticket, holder))).id)
+    await db.wait_handled(late_created.id)
 
-    row = await ticket_row(tickets_db)
+    row = await ticket_row(db)
     assert (row["order_id"], row["version"]) == (None, 2)
 
 
@@ -163,7 +160,7 @@ async def test_update_racing_a_reservation_loses_nothing(
     users: Users,
     jetstream: JetStreamContext,
     event_probe: EventProbe,
-    tickets_db: TestDatabase,
+    db: TestDatabase,
 ) -> None:
     owner = uuid.uuid4()
     ticket = await create(client, users, owner)
@@ -180,12 +177,12 @@ async def test_update_racing_a_reservation_loses_nothing(
         send_event(jetstream, order_created(ticket, order_id)),
         asyncio.gather(*(put(i) for i in range(15))),
     )
-    await tickets_db.wait_handled(reservation.id)
+    await db.wait_handled(reservation.id)
     accepted = [r for r in responses if r.status_code == 200]
     assert all(r.status_code in (200, 400) for r in responses)
     assert all(r.json()["orderId"] is None for r in accepted)
 
-    row = await ticket_row(tickets_db)
+    row = await ticket_row(db)
     assert row["order_id"] == order_id
     assert row["version"] == len(accepted) + 1  # every change counted once
 
@@ -195,7 +192,7 @@ async def test_update_racing_a_reservation_loses_nothing(
 
     events = await eventually(published)
     assert sorted(e.data["version"] for e in events) == list(range(1, len(accepted) + 2))
-    outbox = await tickets_db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'ticket.updated'")
+    outbox = await db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'ticket.updated'")
     assert len(outbox) == len(accepted) + 1  # none still waiting to go out
     assert [e.data["orderId"] for e in events if e.data["version"] == row["version"]] == [
         str(order_id)

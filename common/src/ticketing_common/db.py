@@ -48,7 +48,9 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 
 @contextlib.asynccontextmanager
-async def transaction(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+async def transaction(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
     """One unit of work: committed when the block ends, rolled back if it raises.
 
     An error that keeps changes (``AppError.keeps_changes``, say a failed sign-in that must
