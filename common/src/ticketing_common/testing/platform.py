@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from ticketing_common.migrations import migrations_dir
 from ticketing_common.settings import ServiceSettings
 from ticketing_common.testing.helpers import (
     ServiceHarness,
@@ -19,7 +20,7 @@ from ticketing_common.testing.helpers import (
     session_cookie,
     test_settings,
 )
-from ticketing_common.testing.services import SERVICES, create_app, migrations_dir, settings_class
+from ticketing_common.testing.services import SERVICES, create_app, settings_class
 
 
 class Platform:

@@ -31,6 +31,7 @@ from nats.js.errors import NotFoundError
 
 from ticketing_common.database_url import with_driver
 from ticketing_common.messaging.streams import STREAM_NAME
+from ticketing_common.migrations import migrations_dir
 from ticketing_common.settings import ServiceSettings
 from ticketing_common.testing import services
 from ticketing_common.testing.helpers import (
@@ -149,7 +150,7 @@ async def db(
     """The service's database, created and migrated once for the run."""
     if service_name not in _service_databases:
         _service_databases[service_name] = await TestDatabase.create(
-            postgres_url, service_name, services.migrations_dir(service_name)
+            postgres_url, service_name, migrations_dir(service_name)
         )
     return _service_databases[service_name]
 
