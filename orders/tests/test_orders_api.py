@@ -19,15 +19,8 @@ from orders.settings import OrdersSettings
 from ticketing_common.events import PaymentCreated, TicketCreated
 from ticketing_common.messaging.streams import MAX_AGE_SECONDS
 from ticketing_common.testing import EventProbe, ServiceHarness, TestDatabase, Users, send_event
-from ticketing_common.testing.helpers import eventually
+from ticketing_common.testing.helpers import error_fields, eventually
 from ticketing_common.testing.stand_ins import TicketsStandIn
-
-
-def error_fields(response: httpx.Response) -> list[str | None]:
-    body = response.json()
-    assert set(body) == {"errors"} and body["errors"], body
-    assert all(e["message"] for e in body["errors"])
-    return [e.get("field") for e in body["errors"]]
 
 
 async def order(

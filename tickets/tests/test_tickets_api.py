@@ -15,14 +15,7 @@ from nats.js import JetStreamContext
 
 from ticketing_common.events import OrderCreated, OrderCreatedTicket, OrderStatus
 from ticketing_common.testing import EventProbe, TestDatabase, Users, send_event
-from ticketing_common.testing.helpers import eventually
-
-
-def error_fields(response: httpx.Response) -> list[str | None]:
-    body = response.json()
-    assert set(body) == {"errors"} and body["errors"], body
-    assert all(e["message"] for e in body["errors"])
-    return [e.get("field") for e in body["errors"]]
+from ticketing_common.testing.helpers import error_fields, eventually
 
 
 async def create(

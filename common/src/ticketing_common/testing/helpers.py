@@ -73,6 +73,14 @@ class Users:
         return {"Cookie": f"{SESSION_COOKIE}={token}"}
 
 
+def error_fields(response: httpx.Response) -> list[str | None]:
+    """The fields of an error answer, having checked it is in the common shape."""
+    body = response.json()
+    assert set(body) == {"errors"} and body["errors"], body
+    assert all(e["message"] for e in body["errors"])
+    return [e.get("field") for e in body["errors"]]
+
+
 async def send_event(
     js: JetStreamContext, event: Event, envelope_id: uuid.UUID | None = None
 ) -> EventEnvelope:

@@ -17,7 +17,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from ticketing_common.database_url import with_driver
+from ticketing_common.events import Event, EventEnvelope
 from ticketing_common.messaging.streams import STREAM_NAME
 from ticketing_common.migrations import migrations_dir
 from ticketing_common.settings import ServiceSettings
@@ -39,6 +40,7 @@ from ticketing_common.testing.helpers import (
     ServiceHarness,
     TestDatabase,
     Users,
+    send_event,
     test_settings,
 )
 from ticketing_common.testing.platform import Platform
@@ -193,3 +195,19 @@ async def client(harness: ServiceHarness) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def users(settings: ServiceSettings) -> Users:
     return Users(settings)
+
+
+Deliver = Callable[[Event], Awaitable[EventEnvelope]]
+
+
+@pytest.fixture
+def deliver(jetstream: JetStreamContext, db: TestDatabase) -> Deliver:
+    """``await deliver(event)``: publish it as its publisher would, and return once the
+    service under test has handled it (its id is in the inbox)."""
+
+    async def deliver(event: Event) -> EventEnvelope:
+        envelope = await send_event(jetstream, event)
+        await db.wait_handled(envelope.id)
+        return envelope
+
+    return deliver
