@@ -20,6 +20,7 @@ from ticketing_common.events import PaymentCreated, TicketCreated
 from ticketing_common.messaging.streams import MAX_AGE_SECONDS
 from ticketing_common.testing import EventProbe, ServiceHarness, TestDatabase, Users, send_event
 from ticketing_common.testing.helpers import error_fields, eventually
+from ticketing_common.testing.plugin import Deliver
 from ticketing_common.testing.stand_ins import TicketsStandIn
 
 
@@ -120,7 +121,9 @@ async def test_create_rejects_malformed_bodies(
 
 
 async def test_unknown_ticket_is_404_until_its_replica_arrives(
-    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, db: TestDatabase
+    client: httpx.AsyncClient,
+    users: Users,
+    jetstream: JetStreamContext,
 ) -> None:
     ticket = TicketCreated(
         id=uuid.uuid4(), version=0, title="Soon", price=Decimal(5), user_id=uuid.uuid4()
@@ -472,15 +475,12 @@ async def test_complete_order_cannot_be_cancelled(
     client: httpx.AsyncClient,
     users: Users,
     tickets: TicketsStandIn,
-    jetstream: JetStreamContext,
     db: TestDatabase,
+    deliver: Deliver,
 ) -> None:
     buyer = uuid.uuid4()
     created = await order(client, users, buyer, await tickets.create())
-    paid = await send_event(
-        jetstream, PaymentCreated(id=uuid.uuid4(), order_id=created["id"], provider_ref="ch_1")
-    )
-    await db.wait_handled(paid.id)
+    await deliver(PaymentCreated(id=uuid.uuid4(), order_id=created["id"], provider_ref="ch_1"))
 
     r = await client.delete(f"/api/orders/{created['id']}", headers=users.headers(buyer))
     assert r.status_code == 400

@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 from ticketing_common.events import ExpirationComplete, PaymentCreated, TicketCreated, TicketUpdated
 from ticketing_common.testing import EventProbe, TestDatabase, Users, send_event
 from ticketing_common.testing.helpers import eventually
+from ticketing_common.testing.plugin import Deliver
 from ticketing_common.testing.stand_ins import TicketsStandIn
 
 
@@ -63,12 +64,14 @@ async def test_ticket_updates_apply_in_version_order(
 
 
 async def test_old_and_duplicate_ticket_updates_change_nothing(
-    tickets: TicketsStandIn, jetstream: JetStreamContext, db: TestDatabase
+    tickets: TicketsStandIn,
+    jetstream: JetStreamContext,
+    db: TestDatabase,
+    deliver: Deliver,
 ) -> None:
     ticket = await tickets.create(title="v0")
-    v1 = await send_event(jetstream, updated(ticket, 1, "v1"))
-    await db.wait_handled(v1.id)
-    await db.wait_handled((await send_event(jetstream, updated(ticket, 2, "v2"))).id)
+    v1 = await deliver(updated(ticket, 1, "v1"))
+    await deliver(updated(ticket, 2, "v2"))
 
     # The same event again (JetStream drops it), the same event id re-sent past the duplicate
     # window (the inbox drops it), and a stale version under a new id (the version check drops it).
@@ -78,8 +81,7 @@ async def test_old_and_duplicate_ticket_updates_change_nothing(
         v1.model_dump_json(by_alias=True).encode(),
         headers={"Nats-Msg-Id": f"{v1.id}-again"},
     )
-    stale = await send_event(jetstream, updated(ticket, 1, "stale"))
-    await db.wait_handled(stale.id)
+    await deliver(updated(ticket, 1, "stale"))
 
     row = await replica(db, ticket.id)
     assert (row["title"], row["version"]) == ("v2", 2)
@@ -90,8 +92,8 @@ async def test_reservation_update_keeps_the_replica_in_step(
     client: httpx.AsyncClient,
     users: Users,
     tickets: TicketsStandIn,
-    jetstream: JetStreamContext,
     db: TestDatabase,
+    deliver: Deliver,
 ) -> None:
     ticket = await tickets.create(title="Gig")
     r = await client.post(
@@ -99,7 +101,7 @@ async def test_reservation_update_keeps_the_replica_in_step(
     )
     order_id = uuid.UUID(r.json()["id"])
     # What the tickets service answers to our order.created.
-    await db.wait_handled((await send_event(jetstream, updated(ticket, 1, "Gig", order_id))).id)
+    await deliver(updated(ticket, 1, "Gig", order_id))
     row = await replica(db, ticket.id)
     assert row["version"] == 1
 
@@ -108,9 +110,9 @@ async def test_an_order_keeps_the_title_and_price_it_was_made_at(
     client: httpx.AsyncClient,
     users: Users,
     tickets: TicketsStandIn,
-    jetstream: JetStreamContext,
     db: TestDatabase,
     event_probe: EventProbe,
+    deliver: Deliver,
 ) -> None:
     ticket = await tickets.create(title="Opera", price="80.00")
     buyer = users.headers(uuid.uuid4())
@@ -125,7 +127,7 @@ async def test_an_order_keeps_the_title_and_price_it_was_made_at(
         user_id=ticket.user_id,
         order_id=None,
     )
-    await db.wait_handled((await send_event(jetstream, changed)).id)
+    await deliver(changed)
     row = await replica(db, ticket.id)
     assert (row["title"], row["price"]) == ("Opera (new cast)", Decimal("120.00"))
 
@@ -163,6 +165,7 @@ async def test_expiration_cancels_a_pending_order(
     jetstream: JetStreamContext,
     db: TestDatabase,
     event_probe: EventProbe,
+    deliver: Deliver,
 ) -> None:
     buyer = uuid.uuid4()
     ticket = await tickets.create()
@@ -179,8 +182,7 @@ async def test_expiration_cancels_a_pending_order(
 
     # A second expiry (another event id) for the cancelled order does nothing.
     await db.wait_handled(expired.id)
-    again = await send_event(jetstream, ExpirationComplete(order_id=order_id))
-    await db.wait_handled(again.id)
+    await deliver(ExpirationComplete(order_id=order_id))
     [row] = await db.fetch("SELECT status, version FROM orders")
     assert (row["status"], row["version"]) == ("cancelled", 1)
     assert len(await db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'order.cancelled'")) == 1
@@ -190,22 +192,16 @@ async def test_expiration_leaves_a_complete_order(
     client: httpx.AsyncClient,
     users: Users,
     tickets: TicketsStandIn,
-    jetstream: JetStreamContext,
     db: TestDatabase,
+    deliver: Deliver,
 ) -> None:
     ticket = await tickets.create()
     r = await client.post(
         "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(uuid.uuid4())
     )
     order_id = r.json()["id"]
-    await db.wait_handled(
-        (
-            await send_event(
-                jetstream, PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p")
-            )
-        ).id,
-    )
-    await db.wait_handled((await send_event(jetstream, ExpirationComplete(order_id=order_id))).id)
+    await deliver(PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p"))
+    await deliver(ExpirationComplete(order_id=order_id))
 
     [row] = await db.fetch("SELECT status, version FROM orders")
     assert (row["status"], row["version"]) == ("complete", 1)
@@ -216,8 +212,8 @@ async def test_payment_does_not_complete_a_cancelled_order(
     client: httpx.AsyncClient,
     users: Users,
     tickets: TicketsStandIn,
-    jetstream: JetStreamContext,
     db: TestDatabase,
+    deliver: Deliver,
 ) -> None:
     buyer = uuid.uuid4()
     ticket = await tickets.create()
@@ -228,10 +224,7 @@ async def test_payment_does_not_complete_a_cancelled_order(
     assert (
         await client.delete(f"/api/orders/{order_id}", headers=users.headers(buyer))
     ).status_code == 204
-    paid = await send_event(
-        jetstream, PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p")
-    )
-    await db.wait_handled(paid.id)
+    await deliver(PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p"))
 
     [row] = await db.fetch("SELECT status, version FROM orders")
     assert (row["status"], row["version"]) == ("cancelled", 1)

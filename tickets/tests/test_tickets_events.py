@@ -19,6 +19,7 @@ from ticketing_common.events import (
 )
 from ticketing_common.testing import EventProbe, TestDatabase, Users, send_event
 from ticketing_common.testing.helpers import eventually
+from ticketing_common.testing.plugin import Deliver
 
 
 async def create(
@@ -68,7 +69,6 @@ async def test_order_created_reserves_and_order_cancelled_releases(
     users: Users,
     jetstream: JetStreamContext,
     event_probe: EventProbe,
-    db: TestDatabase,
 ) -> None:
     ticket = await create(client, users)
     order_id = uuid.uuid4()
@@ -87,33 +87,37 @@ async def test_order_created_reserves_and_order_cancelled_releases(
 
 
 async def test_redelivered_event_has_no_second_effect(
-    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, db: TestDatabase
+    client: httpx.AsyncClient,
+    users: Users,
+    jetstream: JetStreamContext,
+    db: TestDatabase,
+    deliver: Deliver,
 ) -> None:
     ticket = await create(client, users)
     event = order_created(ticket)
-    first = await send_event(jetstream, event)
-    await db.wait_handled(first.id)
+    first = await deliver(event)
     # The same event id again past JetStream's duplicate window (a replay): the inbox drops it.
     await jetstream.publish(
         "order.created",
         first.model_dump_json(by_alias=True).encode(),
         headers={"Nats-Msg-Id": f"{first.id}-replay"},
     )
-    marker = await send_event(jetstream, order_cancelled(ticket, uuid.uuid4()))
-    await db.wait_handled(marker.id)
+    await deliver(order_cancelled(ticket, uuid.uuid4()))
     row = await ticket_row(db)
     assert (row["order_id"], row["version"]) == (event.id, 1)
     assert len(await db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'ticket.updated'")) == 1
 
 
 async def test_cancellation_of_another_order_leaves_the_reservation(
-    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, db: TestDatabase
+    client: httpx.AsyncClient,
+    users: Users,
+    db: TestDatabase,
+    deliver: Deliver,
 ) -> None:
     ticket = await create(client, users)
     holder = uuid.uuid4()
-    await db.wait_handled((await send_event(jetstream, order_created(ticket, holder))).id)
-    other = await send_event(jetstream, order_cancelled(ticket, uuid.uuid4()))
-    await db.wait_handled(other.id)
+    await deliver(order_created(ticket, holder))
+    await deliver(order_cancelled(ticket, uuid.uuid4()))
     row = await ticket_row(db)
     assert (row["order_id"], row["version"]) == (holder, 1)
 
@@ -124,11 +128,12 @@ async def test_next_order_waits_for_the_previous_cancellation(
     jetstream: JetStreamContext,
     event_probe: EventProbe,
     db: TestDatabase,
+    deliver: Deliver,
 ) -> None:
     """order.created B can overtake order.cancelled A: B is retried until A has let go."""
     ticket = await create(client, users)
     first, second = uuid.uuid4(), uuid.uuid4()
-    await db.wait_handled((await send_event(jetstream, order_created(ticket, first))).id)
+    await deliver(order_created(ticket, first))
 
     await send_event(jetstream, order_created(ticket, second))
     await send_event(jetstream, order_cancelled(ticket, first))
@@ -140,15 +145,19 @@ async def test_next_order_waits_for_the_previous_cancellation(
 
 
 async def test_cancellation_arriving_before_creation_never_reserves(
-    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, db: TestDatabase
+    client: httpx.AsyncClient,
+    users: Users,
+    jetstream: JetStreamContext,
+    db: TestDatabase,
+    deliver: Deliver,
 ) -> None:
     ticket = await create(client, users)
     holder, late = uuid.uuid4(), uuid.uuid4()
-    await db.wait_handled((await send_event(jetstream, order_created(ticket, holder))).id)
+    await deliver(order_created(ticket, holder))
     # `late` was created and cancelled while `holder` held the ticket; its cancellation lands first.
-    await db.wait_handled((await send_event(jetstream, order_cancelled(ticket, late))).id)
+    await deliver(order_cancelled(ticket, late))
     late_created = await send_event(jetstream, order_created(ticket, late))
-    await db.wait_handled((await send_event(jetstream, order_cancelled(ticket, holder))).id)
+    await deliver(order_cancelled(ticket, holder))
     await db.wait_handled(late_created.id)
 
     row = await ticket_row(db)
