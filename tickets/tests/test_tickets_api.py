@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -13,50 +12,10 @@ import httpx
 import pytest
 from nats.js import JetStreamContext
 
-from ticketing_common.events import OrderCreated, OrderCreatedTicket, OrderStatus
-from ticketing_common.testing import EventProbe, TestDatabase, Users, send_event
+from ticketing_common.testing import EventProbe, TestDatabase, Users
 from ticketing_common.testing.helpers import error_fields, eventually
 
-
-async def create(
-    client: httpx.AsyncClient,
-    users: Users,
-    user_id: uuid.UUID,
-    title: str = "Concert",
-    price: Any = "20",
-) -> dict[str, Any]:
-    r = await client.post(
-        "/api/tickets", json={"title": title, "price": price}, headers=users.headers(user_id)
-    )
-    assert r.status_code == 201, r.text
-    body: dict[str, Any] = r.json()
-    return body
-
-
-async def reserve(
-    js: JetStreamContext, client: httpx.AsyncClient, ticket: dict[str, Any]
-) -> uuid.UUID:
-    """Reserve a ticket the real way: an order.created event, then wait until it holds."""
-    order_id = uuid.uuid4()
-    await send_event(
-        js,
-        OrderCreated(
-            id=order_id,
-            version=0,
-            status=OrderStatus.CREATED,
-            user_id=uuid.uuid4(),
-            expires_at=datetime.now(UTC) + timedelta(minutes=15),
-            ticket=OrderCreatedTicket(id=ticket["id"], price=ticket["price"]),
-        ),
-    )
-
-    async def reserved() -> bool:
-        r = await client.get(f"/api/tickets/{ticket['id']}")
-        return bool(r.json()["orderId"] == str(order_id))
-
-    await eventually(reserved)
-    return order_id
-
+from .helpers import create, reserve
 
 # --- POST /api/tickets ---------------------------------------------------------------------
 
@@ -99,14 +58,14 @@ async def test_create_returns_ticket_stores_exact_price_and_publishes(
 async def test_create_accepts_price_bounds(
     client: httpx.AsyncClient, users: Users, price: Any
 ) -> None:
-    ticket = await create(client, users, uuid.uuid4(), price=price)
+    ticket = await create(client, users, price=price)
     assert Decimal(ticket["price"]) == Decimal(str(price))
 
 
 async def test_create_accepts_a_120_character_title(
     client: httpx.AsyncClient, users: Users
 ) -> None:
-    ticket = await create(client, users, uuid.uuid4(), title="x" * 120)
+    ticket = await create(client, users, title="x" * 120)
     assert ticket["title"] == "x" * 120
 
 
@@ -174,7 +133,7 @@ async def test_create_requires_sign_in(
 async def test_show_returns_any_ticket_without_sign_in(
     client: httpx.AsyncClient, users: Users
 ) -> None:
-    ticket = await create(client, users, uuid.uuid4())
+    ticket = await create(client, users)
     r = await client.get(f"/api/tickets/{ticket['id']}")
     assert r.status_code == 200
     assert r.json() == ticket
@@ -207,7 +166,7 @@ async def test_malformed_ids_are_client_errors(
 async def test_list_shows_available_tickets_newest_first(
     client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext
 ) -> None:
-    created = [await create(client, users, uuid.uuid4(), title=f"T{i}") for i in range(4)]
+    created = [await create(client, users, title=f"T{i}") for i in range(4)]
     await reserve(jetstream, client, created[1])
 
     r = await client.get("/api/tickets")
@@ -227,7 +186,7 @@ def next_link(response: httpx.Response) -> str | None:
 
 
 async def test_list_pages_with_a_link_header(client: httpx.AsyncClient, users: Users) -> None:
-    created = [await create(client, users, uuid.uuid4(), title=f"T{i}") for i in range(5)]
+    created = [await create(client, users, title=f"T{i}") for i in range(5)]
 
     pages: list[list[str]] = []
     url: str | None = "/api/tickets?limit=2"
@@ -244,7 +203,7 @@ async def test_list_pages_with_a_link_header(client: httpx.AsyncClient, users: U
     r = await client.get("/api/tickets?limit=2")
     second = next_link(r)
     assert second is not None
-    await create(client, users, uuid.uuid4(), title="T5")
+    await create(client, users, title="T5")
     r = await client.get(second)
     assert [t["title"] for t in r.json()] == ["T2", "T1"]
     assert len(created) == 5
@@ -343,7 +302,7 @@ async def test_owner_updates_ticket_and_version_bumps(
 async def test_update_by_another_user_is_403(
     client: httpx.AsyncClient, users: Users, db: TestDatabase
 ) -> None:
-    ticket = await create(client, users, uuid.uuid4())
+    ticket = await create(client, users)
     r = await client.put(
         f"/api/tickets/{ticket['id']}",
         json={"title": "Mine now", "price": "1"},
@@ -355,7 +314,7 @@ async def test_update_by_another_user_is_403(
 
 
 async def test_update_requires_sign_in(client: httpx.AsyncClient, users: Users) -> None:
-    ticket = await create(client, users, uuid.uuid4())
+    ticket = await create(client, users)
     r = await client.put(f"/api/tickets/{ticket['id']}", json={"title": "X", "price": "1"})
     assert r.status_code == 401
 

@@ -4,59 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 from nats.js import JetStreamContext
 
-from ticketing_common.events import (
-    OrderCancelled,
-    OrderCancelledTicket,
-    OrderCreated,
-    OrderCreatedTicket,
-    OrderStatus,
-)
 from ticketing_common.testing import EventProbe, TestDatabase, Users, send_event
 from ticketing_common.testing.helpers import eventually
 from ticketing_common.testing.plugin import Deliver
 
-
-async def create(
-    client: httpx.AsyncClient, users: Users, owner: uuid.UUID | None = None
-) -> dict[str, Any]:
-    r = await client.post(
-        "/api/tickets",
-        json={"title": "Gig", "price": "15"},
-        headers=users.headers(owner or uuid.uuid4()),
-    )
-    assert r.status_code == 201
-    body: dict[str, Any] = r.json()
-    return body
-
-
-def order_created(ticket: dict[str, Any], order_id: uuid.UUID | None = None) -> OrderCreated:
-    return OrderCreated(
-        id=order_id or uuid.uuid4(),
-        version=0,
-        status=OrderStatus.CREATED,
-        user_id=uuid.uuid4(),
-        expires_at=datetime.now(UTC) + timedelta(minutes=15),
-        ticket=OrderCreatedTicket(id=ticket["id"], price=ticket["price"]),
-    )
-
-
-def order_cancelled(ticket: dict[str, Any], order_id: uuid.UUID) -> OrderCancelled:
-    return OrderCancelled(id=order_id, version=1, ticket=OrderCancelledTicket(id=ticket["id"]))
-
-
-async def handled(db: TestDatabase, event_id: uuid.UUID) -> None:
-    """Wait until the consumer has committed the event (its id is in the inbox)."""
-
-    async def in_inbox() -> bool:
-        return bool(await db.fetch("SELECT 1 FROM inbox WHERE event_id = $1", event_id))
-
-    await eventually(in_inbox)
+from .helpers import create, order_cancelled, order_created
 
 
 async def ticket_row(db: TestDatabase) -> Any:
