@@ -23,17 +23,7 @@ from ticketing_common.testing.helpers import error_fields, eventually
 from ticketing_common.testing.plugin import Deliver
 from ticketing_common.testing.stand_ins import TicketsStandIn
 
-
-async def order(
-    client: httpx.AsyncClient, users: Users, buyer: uuid.UUID, ticket: TicketCreated, **headers: str
-) -> dict[str, Any]:
-    r = await client.post(
-        "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(buyer) | headers
-    )
-    assert r.status_code == 201, r.text
-    body: dict[str, Any] = r.json()
-    return body
-
+from .helpers import order
 
 # --- POST /api/orders ----------------------------------------------------------------------
 

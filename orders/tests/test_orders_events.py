@@ -15,6 +15,8 @@ from ticketing_common.testing.helpers import eventually
 from ticketing_common.testing.plugin import Deliver
 from ticketing_common.testing.stand_ins import TicketsStandIn
 
+from .helpers import order
+
 
 def updated(
     ticket: TicketCreated, version: int, title: str, order_id: uuid.UUID | None = None
@@ -96,10 +98,7 @@ async def test_reservation_update_keeps_the_replica_in_step(
     deliver: Deliver,
 ) -> None:
     ticket = await tickets.create(title="Gig")
-    r = await client.post(
-        "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(uuid.uuid4())
-    )
-    order_id = uuid.UUID(r.json()["id"])
+    order_id = uuid.UUID((await order(client, users, uuid.uuid4(), ticket))["id"])
     # What the tickets service answers to our order.created.
     await deliver(updated(ticket, 1, "Gig", order_id))
     row = await replica(db, ticket.id)
@@ -115,9 +114,9 @@ async def test_an_order_keeps_the_title_and_price_it_was_made_at(
     deliver: Deliver,
 ) -> None:
     ticket = await tickets.create(title="Opera", price="80.00")
-    buyer = users.headers(uuid.uuid4())
-    r = await client.post("/api/orders", json={"ticketId": str(ticket.id)}, headers=buyer)
-    created = r.json()
+    buyer_id = uuid.uuid4()
+    buyer = users.headers(buyer_id)
+    created = await order(client, users, buyer_id, ticket)
     # The replica moves on (the owner edits the ticket after the order was cancelled, say).
     changed = TicketUpdated(
         id=ticket.id,
@@ -169,10 +168,7 @@ async def test_expiration_cancels_a_pending_order(
 ) -> None:
     buyer = uuid.uuid4()
     ticket = await tickets.create()
-    r = await client.post(
-        "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(buyer)
-    )
-    order_id = r.json()["id"]
+    order_id = (await order(client, users, buyer, ticket))["id"]
 
     expired = await send_event(jetstream, ExpirationComplete(order_id=order_id))
     cancelled = await event_probe.wait_for("order.cancelled")
@@ -196,10 +192,7 @@ async def test_expiration_leaves_a_complete_order(
     deliver: Deliver,
 ) -> None:
     ticket = await tickets.create()
-    r = await client.post(
-        "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(uuid.uuid4())
-    )
-    order_id = r.json()["id"]
+    order_id = (await order(client, users, uuid.uuid4(), ticket))["id"]
     await deliver(PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p"))
     await deliver(ExpirationComplete(order_id=order_id))
 
@@ -217,10 +210,7 @@ async def test_payment_does_not_complete_a_cancelled_order(
 ) -> None:
     buyer = uuid.uuid4()
     ticket = await tickets.create()
-    r = await client.post(
-        "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(buyer)
-    )
-    order_id = r.json()["id"]
+    order_id = (await order(client, users, buyer, ticket))["id"]
     assert (
         await client.delete(f"/api/orders/{order_id}", headers=users.headers(buyer))
     ).status_code == 204
