@@ -7,8 +7,9 @@ stopped at the end of the run.
 
 A service's ``conftest.py`` names the service by overriding ``service_name``; it then gets
 ``db`` (its migrated database, emptied after each test), ``settings``, ``app``, ``harness``,
-``client`` and ``users``. It may override ``settings_overrides`` or ``app`` where the service
-needs more (cheaper password hashing, a payment provider).
+``client``, ``users`` and ``deliver``. It may override ``settings_overrides`` or ``app`` where
+the service needs more (cheaper password hashing, a payment provider). ``platform`` runs several
+services at once.
 """
 
 from __future__ import annotations
