@@ -12,7 +12,6 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from nats.js import JetStreamContext
 
 from payments.app import create_app
@@ -29,25 +28,7 @@ from ticketing_common.testing import EventProbe, ServiceHarness, TestDatabase, s
 from ticketing_common.testing.helpers import eventually
 from ticketing_common.testing.stand_ins import OrdersStandIn
 
-PAY = "/api/payments"
-
-
-async def pay(
-    client: httpx.AsyncClient, order_id: uuid.UUID, cookies: dict[str, str], token: str = "tok_visa"
-) -> httpx.Response:
-    return await client.post(
-        PAY, json={"orderId": str(order_id), "token": token}, headers=cookie_header(cookies)
-    )
-
-
-def cookie_header(cookies: dict[str, str]) -> dict[str, str]:
-    return {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())}
-
-
-def message(response: httpx.Response) -> str:
-    errors = response.json()["errors"]
-    assert len(errors) == 1
-    return str(errors[0]["message"])
+from .helpers import PAY, cookie_header, message, pay
 
 
 async def test_health(client: httpx.AsyncClient) -> None:
@@ -290,13 +271,13 @@ async def test_a_paid_order_is_refunded_by_a_restarted_service(
 ) -> None:
     """The sandbox keeps intents in memory; a restart (or ``parked replay``) forgets them."""
     before = SandboxProvider()
-    async with ServiceHarness(_app(settings, before)).client() as client:
+    async with ServiceHarness(create_app(settings, before)).client() as client:
         order_id, cookies = await orders.create()
         paid = await pay(client, order_id, cookies)
         assert paid.status_code == 201, paid.text
 
     after = SandboxProvider()  # a new process: no intents in memory
-    async with ServiceHarness(_app(settings, after)).client():
+    async with ServiceHarness(create_app(settings, after)).client():
         await orders.cancel(order_id)
         refunded = await event_probe.wait_for("payment.refunded")
 
@@ -322,7 +303,7 @@ async def test_provider_down_while_charging_leaves_a_pending_payment_that_a_canc
         raise ProviderUnavailableError()
 
     down = HookedSandbox(before_capture=provider_down)
-    async with ServiceHarness(_app(settings, down)).client() as client:
+    async with ServiceHarness(create_app(settings, down)).client() as client:
         order_id, cookies = await orders.create()
         r = await pay(client, order_id, cookies)
         assert r.status_code == 503, r.text
@@ -332,7 +313,7 @@ async def test_provider_down_while_charging_leaves_a_pending_payment_that_a_canc
         assert (payment["status"], payment["attempts_in_flight"]) == ("pending", 0)
 
     restarted = SandboxProvider()  # the pending payment's intent is unknown to it
-    async with ServiceHarness(_app(settings, restarted)).client():
+    async with ServiceHarness(create_app(settings, restarted)).client():
         await orders.cancel(order_id)
     [payment] = await orders.payments(order_id)
     assert payment["status"] == "voided" and payment["refund_ref"] is None
@@ -361,7 +342,7 @@ async def test_cancelled_while_charging_after_capture_is_refunded(
     event_probe: EventProbe,
 ) -> None:
     provider = HookedSandbox()
-    async with ServiceHarness(_app(settings, provider)).client() as client:
+    async with ServiceHarness(create_app(settings, provider)).client() as client:
         order_id, cookies = await orders.create()
         provider.after_capture = lambda: orders.cancel(order_id)
 
@@ -382,7 +363,7 @@ async def test_cancelled_while_charging_before_capture_takes_nothing(
     settings: PaymentsSettings, jetstream: JetStreamContext, orders: OrdersStandIn
 ) -> None:
     provider = HookedSandbox()
-    async with ServiceHarness(_app(settings, provider)).client() as client:
+    async with ServiceHarness(create_app(settings, provider)).client() as client:
         order_id, cookies = await orders.create()
         provider.before_capture = lambda: orders.cancel(order_id)
 
@@ -402,7 +383,7 @@ async def test_expiring_while_charging_is_refunded(
     event_probe: EventProbe,
 ) -> None:
     provider = HookedSandbox()
-    async with ServiceHarness(_app(settings, provider)).client() as client:
+    async with ServiceHarness(create_app(settings, provider)).client() as client:
         order_id, cookies = await orders.create()
 
         async def expire_now() -> None:
@@ -427,7 +408,7 @@ async def test_payment_and_cancellation_racing_never_keep_money(
     settings: PaymentsSettings, jetstream: JetStreamContext, orders: OrdersStandIn
 ) -> None:
     provider = SandboxProvider()
-    async with ServiceHarness(_app(settings, provider)).client() as client:
+    async with ServiceHarness(create_app(settings, provider)).client() as client:
         created = [await orders.create() for _ in range(8)]
 
         # Each order: a payment and its cancellation at the same moment, all orders at once.
@@ -450,7 +431,3 @@ async def test_payment_and_cancellation_racing_never_keep_money(
         # Every capture was given back, each exactly once.
         assert sorted(provider.refunds) == sorted(provider.captures)
         assert len(set(provider.captures)) == len(provider.captures)
-
-
-def _app(settings: PaymentsSettings, provider: SandboxProvider) -> FastAPI:
-    return create_app(settings, provider)

@@ -25,7 +25,7 @@ from ticketing_common.testing.helpers import eventually
 from ticketing_common.testing.stand_ins import OrdersStandIn
 
 from .fake_stripe import FakeStripe
-from .test_payments import message, pay
+from .helpers import message, pay
 
 API_KEY = "sk_test_0123456789"
 
