@@ -45,7 +45,7 @@ class InvalidCursorError(BadRequestError):
         super().__init__(field="cursor")
 
 
-def updated_event(ticket: Ticket) -> TicketUpdated:
+def _updated_event(ticket: Ticket) -> TicketUpdated:
     return TicketUpdated(
         id=ticket.id,
         version=ticket.version,
@@ -76,7 +76,7 @@ async def get_ticket(session: AsyncSession, ticket_id: uuid.UUID) -> Ticket:
     return ticket
 
 
-async def lock_ticket(session: AsyncSession, ticket_id: uuid.UUID) -> Ticket | None:
+async def _lock_ticket(session: AsyncSession, ticket_id: uuid.UUID) -> Ticket | None:
     """The ticket, row-locked until commit: a PUT and a reservation never overwrite each other."""
     ticket: Ticket | None = await session.scalar(
         select(Ticket).where(Ticket.id == ticket_id).with_for_update()
@@ -87,7 +87,7 @@ async def lock_ticket(session: AsyncSession, ticket_id: uuid.UUID) -> Ticket | N
 async def update_ticket(
     session: AsyncSession, user_id: uuid.UUID, ticket_id: uuid.UUID, title: str, price: Decimal
 ) -> Ticket:
-    ticket = await lock_ticket(session, ticket_id)
+    ticket = await _lock_ticket(session, ticket_id)
     if ticket is None:
         raise TicketNotFoundError()
     if ticket.user_id != user_id:
@@ -97,14 +97,14 @@ async def update_ticket(
     ticket.title = title
     ticket.price = price
     ticket.version += 1
-    await publish(session, updated_event(ticket))
+    await publish(session, _updated_event(ticket))
     return ticket
 
 
 async def _ticket_of_order(
     session: AsyncSession, ticket_id: uuid.UUID, order_id: uuid.UUID
 ) -> Ticket:
-    ticket = await lock_ticket(session, ticket_id)
+    ticket = await _lock_ticket(session, ticket_id)
     if ticket is None:
         # Orders only sells tickets it heard of from us: this is a fault, retried then parked.
         raise LookupError(f"order {order_id} is for unknown ticket {ticket_id}")
@@ -128,7 +128,7 @@ async def reserve(session: AsyncSession, ticket_id: uuid.UUID, *, order_id: uuid
         raise RetryLater(f"ticket {ticket.id} is still held by order {ticket.order_id}")
     ticket.order_id = order_id
     ticket.version += 1
-    await publish(session, updated_event(ticket))
+    await publish(session, _updated_event(ticket))
 
 
 async def release(session: AsyncSession, ticket_id: uuid.UUID, *, order_id: uuid.UUID) -> None:
@@ -144,7 +144,7 @@ async def release(session: AsyncSession, ticket_id: uuid.UUID, *, order_id: uuid
         return
     ticket.order_id = None
     ticket.version += 1
-    await publish(session, updated_event(ticket))
+    await publish(session, _updated_event(ticket))
 
 
 @dataclass(frozen=True)
