@@ -23,7 +23,7 @@ from ticketing_common.testing.helpers import error_fields, eventually
 from ticketing_common.testing.plugin import Deliver
 from ticketing_common.testing.stand_ins import TicketsStandIn
 
-from .helpers import order
+from .helpers import order, place_order
 
 # --- POST /api/orders ----------------------------------------------------------------------
 
@@ -139,9 +139,7 @@ async def test_cannot_buy_own_ticket(
 ) -> None:
     seller = uuid.uuid4()
     ticket = await tickets.create(owner=seller)
-    r = await client.post(
-        "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(seller)
-    )
+    r = await place_order(client, users, seller, ticket)
     assert r.status_code == 400
     assert r.json() == {
         "errors": [{"message": "You cannot buy your own ticket", "field": "ticketId"}]
@@ -156,9 +154,7 @@ async def test_reserved_ticket_cannot_be_ordered_again_until_cancelled(
     first_buyer = uuid.uuid4()
     first = await order(client, users, first_buyer, ticket)
     for buyer in (uuid.uuid4(), first_buyer):
-        r = await client.post(
-            "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(buyer)
-        )
+        r = await place_order(client, users, buyer, ticket)
         assert r.status_code == 400
         assert r.json()["errors"][0]["message"] == "Ticket is already reserved"
 
@@ -178,14 +174,7 @@ async def test_a_hundred_buyers_race_for_one_ticket(
 ) -> None:
     ticket = await tickets.create()
     responses = await asyncio.gather(
-        *(
-            client.post(
-                "/api/orders",
-                json={"ticketId": str(ticket.id)},
-                headers=users.headers(uuid.uuid4()),
-            )
-            for _ in range(100)
-        )
+        *(place_order(client, users, uuid.uuid4(), ticket) for _ in range(100))
     )
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [201] + [400] * 99
@@ -216,16 +205,8 @@ async def test_retry_with_idempotency_key_returns_the_first_answer(
 ) -> None:
     ticket = await tickets.create()
     buyer = uuid.uuid4()
-    first = await client.post(
-        "/api/orders",
-        json={"ticketId": str(ticket.id)},
-        headers=users.headers(buyer) | {"Idempotency-Key": "k1"},
-    )
-    retry = await client.post(
-        "/api/orders",
-        json={"ticketId": str(ticket.id)},
-        headers=users.headers(buyer) | {"Idempotency-Key": "k1"},
-    )
+    first = await place_order(client, users, buyer, ticket, key="k1")
+    retry = await place_order(client, users, buyer, ticket, key="k1")
     assert first.status_code == retry.status_code == 201
     assert retry.json() == first.json()
     assert retry.headers["Idempotent-Replayed"] == "true"
@@ -259,12 +240,8 @@ async def test_idempotency_key_reused_for_another_request_is_refused(
 ) -> None:
     first_ticket, other_ticket = await tickets.create(), await tickets.create()
     buyer = uuid.uuid4()
-    await order(client, users, buyer, first_ticket, **{"Idempotency-Key": "k"})
-    r = await client.post(
-        "/api/orders",
-        json={"ticketId": str(other_ticket.id)},
-        headers=users.headers(buyer) | {"Idempotency-Key": "k"},
-    )
+    await order(client, users, buyer, first_ticket, key="k")
+    r = await place_order(client, users, buyer, other_ticket, key="k")
     assert r.status_code == 400
     assert r.json() == {
         "errors": [
@@ -281,8 +258,8 @@ async def test_idempotency_keys_belong_to_one_user(
     client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn
 ) -> None:
     first_ticket, other_ticket = await tickets.create(), await tickets.create()
-    mine = await order(client, users, uuid.uuid4(), first_ticket, **{"Idempotency-Key": "same"})
-    theirs = await order(client, users, uuid.uuid4(), other_ticket, **{"Idempotency-Key": "same"})
+    mine = await order(client, users, uuid.uuid4(), first_ticket, key="same")
+    theirs = await order(client, users, uuid.uuid4(), other_ticket, key="same")
     assert mine["id"] != theirs["id"]
 
 
@@ -306,7 +283,7 @@ async def test_an_idempotency_key_older_than_a_day_counts_as_new(
 ) -> None:
     first_ticket, other_ticket = await tickets.create(), await tickets.create()
     buyer = uuid.uuid4()
-    first = await order(client, users, buyer, first_ticket, **{"Idempotency-Key": "k"})
+    first = await order(client, users, buyer, first_ticket, key="k")
     await db.fetch("UPDATE idempotency_keys SET created_at = now() - interval '24 hours 1 minute'")
     # Expired: the key is free again, even for another request; twins still make one order.
     headers = users.headers(buyer) | {"Idempotency-Key": "k"}
@@ -332,9 +309,9 @@ async def test_an_idempotency_key_younger_than_a_day_is_still_replayed(
 ) -> None:
     ticket = await tickets.create()
     buyer = uuid.uuid4()
-    first = await order(client, users, buyer, ticket, **{"Idempotency-Key": "k"})
+    first = await order(client, users, buyer, ticket, key="k")
     await db.fetch("UPDATE idempotency_keys SET created_at = now() - interval '23 hours'")
-    again = await order(client, users, buyer, ticket, **{"Idempotency-Key": "k"})
+    again = await order(client, users, buyer, ticket, key="k")
     assert again == first
 
 
