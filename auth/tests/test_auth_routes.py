@@ -73,7 +73,7 @@ async def test_signup_rejects_email_in_use(client: httpx.AsyncClient) -> None:
 
 
 async def test_concurrent_signups_with_one_email_exactly_one_wins(
-    client: httpx.AsyncClient, auth_db: TestDatabase
+    client: httpx.AsyncClient, db: TestDatabase
 ) -> None:
     responses = await asyncio.gather(*(signup(client, "race@example.com") for _ in range(20)))
     statuses = sorted(r.status_code for r in responses)
@@ -83,15 +83,13 @@ async def test_concurrent_signups_with_one_email_exactly_one_wins(
         for r in responses
         if r.status_code == 400
     )
-    rows = await auth_db.fetch("SELECT count(*) AS n FROM users WHERE email = 'race@example.com'")
+    rows = await db.fetch("SELECT count(*) AS n FROM users WHERE email = 'race@example.com'")
     assert rows[0]["n"] == 1
 
 
-async def test_password_is_stored_as_argon2id(
-    client: httpx.AsyncClient, auth_db: TestDatabase
-) -> None:
+async def test_password_is_stored_as_argon2id(client: httpx.AsyncClient, db: TestDatabase) -> None:
     await signup(client)
-    (row,) = await auth_db.fetch("SELECT password_hash FROM users")
+    (row,) = await db.fetch("SELECT password_hash FROM users")
     assert row["password_hash"].startswith("$argon2id$")
     assert PASSWORD not in row["password_hash"]
 
@@ -219,7 +217,7 @@ async def test_readiness_follows_nats(client: httpx.AsyncClient, nats_server: Na
 
 
 async def test_parallel_wrong_passwords_cannot_bypass_the_throttle(
-    client: httpx.AsyncClient, settings: AuthSettings, auth_db: TestDatabase
+    client: httpx.AsyncClient, settings: AuthSettings, db: TestDatabase
 ) -> None:
     await signup(client)
     client.cookies.clear()
@@ -238,25 +236,25 @@ async def test_parallel_wrong_passwords_cannot_bypass_the_throttle(
         for r in responses
         if r.status_code == 400
     )
-    rows = await auth_db.fetch(
+    rows = await db.fetch(
         "SELECT count(*) AS n FROM signin_failures WHERE email = 'ada@example.com'"
     )
     assert rows[0]["n"] == settings.signin_max_failures
 
 
 async def test_failures_older_than_the_window_are_deleted(
-    client: httpx.AsyncClient, settings: AuthSettings, auth_db: TestDatabase
+    client: httpx.AsyncClient, settings: AuthSettings, db: TestDatabase
 ) -> None:
     await signup(client)
     client.cookies.clear()
-    await auth_db.fetch(
+    await db.fetch(
         "INSERT INTO signin_failures (email, failed_at) SELECT 'ada@example.com', "
         "now() - make_interval(secs => $1) FROM generate_series(1, 10)",
         settings.signin_failure_window_seconds + 60,
     )
     response = await client.post(SIGNIN, json={"email": "ada@example.com", "password": "nopenope"})
     assert response.status_code == 400  # stale failures do not throttle
-    rows = await auth_db.fetch(
+    rows = await db.fetch(
         "SELECT failed_at > now() - interval '1 minute' AS recent FROM signin_failures"
     )
     assert [r["recent"] for r in rows] == [True]

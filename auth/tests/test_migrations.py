@@ -8,8 +8,8 @@ from auth.models import Base
 from ticketing_common.testing import TestDatabase
 
 
-async def test_migrations_match_the_models(auth_db: TestDatabase) -> None:
-    assert await auth_db.schema_drift(Base.metadata) == []
+async def test_migrations_match_the_models(db: TestDatabase) -> None:
+    assert await db.schema_drift(Base.metadata) == []
 
 
 async def test_replicas_migrating_at_once_take_turns(postgres_url: str) -> None:

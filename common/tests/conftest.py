@@ -3,21 +3,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import Column, Integer, Table, Text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from ticketing_common.db import make_engine, make_metadata, make_sessionmaker
+from ticketing_common.db import make_engine, make_sessionmaker
 from ticketing_common.messaging.tables import messaging_metadata
 from ticketing_common.testing import TestDatabase
-
-# A stand-in for a service's own state: one row per handled effect.
-test_metadata = make_metadata()
-effects = Table(
-    "effects",
-    test_metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("note", Text, nullable=False),
-)
+from ticketing_common.testing.stand_ins import effects_metadata
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +17,7 @@ async def common_db(postgres_url: str) -> TestDatabase:
     engine = make_engine(database.url)
     async with engine.begin() as conn:
         await conn.run_sync(messaging_metadata.create_all)
-        await conn.run_sync(test_metadata.create_all)
+        await conn.run_sync(effects_metadata.create_all)
     await engine.dispose()
     return database
 

@@ -1,24 +1,29 @@
-"""The service scaffolding: health, readiness and background work of a running app."""
+"""The service scaffolding: the request's unit of work, health, readiness and background work."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import ClassVar
 
 import httpx
 import pytest
 from fastapi import APIRouter, Request
 from nats.js import JetStreamContext
+from sqlalchemy import insert
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ticketing_common.app import Runtime, create_service_app
 from ticketing_common.db import SessionDep
+from ticketing_common.errors import BadRequestError
 from ticketing_common.events import TicketCreated
 from ticketing_common.messaging import publish
 from ticketing_common.settings import ServiceSettings
 from ticketing_common.testing import EventProbe, ServiceHarness, TestDatabase, test_settings
 from ticketing_common.testing.helpers import eventually
 from ticketing_common.testing.plugin import NatsServer
+from ticketing_common.testing.stand_ins import effects
 
 router = APIRouter()
 
@@ -29,8 +34,23 @@ async def create(session: SessionDep) -> dict[str, str]:
         id=uuid.uuid4(), version=0, title="t", price=Decimal(1), user_id=uuid.uuid4()
     )
     envelope = await publish(session, event)
-    await session.commit()
     return {"eventId": str(envelope.id)}
+
+
+class KeptRefusalError(BadRequestError):
+    keeps_changes = True
+
+
+@router.post("/effects/{outcome}", status_code=201)
+async def write_effect(outcome: str, session: SessionDep) -> dict[str, str]:
+    await session.execute(insert(effects).values(note=outcome))
+    if outcome == "refused":
+        raise BadRequestError("refused")
+    if outcome == "refused-but-kept":
+        raise KeptRefusalError("refused, and the attempt counts")
+    if outcome == "crash":
+        raise RuntimeError("unexpected")
+    return {"note": outcome}
 
 
 @router.post("/break-background-work")
@@ -42,15 +62,61 @@ async def break_background_work(request: Request) -> None:
     runtime.start(crash(), "outbox-relay")
 
 
+class RowsWhenResponseStarts:
+    """Reads the effects table, on its own connection, as each response starts."""
+
+    seen: ClassVar[dict[str, list[str]]] = {}
+
+    def __init__(self, app: ASGIApp, database: TestDatabase) -> None:
+        self.app = app
+        self.database = database
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def look_then_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                rows = await self.database.fetch("SELECT note FROM effects ORDER BY id")
+                self.seen[scope["path"]] = [row["note"] for row in rows]
+            await send(message)
+
+        await self.app(scope, receive, look_then_send)
+
+
 @pytest.fixture
 async def client(
     common_db: TestDatabase, nats_server: NatsServer, jetstream: JetStreamContext
 ) -> AsyncIterator[httpx.AsyncClient]:
     settings = test_settings(ServiceSettings, common_db.url, nats_server.url)
     app = create_service_app(settings, title="test", routers=[router])
+    app.add_middleware(RowsWhenResponseStarts, database=common_db)
     async with ServiceHarness(app).client() as client:
         yield client
     await common_db.truncate()
+
+
+async def test_the_request_commits_before_its_response_starts(client: httpx.AsyncClient) -> None:
+    response = await client.post("/effects/kept")
+    assert response.status_code == 201
+    # Committed before the first byte went out: a client that got 201 finds the row.
+    assert RowsWhenResponseStarts.seen["/effects/kept"] == ["kept"]
+
+
+@pytest.mark.parametrize(("outcome", "status"), [("refused", 400), ("crash", 500)])
+async def test_a_failed_request_leaves_nothing_behind(
+    client: httpx.AsyncClient, common_db: TestDatabase, outcome: str, status: int
+) -> None:
+    response = await client.post(f"/effects/{outcome}")
+    assert response.status_code == status
+    assert response.json()["errors"]
+    assert await common_db.fetch("SELECT note FROM effects") == []
+
+
+async def test_a_refusal_that_keeps_changes_commits_them(
+    client: httpx.AsyncClient, common_db: TestDatabase
+) -> None:
+    response = await client.post("/effects/refused-but-kept")
+    assert response.status_code == 400
+    rows = await common_db.fetch("SELECT note FROM effects")
+    assert [row["note"] for row in rows] == ["refused-but-kept"]
 
 
 async def test_a_request_id_travels_into_the_event(

@@ -8,7 +8,6 @@ import logging
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -21,8 +20,7 @@ from ticketing_common.messaging import Consumer
 from ticketing_common.messaging.tables import parked_events
 from ticketing_common.settings import ServiceSettings
 from ticketing_common.testing import TestDatabase
-
-from .conftest import effects
+from ticketing_common.testing.stand_ins import effects
 
 
 @pytest.fixture
@@ -40,11 +38,8 @@ def run(database: TestDatabase, consumer: Consumer, *argv: str) -> int:
         raise AssertionError("the parked commands never build the app")
 
     return service_main(
-        settings_factory=lambda: ServiceSettings(
-            database_url=database.url, jwt_key="k" * 40, log_json=False
-        ),
-        app_factory=no_app,
-        migrations_dir=Path("unused"),
+        lambda: ServiceSettings(database_url=database.url, jwt_key="k" * 40, log_json=False),
+        no_app,
         consumer_factory=lambda _: consumer,
         argv=list(argv),
     )

@@ -7,6 +7,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 from nats.js import JetStreamContext
 from sqlalchemy import func, select
@@ -24,8 +25,7 @@ from ticketing_common.messaging.consumer import list_parked, replay_parked
 from ticketing_common.messaging.tables import inbox
 from ticketing_common.observability import REQUEST_ID_HEADER, request_id_var
 from ticketing_common.testing.helpers import eventually
-
-from .conftest import effects
+from ticketing_common.testing.stand_ins import effects
 
 MAX_DELIVERIES = 3
 
@@ -48,7 +48,15 @@ def make_consumer(
 
 
 @contextlib.asynccontextmanager
-async def running(runner: ConsumerRunner) -> AsyncIterator[ConsumerRunner]:
+async def running(
+    consumer: Consumer,
+    js: JetStreamContext,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    **options: Any,
+) -> AsyncIterator[ConsumerRunner]:
+    """A runner for ``consumer`` at work in the background (on a stream made first)."""
+    await ensure_stream(js)
+    runner = ConsumerRunner(consumer, js, sessionmaker, **options)
     task = asyncio.create_task(runner.run())
     try:
         yield runner
@@ -85,10 +93,8 @@ async def notes(sessionmaker: async_sessionmaker[AsyncSession]) -> list[str]:
 async def test_same_event_delivered_twice_has_one_effect(
     sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
 ) -> None:
-    await ensure_stream(jetstream)
     request_ids: list[str | None] = []
-    runner = ConsumerRunner(make_consumer(set(), set(), request_ids), jetstream, sessionmaker)
-    async with running(runner):
+    async with running(make_consumer(set(), set(), request_ids), jetstream, sessionmaker):
         first = await send(jetstream, "once")
         # The same envelope under another message id: JetStream cannot drop it; the inbox must.
         await send(jetstream, "once", envelope=first, msg_id="another-id")
@@ -111,11 +117,9 @@ async def _notes_are(sessionmaker: async_sessionmaker[AsyncSession], expected: l
 async def test_poisoned_event_is_parked_and_later_events_flow(
     sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
 ) -> None:
-    await ensure_stream(jetstream)
     poisoned = {"poison"}
     consumer = make_consumer(poisoned, set(), [])
-    runner = ConsumerRunner(consumer, jetstream, sessionmaker, max_deliveries=MAX_DELIVERIES)
-    async with running(runner):
+    async with running(consumer, jetstream, sessionmaker, max_deliveries=MAX_DELIVERIES):
         bad = await send(jetstream, "poison")
         await send(jetstream, "good-1")
         await send(jetstream, "good-2")
@@ -142,10 +146,8 @@ async def test_poisoned_event_is_parked_and_later_events_flow(
 async def test_replay_that_fails_again_stays_parked(
     sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
 ) -> None:
-    await ensure_stream(jetstream)
     consumer = make_consumer({"poison"}, set(), [])
-    runner = ConsumerRunner(consumer, jetstream, sessionmaker, max_deliveries=1)
-    async with running(runner):
+    async with running(consumer, jetstream, sessionmaker, max_deliveries=1):
         bad = await send(jetstream, "poison")
         await eventually(lambda: list_parked(sessionmaker), timeout=10)
     assert await replay_parked(sessionmaker, consumer, bad.id) is False
@@ -157,9 +159,7 @@ async def test_replay_that_fails_again_stays_parked(
 async def test_malformed_event_is_parked_at_once(
     sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
 ) -> None:
-    await ensure_stream(jetstream)
-    runner = ConsumerRunner(make_consumer(set(), set(), []), jetstream, sessionmaker)
-    async with running(runner):
+    async with running(make_consumer(set(), set(), []), jetstream, sessionmaker):
         await jetstream.publish(
             "ticket.created", b"{not json", headers={"Nats-Msg-Id": str(uuid.uuid4())}
         )
@@ -173,12 +173,9 @@ async def test_malformed_event_is_parked_at_once(
 async def test_not_yet_is_retried_until_it_applies(
     sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
 ) -> None:
-    await ensure_stream(jetstream)
     not_yet = {"later"}
-    runner = ConsumerRunner(
-        make_consumer(set(), not_yet, []), jetstream, sessionmaker, max_deliveries=20
-    )
-    async with running(runner):
+    consumer = make_consumer(set(), not_yet, [])
+    async with running(consumer, jetstream, sessionmaker, max_deliveries=20):
         await send(jetstream, "later")
         await send(jetstream, "now")
         await eventually(lambda: _notes_are(sessionmaker, ["now"]))
@@ -190,7 +187,6 @@ async def test_not_yet_is_retried_until_it_applies(
 async def test_dependency_outage_is_retried_past_the_limit_and_never_parked(
     sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
 ) -> None:
-    await ensure_stream(jetstream)
     outage = {"down": True}
     attempts: list[int] = []
     consumer = Consumer("outage-test")
@@ -202,8 +198,7 @@ async def test_dependency_outage_is_retried_past_the_limit_and_never_parked(
             raise TemporaryFailure("payment provider unreachable")
         await session.execute(effects.insert().values(note=event.title))
 
-    runner = ConsumerRunner(consumer, jetstream, sessionmaker, max_deliveries=2)
-    async with running(runner):
+    async with running(consumer, jetstream, sessionmaker, max_deliveries=2):
         await send(jetstream, "refund")
         await eventually(lambda: _more_than(attempts, 3), timeout=20)  # past max_deliveries
         assert await list_parked(sessionmaker) == []
@@ -219,9 +214,7 @@ async def _more_than(items: list[int], count: int) -> bool:
 async def test_runner_recreates_a_deleted_consumer(
     sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
 ) -> None:
-    await ensure_stream(jetstream)
-    runner = ConsumerRunner(make_consumer(set(), set(), []), jetstream, sessionmaker)
-    async with running(runner):
+    async with running(make_consumer(set(), set(), []), jetstream, sessionmaker):
         await send(jetstream, "before")
         await eventually(lambda: _notes_are(sessionmaker, ["before"]))
         await jetstream.delete_consumer("EVENTS", "test-consumer")

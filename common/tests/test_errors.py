@@ -12,6 +12,7 @@ from pydantic import Field
 
 from ticketing_common.errors import ForbiddenError, TooManyRequestsError, install_error_handlers
 from ticketing_common.models import CamelModel, Money
+from ticketing_common.observability import RequestIdMiddleware
 
 
 class Body(CamelModel):
@@ -22,6 +23,7 @@ class Body(CamelModel):
 def make_app() -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
 
     @app.post("/things")
     async def create(body: Body) -> Body:
@@ -72,22 +74,26 @@ async def test_money_is_exact_and_a_string_on_the_wire(client: httpx.AsyncClient
     assert Body.model_validate({"title": "x", "unitPrice": "19.99"}).unit_price == Decimal("19.99")
 
 
-async def test_app_error_keeps_its_status_and_message(client: httpx.AsyncClient) -> None:
-    response = await client.get("/forbidden")
-    assert response.status_code == 403
-    assert response.json() == {"errors": [{"message": "Not your thing"}]}
+@pytest.mark.parametrize(
+    ("method", "path", "status", "message"),
+    [
+        pytest.param("GET", "/forbidden", 403, "Not your thing", id="app-error"),
+        pytest.param("GET", "/nowhere", 404, "Not found", id="unknown-route"),
+        pytest.param("DELETE", "/things", 405, "Method not allowed", id="unknown-method"),
+    ],
+)
+async def test_error_keeps_its_status_and_message(
+    client: httpx.AsyncClient, method: str, path: str, status: int, message: str
+) -> None:
+    response = await client.request(method, path)
+    assert response.status_code == status
+    assert response.json() == {"errors": [{"message": message}]}
+
+
+async def test_too_many_requests_says_when_to_retry(client: httpx.AsyncClient) -> None:
     response = await client.get("/slow-down")
     assert response.status_code == 429
     assert response.headers["retry-after"] == "30"
-
-
-async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
-    response = await client.get("/nowhere")
-    assert response.status_code == 404
-    assert response.json() == {"errors": [{"message": "Not found"}]}
-    response = await client.delete("/things")
-    assert response.status_code == 405
-    assert response.json() == {"errors": [{"message": "Method not allowed"}]}
 
 
 async def test_unexpected_error_is_500_without_internals(
@@ -106,7 +112,9 @@ async def test_unexpected_error_is_500_without_internals(
 
 @pytest.mark.parametrize("given", ["", "x" * 65, "bad id with spaces", "é"])
 async def test_unusable_request_ids_are_replaced(client: httpx.AsyncClient, given: str) -> None:
-    response = await client.get("/forbidden", headers={"X-Request-Id": given.encode()})
+    # Raw bytes, as a client may send anything (httpx would refuse a non-ASCII str).
+    headers = [(b"X-Request-Id", given.encode())]
+    response = await client.get("/forbidden", headers=headers)
     assert response.headers["x-request-id"] != given
     assert len(response.headers["x-request-id"]) == 32
 

@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from ticketing_common.db import transaction
 from ticketing_common.events import TicketCreated
 from ticketing_common.messaging import OutboxRelay, ensure_stream, publish
 from ticketing_common.messaging.tables import outbox
@@ -65,9 +66,8 @@ async def test_committed_event_is_published_promptly_with_its_id(
     async with running_relay(engine, sessionmaker, jetstream, poll_seconds=60):
         event = ticket_created()
         request_id_var.set("req-123")
-        async with sessionmaker() as session:
+        async with transaction(sessionmaker) as session:
             envelope = await publish(session, event)
-            await session.commit()
         request_id_var.set(None)
         received = await event_probe.wait_for("ticket.created", timeout=5)
 
@@ -91,9 +91,8 @@ async def test_rolled_back_transaction_publishes_nothing(
         async with sessionmaker() as session:
             await publish(session, ticket_created("rolled back"))
             await session.rollback()
-        async with sessionmaker() as session:
+        async with transaction(sessionmaker) as session:
             await publish(session, ticket_created("committed"))
-            await session.commit()
         await event_probe.wait_for("ticket.created", lambda e: e.data["title"] == "committed")
         await relay.flush()
     titles = [e.data["title"] for e in await event_probe.all("ticket.created")]
@@ -116,9 +115,8 @@ async def test_nats_outage_loses_nothing_and_duplicates_nothing(
         nats_server.stop()
         committed = []
         for i in range(20):
-            async with sessionmaker() as session:
+            async with transaction(sessionmaker) as session:
                 committed.append((await publish(session, ticket_created(f"t{i}"))).id)
-                await session.commit()
 
         async def both_relays_tried_and_failed() -> bool:
             return first.consecutive_failures > 0 and second.consecutive_failures > 0
@@ -148,13 +146,11 @@ async def test_republished_row_is_dropped_by_the_duplicate_window(
     """A relay that crashed after publishing but before marking the row sends it again."""
     await ensure_stream(jetstream)
     relay = OutboxRelay(engine, sessionmaker, jetstream)
-    async with sessionmaker() as session:
+    async with transaction(sessionmaker) as session:
         await publish(session, ticket_created())
-        await session.commit()
     assert await relay.flush() == 1
-    async with sessionmaker() as session:  # as if the mark had never committed
+    async with transaction(sessionmaker) as session:  # as if the mark had never committed
         await session.execute(outbox.update().values(published_at=None))
-        await session.commit()
     assert await relay.flush() == 1
     assert len(await event_probe.all("ticket.created")) == 1
 
@@ -168,10 +164,9 @@ async def test_large_backlog_is_published_in_order(
     count: int,
 ) -> None:
     await ensure_stream(jetstream)
-    async with sessionmaker() as session:
+    async with transaction(sessionmaker) as session:
         for i in range(count):
             await publish(session, ticket_created(f"t{i:03}"))
-        await session.commit()
     assert await OutboxRelay(engine, sessionmaker, jetstream).flush() == count
     titles = [e.data["title"] for e in await event_probe.all("ticket.created")]
     assert titles == [f"t{i:03}" for i in range(count)]
@@ -185,9 +180,8 @@ async def test_rows_left_by_a_crashed_service_go_out_when_a_relay_starts(
 ) -> None:
     """Committed, then the process died before its relay sent anything."""
     await ensure_stream(jetstream)
-    async with sessionmaker() as session:
+    async with transaction(sessionmaker) as session:
         envelope = await publish(session, ticket_created("orphan"))
-        await session.commit()
     async with running_relay(engine, sessionmaker, jetstream, poll_seconds=60):
         received = await event_probe.wait_for("ticket.created", timeout=5)
     assert received.id == envelope.id
@@ -200,7 +194,7 @@ async def test_a_row_jetstream_refuses_is_set_aside_and_later_rows_flow(
     event_probe: EventProbe,
 ) -> None:
     await ensure_stream(jetstream)
-    async with sessionmaker() as session:
+    async with transaction(sessionmaker) as session:
         # A schedule JetStream cannot parse: refused on every try.
         refused = await publish(
             session,
@@ -209,7 +203,6 @@ async def test_a_row_jetstream_refuses_is_set_aside_and_later_rows_flow(
             headers={"Nats-Schedule": "@at not-a-time", "Nats-Schedule-Target": "ticket.created"},
         )
         await publish(session, ticket_created("after it"))
-        await session.commit()
     relay = OutboxRelay(engine, sessionmaker, jetstream, max_attempts=3)
     for _ in range(3):
         await relay.flush()
@@ -231,9 +224,8 @@ async def test_relay_recreates_a_deleted_stream(
 ) -> None:
     await ensure_stream(jetstream)
     await jetstream.delete_stream("EVENTS")  # a NATS store rebuilt under a running service
-    async with sessionmaker() as session:
+    async with transaction(sessionmaker) as session:
         envelope = await publish(session, ticket_created("survivor"))
-        await session.commit()
     assert await OutboxRelay(engine, sessionmaker, jetstream).flush() == 1
     received = await event_probe.wait_for("ticket.created", timeout=5)
     assert received.id == envelope.id

@@ -20,8 +20,7 @@ from ticketing_common.messaging.streams import DUPLICATE_WINDOW_SECONDS, STREAM_
 from ticketing_common.observability import JsonFormatter, request_id_var
 from ticketing_common.testing import TestDatabase
 from ticketing_common.testing.helpers import eventually
-
-from .conftest import effects, test_metadata
+from ticketing_common.testing.stand_ins import effects, effects_metadata
 
 
 async def test_stream_is_created_idempotently_with_a_duplicate_window(
@@ -71,7 +70,7 @@ async def test_shutdown_finishes_the_handler_in_flight(
 
     async def acked() -> bool:
         info = await jetstream.consumer_info(STREAM_NAME, "shutdown-test")
-        return info.num_ack_pending == 0 and info.num_pending == 0
+        return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
     await eventually(acked, timeout=5)
 
@@ -101,4 +100,4 @@ async def test_schema_drift_sees_a_table_the_models_lack(common_db: TestDatabase
     diffs = await common_db.schema_drift(make_metadata())
     assert [d[0] for d in diffs] == ["remove_table"]
     assert diffs[0][1].name == "effects"
-    assert await common_db.schema_drift(test_metadata) == []
+    assert await common_db.schema_drift(effects_metadata) == []

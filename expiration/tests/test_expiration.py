@@ -29,13 +29,14 @@ from ticketing_common.testing import EventProbe, ServiceHarness, TestDatabase, s
 from ticketing_common.testing.helpers import eventually
 
 
-def order_created(expires_at: datetime, order_id: uuid.UUID | None = None) -> OrderCreated:
+def order_created(expires_in: timedelta, order_id: uuid.UUID | None = None) -> OrderCreated:
+    """An order.created expiring ``expires_in`` from now (in the past if negative)."""
     return OrderCreated(
         id=order_id or uuid.uuid4(),
         version=0,
         status=OrderStatus.CREATED,
         user_id=uuid.uuid4(),
-        expires_at=expires_at,
+        expires_at=datetime.now(UTC) + expires_in,
         ticket=OrderCreatedTicket(id=uuid.uuid4(), price=Decimal("10.00")),
     )
 
@@ -104,8 +105,7 @@ async def test_health(client: httpx.AsyncClient) -> None:
 async def test_expiration_complete_fires_at_expires_at(
     client: httpx.AsyncClient, jetstream: JetStreamContext, event_probe: EventProbe
 ) -> None:
-    expires_at = datetime.now(UTC) + timedelta(seconds=2)
-    event = order_created(expires_at)
+    event = order_created(timedelta(seconds=2))
     await publish_event(jetstream, event)
 
     envelope = await event_probe.wait_for(
@@ -116,7 +116,7 @@ async def test_expiration_complete_fires_at_expires_at(
     stored_at = msg.metadata.timestamp
     assert stored_at is not None
     # Never early (how late is the scheduler's business, and a benchmark's, not a test's).
-    assert stored_at >= expires_at - timedelta(milliseconds=50)
+    assert stored_at >= event.expires_at - timedelta(milliseconds=50)
     headers = msg.headers or {}
     assert headers["Nats-Scheduler"] == schedule_subject(event.id)
     # The fired message carries no Nats-Msg-Id, so the duplicate window cannot swallow it.
@@ -127,30 +127,29 @@ async def test_expiration_complete_fires_at_expires_at(
 
 async def test_fires_while_the_service_is_stopped(
     harness: ServiceHarness,
-    expiration_db: TestDatabase,
+    db: TestDatabase,
     jetstream: JetStreamContext,
     event_probe: EventProbe,
 ) -> None:
-    expires_at = datetime.now(UTC) + timedelta(seconds=2)
-    event = order_created(expires_at)
+    event = order_created(timedelta(seconds=2))
     async with harness.client():
         await publish_event(jetstream, event)
-        await eventually(lambda: all_published(expiration_db, 1))
+        await eventually(lambda: all_published(db, 1))
         assert await schedule_pending(jetstream, event.id)
     # The service is down well before expiresAt; the server still fires the timer.
-    assert datetime.now(UTC) < expires_at
+    assert datetime.now(UTC) < event.expires_at
     envelope = await event_probe.wait_for(
         "expiration.complete", lambda e: e.data["orderId"] == str(event.id), timeout=10
     )
     assert envelope.data == {"orderId": str(event.id)}
-    assert datetime.now(UTC) >= expires_at
+    assert datetime.now(UTC) >= event.expires_at
 
 
 async def test_past_expiry_fires_at_once(
     client: httpx.AsyncClient, jetstream: JetStreamContext, event_probe: EventProbe
 ) -> None:
     # An order.created handled after its expiresAt (service was down) still expires the order.
-    event = order_created(datetime.now(UTC) - timedelta(minutes=5))
+    event = order_created(-timedelta(minutes=5))
     await publish_event(jetstream, event)
     await event_probe.wait_for(
         "expiration.complete", lambda e: e.data["orderId"] == str(event.id), timeout=5
@@ -159,12 +158,11 @@ async def test_past_expiry_fires_at_once(
 
 async def test_duplicate_order_created_fires_once(
     client: httpx.AsyncClient,
-    expiration_db: TestDatabase,
+    db: TestDatabase,
     jetstream: JetStreamContext,
     event_probe: EventProbe,
 ) -> None:
-    expires_at = datetime.now(UTC) + timedelta(seconds=2)
-    event = order_created(expires_at)
+    event = order_created(timedelta(seconds=2))
     envelope = await publish_event(jetstream, event)
     # The same event delivered again (JetStream's duplicate window bypassed: another msg id)...
     await ensure_stream(jetstream)
@@ -182,8 +180,8 @@ async def test_duplicate_order_created_fires_once(
     )
     # The inbox dropped the redelivery; the second event id scheduled again on the same subject,
     # which replaced the first timer instead of adding one.
-    inbox = await expiration_db.fetch("SELECT count(*) AS n FROM inbox")
+    inbox = await db.fetch("SELECT count(*) AS n FROM inbox")
     assert inbox[0]["n"] == 2
-    await eventually(lambda: all_published(expiration_db, 2))
+    await eventually(lambda: all_published(db, 2))
     await eventually(lambda: schedule_gone(jetstream, event.id))
     assert len(await fired(jetstream, event.id)) == 1

@@ -6,5 +6,5 @@ from orders.models import Base
 from ticketing_common.testing import TestDatabase
 
 
-async def test_migrations_match_models(orders_db: TestDatabase) -> None:
-    assert await orders_db.schema_drift(Base.metadata) == []
+async def test_migrations_match_models(db: TestDatabase) -> None:
+    assert await db.schema_drift(Base.metadata) == []

@@ -19,34 +19,17 @@ from orders.settings import OrdersSettings
 from ticketing_common.events import PaymentCreated, TicketCreated
 from ticketing_common.messaging.streams import MAX_AGE_SECONDS
 from ticketing_common.testing import EventProbe, ServiceHarness, TestDatabase, Users, send_event
-from ticketing_common.testing.helpers import eventually
+from ticketing_common.testing.helpers import error_fields, eventually
+from ticketing_common.testing.plugin import Deliver
+from ticketing_common.testing.stand_ins import TicketsStandIn
 
-from .conftest import Tickets
-
-
-def error_fields(response: httpx.Response) -> list[str | None]:
-    body = response.json()
-    assert set(body) == {"errors"} and body["errors"], body
-    assert all(e["message"] for e in body["errors"])
-    return [e.get("field") for e in body["errors"]]
-
-
-async def order(
-    client: httpx.AsyncClient, users: Users, buyer: uuid.UUID, ticket: TicketCreated, **headers: str
-) -> dict[str, Any]:
-    r = await client.post(
-        "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(buyer) | headers
-    )
-    assert r.status_code == 201, r.text
-    body: dict[str, Any] = r.json()
-    return body
-
+from .helpers import order, place_order
 
 # --- POST /api/orders ----------------------------------------------------------------------
 
 
 async def test_create_order_reserves_and_publishes(
-    client: httpx.AsyncClient, users: Users, tickets: Tickets, event_probe: EventProbe
+    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn, event_probe: EventProbe
 ) -> None:
     ticket = await tickets.create(title="Jazz", price="42.50")
     buyer = uuid.uuid4()
@@ -79,23 +62,23 @@ async def test_create_order_reserves_and_publishes(
 
 
 async def test_expiration_window_comes_from_settings(
-    settings: OrdersSettings, users: Users, jetstream: JetStreamContext, orders_db: TestDatabase
+    settings: OrdersSettings, users: Users, jetstream: JetStreamContext, db: TestDatabase
 ) -> None:
     app = create_app(settings.model_copy(update={"order_expiration_seconds": 60}))
     async with ServiceHarness(app).client() as client:
-        ticket = await Tickets(jetstream, orders_db).create()
+        ticket = await TicketsStandIn(jetstream, db).create()
         created = await order(client, users, uuid.uuid4(), ticket)
     remaining = datetime.fromisoformat(created["expiresAt"]) - datetime.now(UTC)
     assert timedelta(seconds=50) < remaining <= timedelta(seconds=60)
 
 
 async def test_create_requires_sign_in(
-    client: httpx.AsyncClient, tickets: Tickets, orders_db: TestDatabase
+    client: httpx.AsyncClient, tickets: TicketsStandIn, db: TestDatabase
 ) -> None:
     ticket = await tickets.create()
     r = await client.post("/api/orders", json={"ticketId": str(ticket.id)})
     assert r.status_code == 401
-    assert await orders_db.fetch("SELECT 1 FROM orders") == []
+    assert await db.fetch("SELECT 1 FROM orders") == []
 
 
 @pytest.mark.parametrize(
@@ -128,7 +111,9 @@ async def test_create_rejects_malformed_bodies(
 
 
 async def test_unknown_ticket_is_404_until_its_replica_arrives(
-    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, orders_db: TestDatabase
+    client: httpx.AsyncClient,
+    users: Users,
+    jetstream: JetStreamContext,
 ) -> None:
     ticket = TicketCreated(
         id=uuid.uuid4(), version=0, title="Soon", price=Decimal(5), user_id=uuid.uuid4()
@@ -150,30 +135,26 @@ async def test_unknown_ticket_is_404_until_its_replica_arrives(
 
 
 async def test_cannot_buy_own_ticket(
-    client: httpx.AsyncClient, users: Users, tickets: Tickets, orders_db: TestDatabase
+    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn, db: TestDatabase
 ) -> None:
     seller = uuid.uuid4()
     ticket = await tickets.create(owner=seller)
-    r = await client.post(
-        "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(seller)
-    )
+    r = await place_order(client, users, seller, ticket)
     assert r.status_code == 400
     assert r.json() == {
         "errors": [{"message": "You cannot buy your own ticket", "field": "ticketId"}]
     }
-    assert await orders_db.fetch("SELECT 1 FROM orders") == []
+    assert await db.fetch("SELECT 1 FROM orders") == []
 
 
 async def test_reserved_ticket_cannot_be_ordered_again_until_cancelled(
-    client: httpx.AsyncClient, users: Users, tickets: Tickets, orders_db: TestDatabase
+    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn, db: TestDatabase
 ) -> None:
     ticket = await tickets.create()
     first_buyer = uuid.uuid4()
     first = await order(client, users, first_buyer, ticket)
     for buyer in (uuid.uuid4(), first_buyer):
-        r = await client.post(
-            "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(buyer)
-        )
+        r = await place_order(client, users, buyer, ticket)
         assert r.status_code == 400
         assert r.json()["errors"][0]["message"] == "Ticket is already reserved"
 
@@ -181,26 +162,19 @@ async def test_reserved_ticket_cannot_be_ordered_again_until_cancelled(
     assert r.status_code == 204
     second = await order(client, users, uuid.uuid4(), ticket)
     assert second["id"] != first["id"]
-    assert (await orders_db.outbox_subjects()).count("order.created") == 2
+    assert (await db.outbox_subjects()).count("order.created") == 2
 
 
 async def test_a_hundred_buyers_race_for_one_ticket(
     client: httpx.AsyncClient,
     users: Users,
-    tickets: Tickets,
-    orders_db: TestDatabase,
+    tickets: TicketsStandIn,
+    db: TestDatabase,
     event_probe: EventProbe,
 ) -> None:
     ticket = await tickets.create()
     responses = await asyncio.gather(
-        *(
-            client.post(
-                "/api/orders",
-                json={"ticketId": str(ticket.id)},
-                headers=users.headers(uuid.uuid4()),
-            )
-            for _ in range(100)
-        )
+        *(place_order(client, users, uuid.uuid4(), ticket) for _ in range(100))
     )
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [201] + [400] * 99
@@ -210,10 +184,10 @@ async def test_a_hundred_buyers_race_for_one_ticket(
         if r.status_code == 400
     )
     [winner] = [r.json() for r in responses if r.status_code == 201]
-    live = await orders_db.fetch("SELECT id FROM orders WHERE status <> 'cancelled'")
+    live = await db.fetch("SELECT id FROM orders WHERE status <> 'cancelled'")
     assert [str(row["id"]) for row in live] == [winner["id"]]
 
-    assert (await orders_db.outbox_subjects()).count("order.created") == 1
+    assert (await db.outbox_subjects()).count("order.created") == 1
     await event_probe.wait_for("order.created")
     published = await event_probe.all("order.created")
     assert [e.data["id"] for e in published] == [winner["id"]]
@@ -225,35 +199,27 @@ async def test_a_hundred_buyers_race_for_one_ticket(
 async def test_retry_with_idempotency_key_returns_the_first_answer(
     client: httpx.AsyncClient,
     users: Users,
-    tickets: Tickets,
-    orders_db: TestDatabase,
+    tickets: TicketsStandIn,
+    db: TestDatabase,
     event_probe: EventProbe,
 ) -> None:
     ticket = await tickets.create()
     buyer = uuid.uuid4()
-    first = await client.post(
-        "/api/orders",
-        json={"ticketId": str(ticket.id)},
-        headers=users.headers(buyer) | {"Idempotency-Key": "k1"},
-    )
-    retry = await client.post(
-        "/api/orders",
-        json={"ticketId": str(ticket.id)},
-        headers=users.headers(buyer) | {"Idempotency-Key": "k1"},
-    )
+    first = await place_order(client, users, buyer, ticket, key="k1")
+    retry = await place_order(client, users, buyer, ticket, key="k1")
     assert first.status_code == retry.status_code == 201
     assert retry.json() == first.json()
     assert retry.headers["Idempotent-Replayed"] == "true"
     assert "Idempotent-Replayed" not in first.headers
-    assert len(await orders_db.fetch("SELECT 1 FROM orders")) == 1
-    assert (await orders_db.outbox_subjects()).count("order.created") == 1
+    assert len(await db.fetch("SELECT 1 FROM orders")) == 1
+    assert (await db.outbox_subjects()).count("order.created") == 1
 
     await event_probe.wait_for("order.created")
     assert len(await event_probe.all("order.created")) == 1
 
 
 async def test_concurrent_retries_with_one_key_make_one_order(
-    client: httpx.AsyncClient, users: Users, tickets: Tickets, orders_db: TestDatabase
+    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn, db: TestDatabase
 ) -> None:
     ticket = await tickets.create()
     headers = users.headers(uuid.uuid4()) | {"Idempotency-Key": "double-click"}
@@ -265,21 +231,17 @@ async def test_concurrent_retries_with_one_key_make_one_order(
     )
     assert [r.status_code for r in responses] == [201] * 20
     assert len({r.json()["id"] for r in responses}) == 1
-    assert len(await orders_db.fetch("SELECT 1 FROM orders")) == 1
-    assert (await orders_db.outbox_subjects()).count("order.created") == 1
+    assert len(await db.fetch("SELECT 1 FROM orders")) == 1
+    assert (await db.outbox_subjects()).count("order.created") == 1
 
 
 async def test_idempotency_key_reused_for_another_request_is_refused(
-    client: httpx.AsyncClient, users: Users, tickets: Tickets, orders_db: TestDatabase
+    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn, db: TestDatabase
 ) -> None:
     first_ticket, other_ticket = await tickets.create(), await tickets.create()
     buyer = uuid.uuid4()
-    await order(client, users, buyer, first_ticket, **{"Idempotency-Key": "k"})
-    r = await client.post(
-        "/api/orders",
-        json={"ticketId": str(other_ticket.id)},
-        headers=users.headers(buyer) | {"Idempotency-Key": "k"},
-    )
+    await order(client, users, buyer, first_ticket, key="k")
+    r = await place_order(client, users, buyer, other_ticket, key="k")
     assert r.status_code == 400
     assert r.json() == {
         "errors": [
@@ -289,20 +251,20 @@ async def test_idempotency_key_reused_for_another_request_is_refused(
             }
         ]
     }
-    assert len(await orders_db.fetch("SELECT 1 FROM orders")) == 1
+    assert len(await db.fetch("SELECT 1 FROM orders")) == 1
 
 
 async def test_idempotency_keys_belong_to_one_user(
-    client: httpx.AsyncClient, users: Users, tickets: Tickets
+    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn
 ) -> None:
     first_ticket, other_ticket = await tickets.create(), await tickets.create()
-    mine = await order(client, users, uuid.uuid4(), first_ticket, **{"Idempotency-Key": "same"})
-    theirs = await order(client, users, uuid.uuid4(), other_ticket, **{"Idempotency-Key": "same"})
+    mine = await order(client, users, uuid.uuid4(), first_ticket, key="same")
+    theirs = await order(client, users, uuid.uuid4(), other_ticket, key="same")
     assert mine["id"] != theirs["id"]
 
 
 async def test_a_refusal_is_not_remembered_under_the_key(
-    client: httpx.AsyncClient, users: Users, tickets: Tickets
+    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn
 ) -> None:
     ticket = await tickets.create()
     holder, buyer = uuid.uuid4(), uuid.uuid4()
@@ -317,14 +279,12 @@ async def test_a_refusal_is_not_remembered_under_the_key(
 
 
 async def test_an_idempotency_key_older_than_a_day_counts_as_new(
-    client: httpx.AsyncClient, users: Users, tickets: Tickets, orders_db: TestDatabase
+    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn, db: TestDatabase
 ) -> None:
     first_ticket, other_ticket = await tickets.create(), await tickets.create()
     buyer = uuid.uuid4()
-    first = await order(client, users, buyer, first_ticket, **{"Idempotency-Key": "k"})
-    await orders_db.fetch(
-        "UPDATE idempotency_keys SET created_at = now() - interval '24 hours 1 minute'"
-    )
+    first = await order(client, users, buyer, first_ticket, key="k")
+    await db.fetch("UPDATE idempotency_keys SET created_at = now() - interval '24 hours 1 minute'")
     # Expired: the key is free again, even for another request; twins still make one order.
     headers = users.headers(buyer) | {"Idempotency-Key": "k"}
     responses = await asyncio.gather(
@@ -338,26 +298,26 @@ async def test_an_idempotency_key_older_than_a_day_counts_as_new(
     assert len(second_ids) == 1 and first["id"] not in second_ids
     assert sum("Idempotent-Replayed" not in r.headers for r in responses) == 1
     assert responses[0].json()["ticket"]["id"] == str(other_ticket.id)
-    [stored] = await orders_db.fetch("SELECT response, created_at FROM idempotency_keys")
+    [stored] = await db.fetch("SELECT response, created_at FROM idempotency_keys")
     assert json.loads(stored["response"])["id"] in second_ids
     assert stored["created_at"] > datetime.now(UTC) - timedelta(minutes=1)
-    assert len(await orders_db.fetch("SELECT 1 FROM orders")) == 2
+    assert len(await db.fetch("SELECT 1 FROM orders")) == 2
 
 
 async def test_an_idempotency_key_younger_than_a_day_is_still_replayed(
-    client: httpx.AsyncClient, users: Users, tickets: Tickets, orders_db: TestDatabase
+    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn, db: TestDatabase
 ) -> None:
     ticket = await tickets.create()
     buyer = uuid.uuid4()
-    first = await order(client, users, buyer, ticket, **{"Idempotency-Key": "k"})
-    await orders_db.fetch("UPDATE idempotency_keys SET created_at = now() - interval '23 hours'")
-    again = await order(client, users, buyer, ticket, **{"Idempotency-Key": "k"})
+    first = await order(client, users, buyer, ticket, key="k")
+    await db.fetch("UPDATE idempotency_keys SET created_at = now() - interval '23 hours'")
+    again = await order(client, users, buyer, ticket, key="k")
     assert again == first
 
 
 @pytest.mark.parametrize("key", [b"", b"x" * 256, b"has space", "caf\u00e9".encode()])
 async def test_invalid_idempotency_key_is_400(
-    client: httpx.AsyncClient, users: Users, tickets: Tickets, key: bytes
+    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn, key: bytes
 ) -> None:
     ticket = await tickets.create()
     headers = [(k.encode(), v.encode()) for k, v in users.headers(uuid.uuid4()).items()]
@@ -388,7 +348,7 @@ def test_the_longest_expiration_leaves_the_stream_a_week_spare(settings: OrdersS
 
 
 async def test_list_shows_only_my_orders_newest_first(
-    client: httpx.AsyncClient, users: Users, tickets: Tickets
+    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn
 ) -> None:
     me, someone = uuid.uuid4(), uuid.uuid4()
     first = await order(client, users, me, await tickets.create(title="First"))
@@ -405,7 +365,7 @@ async def test_list_requires_sign_in(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/orders")).status_code == 401
 
 
-async def test_show_order(client: httpx.AsyncClient, users: Users, tickets: Tickets) -> None:
+async def test_show_order(client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn) -> None:
     buyer = uuid.uuid4()
     created = await order(client, users, buyer, await tickets.create())
     url = f"/api/orders/{created['id']}"
@@ -437,8 +397,8 @@ async def test_malformed_order_ids_are_client_errors(
 async def test_cancel_order_publishes_once(
     client: httpx.AsyncClient,
     users: Users,
-    tickets: Tickets,
-    orders_db: TestDatabase,
+    tickets: TicketsStandIn,
+    db: TestDatabase,
     event_probe: EventProbe,
 ) -> None:
     buyer = uuid.uuid4()
@@ -455,22 +415,22 @@ async def test_cancel_order_publishes_once(
 
     r = await client.delete(url, headers=users.headers(buyer))
     assert r.status_code == 204
-    assert (await orders_db.outbox_subjects()).count("order.cancelled") == 1
+    assert (await db.outbox_subjects()).count("order.cancelled") == 1
     assert (await client.get(url, headers=users.headers(buyer))).json()["version"] == 1
 
 
 async def test_cancel_someone_elses_order_is_403(
-    client: httpx.AsyncClient, users: Users, tickets: Tickets, orders_db: TestDatabase
+    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn, db: TestDatabase
 ) -> None:
     created = await order(client, users, uuid.uuid4(), await tickets.create())
     r = await client.delete(f"/api/orders/{created['id']}", headers=users.headers(uuid.uuid4()))
     assert r.status_code == 403
-    [row] = await orders_db.fetch("SELECT status FROM orders")
+    [row] = await db.fetch("SELECT status FROM orders")
     assert row["status"] == "created"
 
 
 async def test_cancel_unknown_or_signed_out(
-    client: httpx.AsyncClient, users: Users, tickets: Tickets
+    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn
 ) -> None:
     r = await client.delete(f"/api/orders/{uuid.uuid4()}", headers=users.headers(uuid.uuid4()))
     assert r.status_code == 404
@@ -481,33 +441,29 @@ async def test_cancel_unknown_or_signed_out(
 async def test_complete_order_cannot_be_cancelled(
     client: httpx.AsyncClient,
     users: Users,
-    tickets: Tickets,
-    jetstream: JetStreamContext,
-    orders_db: TestDatabase,
+    tickets: TicketsStandIn,
+    db: TestDatabase,
+    deliver: Deliver,
 ) -> None:
     buyer = uuid.uuid4()
     created = await order(client, users, buyer, await tickets.create())
-    paid = await send_event(
-        jetstream, PaymentCreated(id=uuid.uuid4(), order_id=created["id"], provider_ref="ch_1")
-    )
-    await orders_db.wait_handled(paid.id)
+    await deliver(PaymentCreated(id=uuid.uuid4(), order_id=created["id"], provider_ref="ch_1"))
 
     r = await client.delete(f"/api/orders/{created['id']}", headers=users.headers(buyer))
     assert r.status_code == 400
     assert r.json() == {
         "errors": [{"message": "Order is already complete and cannot be cancelled"}]
     }
-    [row] = await orders_db.fetch("SELECT status, version FROM orders")
+    [row] = await db.fetch("SELECT status, version FROM orders")
     assert (row["status"], row["version"]) == ("complete", 1)
-    assert (await orders_db.outbox_subjects()).count("order.cancelled") == 0
+    assert (await db.outbox_subjects()).count("order.cancelled") == 0
 
 
 async def test_sales_show_each_of_my_tickets_with_its_state(
     client: httpx.AsyncClient,
     users: Users,
-    tickets: Tickets,
-    jetstream: JetStreamContext,
-    orders_db: TestDatabase,
+    tickets: TicketsStandIn,
+    deliver: Deliver,
 ) -> None:
     seller, buyer = uuid.uuid4(), uuid.uuid4()
     unsold = await tickets.create(owner=seller, title="A unsold")
@@ -517,10 +473,7 @@ async def test_sales_show_each_of_my_tickets_with_its_state(
     await tickets.create(title="Someone else's")
     await order(client, users, buyer, reserved)
     paid_order = await order(client, users, buyer, sold)
-    paid = await send_event(
-        jetstream, PaymentCreated(id=uuid.uuid4(), order_id=paid_order["id"], provider_ref="ch_2")
-    )
-    await orders_db.wait_handled(paid.id)
+    await deliver(PaymentCreated(id=uuid.uuid4(), order_id=paid_order["id"], provider_ref="ch_2"))
     cancelled = await order(client, users, buyer, released)
     r = await client.delete(f"/api/orders/{cancelled['id']}", headers=users.headers(buyer))
     assert r.status_code == 204

@@ -12,8 +12,10 @@ from nats.js import JetStreamContext
 from ticketing_common.events import ExpirationComplete, PaymentCreated, TicketCreated, TicketUpdated
 from ticketing_common.testing import EventProbe, TestDatabase, Users, send_event
 from ticketing_common.testing.helpers import eventually
+from ticketing_common.testing.plugin import Deliver
+from ticketing_common.testing.stand_ins import TicketsStandIn
 
-from .conftest import Tickets
+from .helpers import order
 
 
 def updated(
@@ -34,10 +36,10 @@ async def replica(db: TestDatabase, ticket_id: uuid.UUID) -> Any:
     return rows[0] if rows else None
 
 
-async def test_ticket_created_fills_the_replica(tickets: Tickets, orders_db: TestDatabase) -> None:
+async def test_ticket_created_fills_the_replica(tickets: TicketsStandIn, db: TestDatabase) -> None:
     seller = uuid.uuid4()
     ticket = await tickets.create(owner=seller, title="Ballet", price="99.99")
-    [row] = await orders_db.fetch("SELECT * FROM tickets")
+    [row] = await db.fetch("SELECT * FROM tickets")
     assert dict(row) == {
         "id": ticket.id,
         "title": "Ballet",
@@ -48,28 +50,30 @@ async def test_ticket_created_fills_the_replica(tickets: Tickets, orders_db: Tes
 
 
 async def test_ticket_updates_apply_in_version_order(
-    tickets: Tickets, jetstream: JetStreamContext, orders_db: TestDatabase
+    tickets: TicketsStandIn, jetstream: JetStreamContext, db: TestDatabase
 ) -> None:
     ticket = await tickets.create(title="v0")
     await send_event(jetstream, updated(ticket, 2, "v2"))  # from the future: waits
     await send_event(jetstream, updated(ticket, 1, "v1"))
 
     async def at_v2() -> bool:
-        row = await replica(orders_db, ticket.id)
+        row = await replica(db, ticket.id)
         return bool(row["version"] == 2)
 
     await eventually(at_v2)
-    row = await replica(orders_db, ticket.id)
+    row = await replica(db, ticket.id)
     assert (row["title"], row["price"], row["version"]) == ("v2", Decimal("12.00"), 2)
 
 
 async def test_old_and_duplicate_ticket_updates_change_nothing(
-    tickets: Tickets, jetstream: JetStreamContext, orders_db: TestDatabase
+    tickets: TicketsStandIn,
+    jetstream: JetStreamContext,
+    db: TestDatabase,
+    deliver: Deliver,
 ) -> None:
     ticket = await tickets.create(title="v0")
-    v1 = await send_event(jetstream, updated(ticket, 1, "v1"))
-    await orders_db.wait_handled(v1.id)
-    await orders_db.wait_handled((await send_event(jetstream, updated(ticket, 2, "v2"))).id)
+    v1 = await deliver(updated(ticket, 1, "v1"))
+    await deliver(updated(ticket, 2, "v2"))
 
     # The same event again (JetStream drops it), the same event id re-sent past the duplicate
     # window (the inbox drops it), and a stale version under a new id (the version check drops it).
@@ -79,46 +83,40 @@ async def test_old_and_duplicate_ticket_updates_change_nothing(
         v1.model_dump_json(by_alias=True).encode(),
         headers={"Nats-Msg-Id": f"{v1.id}-again"},
     )
-    stale = await send_event(jetstream, updated(ticket, 1, "stale"))
-    await orders_db.wait_handled(stale.id)
+    await deliver(updated(ticket, 1, "stale"))
 
-    row = await replica(orders_db, ticket.id)
+    row = await replica(db, ticket.id)
     assert (row["title"], row["version"]) == ("v2", 2)
-    assert await orders_db.fetch("SELECT 1 FROM parked_events") == []
+    assert await db.fetch("SELECT 1 FROM parked_events") == []
 
 
 async def test_reservation_update_keeps_the_replica_in_step(
     client: httpx.AsyncClient,
     users: Users,
-    tickets: Tickets,
-    jetstream: JetStreamContext,
-    orders_db: TestDatabase,
+    tickets: TicketsStandIn,
+    db: TestDatabase,
+    deliver: Deliver,
 ) -> None:
     ticket = await tickets.create(title="Gig")
-    r = await client.post(
-        "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(uuid.uuid4())
-    )
-    order_id = uuid.UUID(r.json()["id"])
+    order_id = uuid.UUID((await order(client, users, uuid.uuid4(), ticket))["id"])
     # What the tickets service answers to our order.created.
-    await orders_db.wait_handled(
-        (await send_event(jetstream, updated(ticket, 1, "Gig", order_id))).id
-    )
-    row = await replica(orders_db, ticket.id)
+    await deliver(updated(ticket, 1, "Gig", order_id))
+    row = await replica(db, ticket.id)
     assert row["version"] == 1
 
 
 async def test_an_order_keeps_the_title_and_price_it_was_made_at(
     client: httpx.AsyncClient,
     users: Users,
-    tickets: Tickets,
-    jetstream: JetStreamContext,
-    orders_db: TestDatabase,
+    tickets: TicketsStandIn,
+    db: TestDatabase,
     event_probe: EventProbe,
+    deliver: Deliver,
 ) -> None:
     ticket = await tickets.create(title="Opera", price="80.00")
-    buyer = users.headers(uuid.uuid4())
-    r = await client.post("/api/orders", json={"ticketId": str(ticket.id)}, headers=buyer)
-    created = r.json()
+    buyer_id = uuid.uuid4()
+    buyer = users.headers(buyer_id)
+    created = await order(client, users, buyer_id, ticket)
     # The replica moves on (the owner edits the ticket after the order was cancelled, say).
     changed = TicketUpdated(
         id=ticket.id,
@@ -128,8 +126,8 @@ async def test_an_order_keeps_the_title_and_price_it_was_made_at(
         user_id=ticket.user_id,
         order_id=None,
     )
-    await orders_db.wait_handled((await send_event(jetstream, changed)).id)
-    row = await replica(orders_db, ticket.id)
+    await deliver(changed)
+    row = await replica(db, ticket.id)
     assert (row["title"], row["price"]) == ("Opera (new cast)", Decimal("120.00"))
 
     as_ordered = {"id": str(ticket.id), "title": "Opera", "price": "80.00"}
@@ -144,7 +142,7 @@ async def test_an_order_keeps_the_title_and_price_it_was_made_at(
 
 
 async def test_update_for_a_ticket_not_yet_known_waits_for_its_creation(
-    jetstream: JetStreamContext, orders_db: TestDatabase, client: httpx.AsyncClient
+    jetstream: JetStreamContext, db: TestDatabase, client: httpx.AsyncClient
 ) -> None:
     ticket = TicketCreated(
         id=uuid.uuid4(), version=0, title="v0", price=Decimal("1"), user_id=uuid.uuid4()
@@ -153,7 +151,7 @@ async def test_update_for_a_ticket_not_yet_known_waits_for_its_creation(
     await send_event(jetstream, ticket)
 
     async def at_v1() -> bool:
-        row = await replica(orders_db, ticket.id)
+        row = await replica(db, ticket.id)
         return row is not None and row["version"] == 1
 
     await eventually(at_v1)
@@ -162,17 +160,15 @@ async def test_update_for_a_ticket_not_yet_known_waits_for_its_creation(
 async def test_expiration_cancels_a_pending_order(
     client: httpx.AsyncClient,
     users: Users,
-    tickets: Tickets,
+    tickets: TicketsStandIn,
     jetstream: JetStreamContext,
-    orders_db: TestDatabase,
+    db: TestDatabase,
     event_probe: EventProbe,
+    deliver: Deliver,
 ) -> None:
     buyer = uuid.uuid4()
     ticket = await tickets.create()
-    r = await client.post(
-        "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(buyer)
-    )
-    order_id = r.json()["id"]
+    order_id = (await order(client, users, buyer, ticket))["id"]
 
     expired = await send_event(jetstream, ExpirationComplete(order_id=order_id))
     cancelled = await event_probe.wait_for("order.cancelled")
@@ -181,86 +177,61 @@ async def test_expiration_cancels_a_pending_order(
     assert (shown["status"], shown["version"]) == ("cancelled", 1)
 
     # A second expiry (another event id) for the cancelled order does nothing.
-    await orders_db.wait_handled(expired.id)
-    again = await send_event(jetstream, ExpirationComplete(order_id=order_id))
-    await orders_db.wait_handled(again.id)
-    [row] = await orders_db.fetch("SELECT status, version FROM orders")
+    await db.wait_handled(expired.id)
+    await deliver(ExpirationComplete(order_id=order_id))
+    [row] = await db.fetch("SELECT status, version FROM orders")
     assert (row["status"], row["version"]) == ("cancelled", 1)
-    assert (
-        len(await orders_db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'order.cancelled'"))
-        == 1
-    )
+    assert len(await db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'order.cancelled'")) == 1
 
 
 async def test_expiration_leaves_a_complete_order(
     client: httpx.AsyncClient,
     users: Users,
-    tickets: Tickets,
-    jetstream: JetStreamContext,
-    orders_db: TestDatabase,
+    tickets: TicketsStandIn,
+    db: TestDatabase,
+    deliver: Deliver,
 ) -> None:
     ticket = await tickets.create()
-    r = await client.post(
-        "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(uuid.uuid4())
-    )
-    order_id = r.json()["id"]
-    await orders_db.wait_handled(
-        (
-            await send_event(
-                jetstream, PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p")
-            )
-        ).id,
-    )
-    await orders_db.wait_handled(
-        (await send_event(jetstream, ExpirationComplete(order_id=order_id))).id
-    )
+    order_id = (await order(client, users, uuid.uuid4(), ticket))["id"]
+    await deliver(PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p"))
+    await deliver(ExpirationComplete(order_id=order_id))
 
-    [row] = await orders_db.fetch("SELECT status, version FROM orders")
+    [row] = await db.fetch("SELECT status, version FROM orders")
     assert (row["status"], row["version"]) == ("complete", 1)
-    assert (
-        await orders_db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'order.cancelled'") == []
-    )
+    assert await db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'order.cancelled'") == []
 
 
 async def test_payment_does_not_complete_a_cancelled_order(
     client: httpx.AsyncClient,
     users: Users,
-    tickets: Tickets,
-    jetstream: JetStreamContext,
-    orders_db: TestDatabase,
+    tickets: TicketsStandIn,
+    db: TestDatabase,
+    deliver: Deliver,
 ) -> None:
     buyer = uuid.uuid4()
     ticket = await tickets.create()
-    r = await client.post(
-        "/api/orders", json={"ticketId": str(ticket.id)}, headers=users.headers(buyer)
-    )
-    order_id = r.json()["id"]
+    order_id = (await order(client, users, buyer, ticket))["id"]
     assert (
         await client.delete(f"/api/orders/{order_id}", headers=users.headers(buyer))
     ).status_code == 204
-    paid = await send_event(
-        jetstream, PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p")
-    )
-    await orders_db.wait_handled(paid.id)
+    await deliver(PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p"))
 
-    [row] = await orders_db.fetch("SELECT status, version FROM orders")
+    [row] = await db.fetch("SELECT status, version FROM orders")
     assert (row["status"], row["version"]) == ("cancelled", 1)
 
 
 async def test_event_for_an_unknown_order_is_parked_not_blocking(
     client: httpx.AsyncClient,
     users: Users,
-    tickets: Tickets,
+    tickets: TicketsStandIn,
     jetstream: JetStreamContext,
-    orders_db: TestDatabase,
+    db: TestDatabase,
 ) -> None:
     stray = await send_event(jetstream, ExpirationComplete(order_id=uuid.uuid4()))
     ticket = await tickets.create()  # handled although the stray event keeps failing
-    assert await replica(orders_db, ticket.id) is not None
+    assert await replica(db, ticket.id) is not None
 
     async def parked() -> bool:
-        return bool(
-            await orders_db.fetch("SELECT 1 FROM parked_events WHERE event_id = $1", stray.id)
-        )
+        return bool(await db.fetch("SELECT 1 FROM parked_events WHERE event_id = $1", stray.id))
 
     await eventually(parked)

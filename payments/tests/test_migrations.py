@@ -6,5 +6,5 @@ from payments.models import Base
 from ticketing_common.testing import TestDatabase
 
 
-async def test_migrations_match_models(payments_db: TestDatabase) -> None:
-    assert await payments_db.schema_drift(Base.metadata) == []
+async def test_migrations_match_models(db: TestDatabase) -> None:
+    assert await db.schema_drift(Base.metadata) == []

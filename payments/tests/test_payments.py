@@ -12,7 +12,6 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from nats.js import JetStreamContext
 
 from payments.app import create_app
@@ -27,28 +26,9 @@ from ticketing_common.events import (
 )
 from ticketing_common.testing import EventProbe, ServiceHarness, TestDatabase, session_cookie
 from ticketing_common.testing.helpers import eventually
+from ticketing_common.testing.stand_ins import OrdersStandIn
 
-from .conftest import Orders
-
-PAY = "/api/payments"
-
-
-async def pay(
-    client: httpx.AsyncClient, order_id: uuid.UUID, cookies: dict[str, str], token: str = "tok_visa"
-) -> httpx.Response:
-    return await client.post(
-        PAY, json={"orderId": str(order_id), "token": token}, headers=cookie_header(cookies)
-    )
-
-
-def cookie_header(cookies: dict[str, str]) -> dict[str, str]:
-    return {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())}
-
-
-def message(response: httpx.Response) -> str:
-    errors = response.json()["errors"]
-    assert len(errors) == 1
-    return str(errors[0]["message"])
+from .helpers import PAY, cookie_header, message, pay
 
 
 async def test_health(client: httpx.AsyncClient) -> None:
@@ -57,7 +37,10 @@ async def test_health(client: httpx.AsyncClient) -> None:
 
 
 async def test_pays_an_order(
-    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider, event_probe: EventProbe
+    client: httpx.AsyncClient,
+    orders: OrdersStandIn,
+    provider: SandboxProvider,
+    event_probe: EventProbe,
 ) -> None:
     order_id, cookies = await orders.create(price="12.50")
 
@@ -80,7 +63,7 @@ async def test_pays_an_order(
     }
 
 
-async def test_not_signed_in_is_401(client: httpx.AsyncClient, orders: Orders) -> None:
+async def test_not_signed_in_is_401(client: httpx.AsyncClient, orders: OrdersStandIn) -> None:
     order_id, _ = await orders.create()
     r = await client.post(PAY, json={"orderId": str(order_id), "token": "tok_visa"})
     assert r.status_code == 401
@@ -88,7 +71,7 @@ async def test_not_signed_in_is_401(client: httpx.AsyncClient, orders: Orders) -
     assert r.status_code == 401
 
 
-async def test_invalid_body_is_400(client: httpx.AsyncClient, orders: Orders) -> None:
+async def test_invalid_body_is_400(client: httpx.AsyncClient, orders: OrdersStandIn) -> None:
     _, cookies = await orders.create()
     for body, field in [
         ({"orderId": "nope", "token": "tok_visa"}, "orderId"),
@@ -105,14 +88,14 @@ async def test_invalid_body_is_400(client: httpx.AsyncClient, orders: Orders) ->
     assert r.status_code == 400
 
 
-async def test_unknown_order_is_404(client: httpx.AsyncClient, orders: Orders) -> None:
+async def test_unknown_order_is_404(client: httpx.AsyncClient, orders: OrdersStandIn) -> None:
     _, cookies = await orders.create()
     r = await pay(client, uuid.uuid4(), cookies)
     assert r.status_code == 404 and message(r) == "Order not found"
 
 
 async def test_someone_elses_order_is_403(
-    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider
+    client: httpx.AsyncClient, orders: OrdersStandIn, provider: SandboxProvider
 ) -> None:
     order_id, _ = await orders.create()
     _, stranger = await orders.create()
@@ -122,7 +105,7 @@ async def test_someone_elses_order_is_403(
 
 
 async def test_cancelled_order_is_400_and_nothing_is_charged(
-    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider
+    client: httpx.AsyncClient, orders: OrdersStandIn, provider: SandboxProvider
 ) -> None:
     # The race one way: the cancellation is in before the payment attempt.
     order_id, cookies = await orders.create()
@@ -134,7 +117,7 @@ async def test_cancelled_order_is_400_and_nothing_is_charged(
 
 
 async def test_expired_order_is_400_before_the_expiry_event(
-    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider
+    client: httpx.AsyncClient, orders: OrdersStandIn, provider: SandboxProvider
 ) -> None:
     order_id, cookies = await orders.create(expires_in=-1)
     assert await orders.replica_status(order_id) == "created"  # no order.cancelled yet
@@ -144,7 +127,7 @@ async def test_expired_order_is_400_before_the_expiry_event(
 
 
 async def test_already_paid_is_400(
-    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider
+    client: httpx.AsyncClient, orders: OrdersStandIn, provider: SandboxProvider
 ) -> None:
     order_id, cookies = await orders.create()
     assert (await pay(client, order_id, cookies)).status_code == 201
@@ -154,7 +137,10 @@ async def test_already_paid_is_400(
 
 
 async def test_declined_card_is_402_and_records_nothing(
-    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider, event_probe: EventProbe
+    client: httpx.AsyncClient,
+    orders: OrdersStandIn,
+    provider: SandboxProvider,
+    event_probe: EventProbe,
 ) -> None:
     order_id, cookies = await orders.create()
     r = await pay(client, order_id, cookies, token="tok_chargeDeclined")
@@ -169,7 +155,7 @@ async def test_declined_card_is_402_and_records_nothing(
 
 
 async def test_unknown_token_is_400(
-    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider
+    client: httpx.AsyncClient, orders: OrdersStandIn, provider: SandboxProvider
 ) -> None:
     order_id, cookies = await orders.create()
     r = await pay(client, order_id, cookies, token="tok_made_up")
@@ -180,10 +166,10 @@ async def test_unknown_token_is_400(
 
 async def test_double_submit_charges_once(
     client: httpx.AsyncClient,
-    orders: Orders,
+    orders: OrdersStandIn,
     provider: SandboxProvider,
     event_probe: EventProbe,
-    payments_db: TestDatabase,
+    db: TestDatabase,
 ) -> None:
     order_id, cookies = await orders.create()
 
@@ -195,12 +181,12 @@ async def test_double_submit_charges_once(
     assert len(provider.captures) == 1
     [payment] = await orders.payments(order_id)
     assert payment["status"] == "succeeded"
-    await eventually(payments_db.outbox_flushed)
+    await eventually(db.outbox_flushed)
     assert len(await event_probe.all("payment.created")) == 1
 
 
 async def test_declined_and_good_card_at_once_keep_the_good_payment(
-    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider
+    client: httpx.AsyncClient, orders: OrdersStandIn, provider: SandboxProvider
 ) -> None:
     """A declined attempt must not erase the record of a twin that is taking the money."""
     for _ in range(5):
@@ -218,7 +204,10 @@ async def test_declined_and_good_card_at_once_keep_the_good_payment(
 
 
 async def test_cancel_after_payment_refunds(
-    client: httpx.AsyncClient, orders: Orders, provider: SandboxProvider, event_probe: EventProbe
+    client: httpx.AsyncClient,
+    orders: OrdersStandIn,
+    provider: SandboxProvider,
+    event_probe: EventProbe,
 ) -> None:
     # The race the other way: the payment is in, then the expiry cancels the order.
     order_id, cookies = await orders.create()
@@ -240,7 +229,7 @@ async def test_cancel_after_payment_refunds(
 @pytest.mark.parametrize("cancelled_first", [True, False])
 async def test_order_cancelled_and_created_in_either_order_end_cancelled(
     client: httpx.AsyncClient,
-    orders: Orders,
+    orders: OrdersStandIn,
     provider: SandboxProvider,
     settings: PaymentsSettings,
     cancelled_first: bool,
@@ -277,18 +266,18 @@ async def test_order_cancelled_and_created_in_either_order_end_cancelled(
 async def test_a_paid_order_is_refunded_by_a_restarted_service(
     settings: PaymentsSettings,
     jetstream: JetStreamContext,
-    orders: Orders,
+    orders: OrdersStandIn,
     event_probe: EventProbe,
 ) -> None:
     """The sandbox keeps intents in memory; a restart (or ``parked replay``) forgets them."""
     before = SandboxProvider()
-    async with ServiceHarness(_app(settings, before)).client() as client:
+    async with ServiceHarness(create_app(settings, before)).client() as client:
         order_id, cookies = await orders.create()
         paid = await pay(client, order_id, cookies)
         assert paid.status_code == 201, paid.text
 
     after = SandboxProvider()  # a new process: no intents in memory
-    async with ServiceHarness(_app(settings, after)).client():
+    async with ServiceHarness(create_app(settings, after)).client():
         await orders.cancel(order_id)
         refunded = await event_probe.wait_for("payment.refunded")
 
@@ -308,13 +297,13 @@ async def test_a_paid_order_is_refunded_by_a_restarted_service(
 async def test_provider_down_while_charging_leaves_a_pending_payment_that_a_cancel_voids(
     settings: PaymentsSettings,
     jetstream: JetStreamContext,
-    orders: Orders,
+    orders: OrdersStandIn,
 ) -> None:
     async def provider_down() -> None:
         raise ProviderUnavailableError()
 
     down = HookedSandbox(before_capture=provider_down)
-    async with ServiceHarness(_app(settings, down)).client() as client:
+    async with ServiceHarness(create_app(settings, down)).client() as client:
         order_id, cookies = await orders.create()
         r = await pay(client, order_id, cookies)
         assert r.status_code == 503, r.text
@@ -324,7 +313,7 @@ async def test_provider_down_while_charging_leaves_a_pending_payment_that_a_canc
         assert (payment["status"], payment["attempts_in_flight"]) == ("pending", 0)
 
     restarted = SandboxProvider()  # the pending payment's intent is unknown to it
-    async with ServiceHarness(_app(settings, restarted)).client():
+    async with ServiceHarness(create_app(settings, restarted)).client():
         await orders.cancel(order_id)
     [payment] = await orders.payments(order_id)
     assert payment["status"] == "voided" and payment["refund_ref"] is None
@@ -347,10 +336,13 @@ class HookedSandbox(SandboxProvider):
 
 
 async def test_cancelled_while_charging_after_capture_is_refunded(
-    settings: PaymentsSettings, jetstream: JetStreamContext, orders: Orders, event_probe: EventProbe
+    settings: PaymentsSettings,
+    jetstream: JetStreamContext,
+    orders: OrdersStandIn,
+    event_probe: EventProbe,
 ) -> None:
     provider = HookedSandbox()
-    async with ServiceHarness(_app(settings, provider)).client() as client:
+    async with ServiceHarness(create_app(settings, provider)).client() as client:
         order_id, cookies = await orders.create()
         provider.after_capture = lambda: orders.cancel(order_id)
 
@@ -368,10 +360,10 @@ async def test_cancelled_while_charging_after_capture_is_refunded(
 
 
 async def test_cancelled_while_charging_before_capture_takes_nothing(
-    settings: PaymentsSettings, jetstream: JetStreamContext, orders: Orders
+    settings: PaymentsSettings, jetstream: JetStreamContext, orders: OrdersStandIn
 ) -> None:
     provider = HookedSandbox()
-    async with ServiceHarness(_app(settings, provider)).client() as client:
+    async with ServiceHarness(create_app(settings, provider)).client() as client:
         order_id, cookies = await orders.create()
         provider.before_capture = lambda: orders.cancel(order_id)
 
@@ -385,10 +377,13 @@ async def test_cancelled_while_charging_before_capture_takes_nothing(
 
 
 async def test_expiring_while_charging_is_refunded(
-    settings: PaymentsSettings, jetstream: JetStreamContext, orders: Orders, event_probe: EventProbe
+    settings: PaymentsSettings,
+    jetstream: JetStreamContext,
+    orders: OrdersStandIn,
+    event_probe: EventProbe,
 ) -> None:
     provider = HookedSandbox()
-    async with ServiceHarness(_app(settings, provider)).client() as client:
+    async with ServiceHarness(create_app(settings, provider)).client() as client:
         order_id, cookies = await orders.create()
 
         async def expire_now() -> None:
@@ -410,10 +405,10 @@ async def test_expiring_while_charging_is_refunded(
 
 
 async def test_payment_and_cancellation_racing_never_keep_money(
-    settings: PaymentsSettings, jetstream: JetStreamContext, orders: Orders
+    settings: PaymentsSettings, jetstream: JetStreamContext, orders: OrdersStandIn
 ) -> None:
     provider = SandboxProvider()
-    async with ServiceHarness(_app(settings, provider)).client() as client:
+    async with ServiceHarness(create_app(settings, provider)).client() as client:
         created = [await orders.create() for _ in range(8)]
 
         # Each order: a payment and its cancellation at the same moment, all orders at once.
@@ -436,7 +431,3 @@ async def test_payment_and_cancellation_racing_never_keep_money(
         # Every capture was given back, each exactly once.
         assert sorted(provider.refunds) == sorted(provider.captures)
         assert len(set(provider.captures)) == len(provider.captures)
-
-
-def _app(settings: PaymentsSettings, provider: SandboxProvider) -> FastAPI:
-    return create_app(settings, provider)

@@ -22,10 +22,10 @@ from payments.settings import PaymentsSettings
 from ticketing_common.events import OrderCancelled, OrderCancelledTicket
 from ticketing_common.testing import EventProbe, ServiceHarness
 from ticketing_common.testing.helpers import eventually
+from ticketing_common.testing.stand_ins import OrdersStandIn
 
-from .conftest import Orders
 from .fake_stripe import FakeStripe
-from .test_payments import message, pay
+from .helpers import message, pay
 
 API_KEY = "sk_test_0123456789"
 
@@ -53,7 +53,7 @@ async def stripe_client(
 async def test_pays_with_a_payment_intent(
     stripe_client: httpx.AsyncClient,
     stripe_fake: FakeStripe,
-    orders: Orders,
+    orders: OrdersStandIn,
     event_probe: EventProbe,
 ) -> None:
     order_id, cookies = await orders.create(price="1234.56")
@@ -84,7 +84,7 @@ async def test_pays_with_a_payment_intent(
 
 
 async def test_a_payment_method_made_in_the_browser_is_used_as_it_is(
-    stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, orders: Orders
+    stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, orders: OrdersStandIn
 ) -> None:
     # Stripe's Payment Element created it from the card the buyer typed in Stripe's frame.
     stripe_fake.methods["pm_from_the_browser"] = "tok_visa"
@@ -100,7 +100,7 @@ async def test_a_payment_method_made_in_the_browser_is_used_as_it_is(
 
 
 async def test_declined_is_402_then_another_card_pays_the_same_intent(
-    stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, orders: Orders
+    stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, orders: OrdersStandIn
 ) -> None:
     order_id, cookies = await orders.create()
     r = await pay(stripe_client, order_id, cookies, token="tok_chargeDeclined")
@@ -115,7 +115,7 @@ async def test_declined_is_402_then_another_card_pays_the_same_intent(
 
 
 async def test_unknown_token_is_400(
-    stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, orders: Orders
+    stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, orders: OrdersStandIn
 ) -> None:
     order_id, cookies = await orders.create()
     r = await pay(stripe_client, order_id, cookies, token="tok_nonsense")
@@ -125,7 +125,7 @@ async def test_unknown_token_is_400(
 
 
 async def test_double_submit_charges_once(
-    stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, orders: Orders
+    stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, orders: OrdersStandIn
 ) -> None:
     order_id, cookies = await orders.create()
 
@@ -145,7 +145,7 @@ async def test_double_submit_charges_once(
 async def test_cancelled_order_is_refunded_at_stripe(
     stripe_client: httpx.AsyncClient,
     stripe_fake: FakeStripe,
-    orders: Orders,
+    orders: OrdersStandIn,
     event_probe: EventProbe,
 ) -> None:
     order_id, cookies = await orders.create(price="20.00")
@@ -179,7 +179,7 @@ async def test_cancelling_an_unpaid_attempt_cancels_the_intent(
 
 
 async def test_two_orders_paid_with_the_same_test_token(
-    stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, orders: Orders
+    stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, orders: OrdersStandIn
 ) -> None:
     # A PaymentMethod pays one intent only: each order needs its own, from the same token.
     first, first_cookies = await orders.create()
@@ -204,7 +204,7 @@ async def test_a_retried_attempt_reuses_its_payment_method(stripe_fake: FakeStri
 
 
 async def test_amount_below_stripes_minimum_is_400_not_try_again(
-    stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, orders: Orders
+    stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, orders: OrdersStandIn
 ) -> None:
     order_id, cookies = await orders.create(price="0.30")
 
@@ -219,7 +219,7 @@ async def test_refund_during_a_stripe_outage_is_retried_until_it_succeeds(
     settings: PaymentsSettings,
     stripe_fake: FakeStripe,
     jetstream: JetStreamContext,
-    orders: Orders,
+    orders: OrdersStandIn,
     event_probe: EventProbe,
 ) -> None:
     settings = settings.model_copy(

@@ -8,19 +8,20 @@ for a ticket they did not get.
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from ticketing_common.messaging.streams import STREAM_NAME
 from ticketing_common.testing import EventProbe
 from ticketing_common.testing.helpers import eventually
-
-from .conftest import Platform
+from ticketing_common.testing.platform import Platform
 
 EXPIRY_SECONDS = 2
 
@@ -43,6 +44,9 @@ class Market:
         await self.platform.start("expiration")
         self.payments = await self.platform.start("payments")
         return self
+
+    def buyer(self) -> dict[str, str]:
+        return headers(self.platform)
 
     async def reserved_order(self, buyer: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
         """A listed ticket and the buyer's order for it, once tickets has reserved it."""
@@ -90,11 +94,16 @@ async def _cancelled_and_released(
     assert await market.available(ticket["id"])
 
 
+@pytest.fixture
+async def market(platform: Platform) -> Market:
+    """The services an order lives through, orders expiring after EXPIRY_SECONDS."""
+    return await Market(platform).start()
+
+
 async def test_unpaid_order_expires_and_its_ticket_is_available_again(
-    platform: Platform, event_probe: EventProbe
+    market: Market, event_probe: EventProbe
 ) -> None:
-    market = await Market(platform).start()
-    buyer = headers(platform)
+    buyer = market.buyer()
     ticket, order = await market.reserved_order(buyer)
     assert await market.order_status(order["id"], buyer) == "created"
 
@@ -111,10 +120,9 @@ async def test_unpaid_order_expires_and_its_ticket_is_available_again(
 
 
 async def test_order_expires_while_the_expiration_service_is_down(
-    platform: Platform, jetstream: JetStreamContext
+    market: Market, jetstream: JetStreamContext
 ) -> None:
-    market = await Market(platform).start()
-    buyer = headers(platform)
+    buyer = market.buyer()
     ticket, order = await market.reserved_order(buyer)
 
     # Once the schedule is in the stream, take the expiration service away.
@@ -126,16 +134,15 @@ async def test_order_expires_while_the_expiration_service_is_down(
         return True
 
     await eventually(scheduled)
-    await platform.stop("expiration")
+    await market.platform.stop("expiration")
 
     await _cancelled_and_released(market, ticket, order, buyer)
 
 
 async def test_paid_order_is_not_cancelled_by_its_expiry(
-    platform: Platform, event_probe: EventProbe
+    market: Market, event_probe: EventProbe
 ) -> None:
-    market = await Market(platform).start()
-    buyer = headers(platform)
+    buyer = market.buyer()
     ticket, order = await market.reserved_order(buyer)
 
     async def paid() -> httpx.Response | None:
@@ -158,7 +165,7 @@ async def test_paid_order_is_not_cancelled_by_its_expiry(
     )
 
     async def orders_handled_it() -> bool:
-        rows = await platform.databases["orders"].fetch(
+        rows = await market.platform.databases["orders"].fetch(
             "SELECT 1 FROM inbox WHERE event_id = $1", fired.id
         )
         return bool(rows)
@@ -169,11 +176,11 @@ async def test_paid_order_is_not_cancelled_by_its_expiry(
     assert not await market.available(ticket["id"])
     # Nothing committed to go out either (the outbox is written with the effect; the stream
     # alone could still be waiting for the relay).
-    assert await platform.databases["orders"].outbox_subjects() == ["order.created"]
-    assert await platform.databases["payments"].outbox_subjects() == ["payment.created"]
+    assert await market.platform.databases["orders"].outbox_subjects() == ["order.created"]
+    assert await market.platform.databases["payments"].outbox_subjects() == ["payment.created"]
     assert await event_probe.all("order.cancelled") == []
     assert await event_probe.all("payment.refunded") == []
-    payments = await platform.databases["payments"].fetch("SELECT status FROM payments")
+    payments = await market.platform.databases["payments"].fetch("SELECT status FROM payments")
     assert [p["status"] for p in payments] == ["succeeded"]
 
 
@@ -222,7 +229,7 @@ async def test_payment_racing_expiry_ends_consistent(platform: Platform) -> None
         return False
 
     for (ticket, order), buyer in zip(reserved, buyers, strict=True):
-        await eventually(lambda t=ticket, o=order, b=buyer: settled(t, o, b), timeout=20)
+        await eventually(functools.partial(settled, ticket, order, buyer), timeout=20)
     # Paying after expiresAt is always refused.
     assert outcomes[-1] == 400
 

@@ -6,8 +6,7 @@ import uuid
 from typing import Any
 
 from ticketing_common.testing.helpers import eventually
-
-from .conftest import Platform
+from ticketing_common.testing.platform import Platform
 
 
 async def test_order_reserves_the_ticket_and_cancelling_releases_it(platform: Platform) -> None:

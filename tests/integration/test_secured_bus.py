@@ -17,9 +17,10 @@ import httpx
 import pytest
 
 from ticketing_common.testing.helpers import eventually
+from ticketing_common.testing.platform import Platform
 from ticketing_common.testing.plugin import SecuredNats
+from ticketing_common.testing.services import SERVICES
 
-from .conftest import SERVICES, Platform
 from .test_expiry_and_payment import Market, _cancelled_and_released, headers
 
 # Long enough to pay one order first, short enough to watch the other expire.

@@ -28,6 +28,7 @@ from playwright.sync_api import (  # noqa: E402
     Browser,
     BrowserContext,
     ConsoleMessage,
+    Dialog,
     Page,
     Response,
     expect,
@@ -103,12 +104,14 @@ class Person:
         self.page: Page = self.context.new_page()
         self.dialogs: list[str] = []
         self.console_errors: list[str] = []
-        self.page.on(
-            "dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss())
-        )
+        self.page.on("dialog", self._dialog)
         self.page.on("console", self._console)
         self.page.on("response", self._response)
         self.email = f"web-{uuid.uuid4().hex[:10]}@example.com"
+
+    def _dialog(self, dialog: Dialog) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
 
     def _console(self, message: ConsoleMessage) -> None:
         # A blocked script, a CSP violation, a script error. (A failed load is logged too: the
@@ -333,7 +336,7 @@ def test_a_form_without_its_csrf_token_or_from_another_site_is_refused(people: P
     seller.open("/tickets/new")
     token = seller.page.locator("#main input[name=csrf_token]").get_attribute("value")
     assert token
-    attempts: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    attempts: dict[str, tuple[dict[str, str | float | bool], dict[str, str]]] = {
         "no token": ({"title": "Forged", "price": "1"}, {}),
         "wrong token": ({"title": "Forged", "price": "1", "csrf_token": "0" * 64}, {}),
         "another site": (

@@ -6,5 +6,5 @@ from ticketing_common.testing import TestDatabase
 from tickets.models import Base
 
 
-async def test_migrations_match_models(tickets_db: TestDatabase) -> None:
-    assert await tickets_db.schema_drift(Base.metadata) == []
+async def test_migrations_match_models(db: TestDatabase) -> None:
+    assert await db.schema_drift(Base.metadata) == []

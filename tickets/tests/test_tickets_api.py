@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -13,63 +12,16 @@ import httpx
 import pytest
 from nats.js import JetStreamContext
 
-from ticketing_common.events import OrderCreated, OrderCreatedTicket, OrderStatus
-from ticketing_common.testing import EventProbe, TestDatabase, Users, send_event
-from ticketing_common.testing.helpers import eventually
+from ticketing_common.testing import EventProbe, TestDatabase, Users
+from ticketing_common.testing.helpers import error_fields, eventually
 
-
-def error_fields(response: httpx.Response) -> list[str | None]:
-    body = response.json()
-    assert set(body) == {"errors"} and body["errors"], body
-    assert all(e["message"] for e in body["errors"])
-    return [e.get("field") for e in body["errors"]]
-
-
-async def create(
-    client: httpx.AsyncClient,
-    users: Users,
-    user_id: uuid.UUID,
-    title: str = "Concert",
-    price: Any = "20",
-) -> dict[str, Any]:
-    r = await client.post(
-        "/api/tickets", json={"title": title, "price": price}, headers=users.headers(user_id)
-    )
-    assert r.status_code == 201, r.text
-    body: dict[str, Any] = r.json()
-    return body
-
-
-async def reserve(
-    js: JetStreamContext, client: httpx.AsyncClient, ticket: dict[str, Any]
-) -> uuid.UUID:
-    """Reserve a ticket the real way: an order.created event, then wait until it holds."""
-    order_id = uuid.uuid4()
-    await send_event(
-        js,
-        OrderCreated(
-            id=order_id,
-            version=0,
-            status=OrderStatus.CREATED,
-            user_id=uuid.uuid4(),
-            expires_at=datetime.now(UTC) + timedelta(minutes=15),
-            ticket=OrderCreatedTicket(id=ticket["id"], price=ticket["price"]),
-        ),
-    )
-
-    async def reserved() -> bool:
-        r = await client.get(f"/api/tickets/{ticket['id']}")
-        return bool(r.json()["orderId"] == str(order_id))
-
-    await eventually(reserved)
-    return order_id
-
+from .helpers import create, reserve
 
 # --- POST /api/tickets ---------------------------------------------------------------------
 
 
 async def test_create_returns_ticket_stores_exact_price_and_publishes(
-    client: httpx.AsyncClient, users: Users, event_probe: EventProbe, tickets_db: TestDatabase
+    client: httpx.AsyncClient, users: Users, event_probe: EventProbe, db: TestDatabase
 ) -> None:
     owner = uuid.uuid4()
     r = await client.post(
@@ -87,7 +39,7 @@ async def test_create_returns_ticket_stores_exact_price_and_publishes(
         "orderId": None,
         "version": 0,
     }
-    [row] = await tickets_db.fetch(
+    [row] = await db.fetch(
         "SELECT price, version FROM tickets WHERE id = $1", uuid.UUID(ticket["id"])
     )
     assert row["price"] == Decimal("1234.50") and row["version"] == 0
@@ -106,14 +58,14 @@ async def test_create_returns_ticket_stores_exact_price_and_publishes(
 async def test_create_accepts_price_bounds(
     client: httpx.AsyncClient, users: Users, price: Any
 ) -> None:
-    ticket = await create(client, users, uuid.uuid4(), price=price)
+    ticket = await create(client, users, price=price)
     assert Decimal(ticket["price"]) == Decimal(str(price))
 
 
 async def test_create_accepts_a_120_character_title(
     client: httpx.AsyncClient, users: Users
 ) -> None:
-    ticket = await create(client, users, uuid.uuid4(), title="x" * 120)
+    ticket = await create(client, users, title="x" * 120)
     assert ticket["title"] == "x" * 120
 
 
@@ -142,14 +94,14 @@ async def test_create_accepts_a_120_character_title(
 async def test_create_rejects_invalid_input(
     client: httpx.AsyncClient,
     users: Users,
-    tickets_db: TestDatabase,
+    db: TestDatabase,
     body: dict[str, Any],
     field: str,
 ) -> None:
     r = await client.post("/api/tickets", json=body, headers=users.headers(uuid.uuid4()))
     assert r.status_code == 400, r.text
     assert field in error_fields(r)
-    assert await tickets_db.fetch("SELECT 1 FROM tickets UNION ALL SELECT 1 FROM outbox") == []
+    assert await db.fetch("SELECT 1 FROM tickets UNION ALL SELECT 1 FROM outbox") == []
 
 
 @pytest.mark.parametrize("content", [b"", b"{", b"[]", b'"x"', b"null"])
@@ -167,12 +119,12 @@ async def test_create_rejects_malformed_bodies(
     [{}, {"Cookie": "session=not-a-jwt"}, {"Cookie": "session=eyJhbGciOiJub25lIn0.e30."}],
 )
 async def test_create_requires_sign_in(
-    client: httpx.AsyncClient, tickets_db: TestDatabase, headers: dict[str, str]
+    client: httpx.AsyncClient, db: TestDatabase, headers: dict[str, str]
 ) -> None:
     r = await client.post("/api/tickets", json={"title": "A", "price": "10"}, headers=headers)
     assert r.status_code == 401
     assert error_fields(r) == [None]
-    assert await tickets_db.fetch("SELECT 1 FROM tickets") == []
+    assert await db.fetch("SELECT 1 FROM tickets") == []
 
 
 # --- GET /api/tickets/{id} -----------------------------------------------------------------
@@ -181,7 +133,7 @@ async def test_create_requires_sign_in(
 async def test_show_returns_any_ticket_without_sign_in(
     client: httpx.AsyncClient, users: Users
 ) -> None:
-    ticket = await create(client, users, uuid.uuid4())
+    ticket = await create(client, users)
     r = await client.get(f"/api/tickets/{ticket['id']}")
     assert r.status_code == 200
     assert r.json() == ticket
@@ -214,7 +166,7 @@ async def test_malformed_ids_are_client_errors(
 async def test_list_shows_available_tickets_newest_first(
     client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext
 ) -> None:
-    created = [await create(client, users, uuid.uuid4(), title=f"T{i}") for i in range(4)]
+    created = [await create(client, users, title=f"T{i}") for i in range(4)]
     await reserve(jetstream, client, created[1])
 
     r = await client.get("/api/tickets")
@@ -234,7 +186,7 @@ def next_link(response: httpx.Response) -> str | None:
 
 
 async def test_list_pages_with_a_link_header(client: httpx.AsyncClient, users: Users) -> None:
-    created = [await create(client, users, uuid.uuid4(), title=f"T{i}") for i in range(5)]
+    created = [await create(client, users, title=f"T{i}") for i in range(5)]
 
     pages: list[list[str]] = []
     url: str | None = "/api/tickets?limit=2"
@@ -251,17 +203,17 @@ async def test_list_pages_with_a_link_header(client: httpx.AsyncClient, users: U
     r = await client.get("/api/tickets?limit=2")
     second = next_link(r)
     assert second is not None
-    await create(client, users, uuid.uuid4(), title="T5")
+    await create(client, users, title="T5")
     r = await client.get(second)
     assert [t["title"] for t in r.json()] == ["T2", "T1"]
     assert len(created) == 5
 
 
 async def test_list_default_and_maximum_page_sizes(
-    client: httpx.AsyncClient, tickets_db: TestDatabase
+    client: httpx.AsyncClient, db: TestDatabase
 ) -> None:
     # 201 tickets in one statement: all share one created_at, so the id must break the tie.
-    await tickets_db.fetch(
+    await db.fetch(
         "INSERT INTO tickets (id, title, price, user_id, version) "
         "SELECT gen_random_uuid(), 'T' || n, 1, gen_random_uuid(), 0 FROM generate_series(1, 201) n"
     )
@@ -348,21 +300,21 @@ async def test_owner_updates_ticket_and_version_bumps(
 
 
 async def test_update_by_another_user_is_403(
-    client: httpx.AsyncClient, users: Users, tickets_db: TestDatabase
+    client: httpx.AsyncClient, users: Users, db: TestDatabase
 ) -> None:
-    ticket = await create(client, users, uuid.uuid4())
+    ticket = await create(client, users)
     r = await client.put(
         f"/api/tickets/{ticket['id']}",
         json={"title": "Mine now", "price": "1"},
         headers=users.headers(uuid.uuid4()),
     )
     assert r.status_code == 403
-    [row] = await tickets_db.fetch("SELECT title, version FROM tickets")
+    [row] = await db.fetch("SELECT title, version FROM tickets")
     assert (row["title"], row["version"]) == ("Concert", 0)
 
 
 async def test_update_requires_sign_in(client: httpx.AsyncClient, users: Users) -> None:
-    ticket = await create(client, users, uuid.uuid4())
+    ticket = await create(client, users)
     r = await client.put(f"/api/tickets/{ticket['id']}", json={"title": "X", "price": "1"})
     assert r.status_code == 401
 
@@ -386,19 +338,19 @@ async def test_update_unknown_ticket_is_404(client: httpx.AsyncClient, users: Us
     ],
 )
 async def test_update_rejects_invalid_input(
-    client: httpx.AsyncClient, users: Users, tickets_db: TestDatabase, body: dict[str, Any]
+    client: httpx.AsyncClient, users: Users, db: TestDatabase, body: dict[str, Any]
 ) -> None:
     owner = uuid.uuid4()
     ticket = await create(client, users, owner)
     r = await client.put(f"/api/tickets/{ticket['id']}", json=body, headers=users.headers(owner))
     assert r.status_code == 400
     error_fields(r)
-    [row] = await tickets_db.fetch("SELECT version FROM tickets")
+    [row] = await db.fetch("SELECT version FROM tickets")
     assert row["version"] == 0
 
 
 async def test_reserved_ticket_cannot_be_updated(
-    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, tickets_db: TestDatabase
+    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, db: TestDatabase
 ) -> None:
     owner = uuid.uuid4()
     ticket = await create(client, users, owner)
@@ -410,12 +362,12 @@ async def test_reserved_ticket_cannot_be_updated(
     )
     assert r.status_code == 400
     assert r.json() == {"errors": [{"message": "Ticket is reserved and cannot be edited"}]}
-    [row] = await tickets_db.fetch("SELECT title, version FROM tickets")
+    [row] = await db.fetch("SELECT title, version FROM tickets")
     assert (row["title"], row["version"]) == ("Concert", 1)
 
 
 async def test_concurrent_updates_never_lose_a_version(
-    client: httpx.AsyncClient, users: Users, event_probe: EventProbe, tickets_db: TestDatabase
+    client: httpx.AsyncClient, users: Users, event_probe: EventProbe, db: TestDatabase
 ) -> None:
     owner = uuid.uuid4()
     ticket = await create(client, users, owner)
@@ -431,7 +383,7 @@ async def test_concurrent_updates_never_lose_a_version(
     )
     assert [r.status_code for r in responses] == [200] * 20
     assert sorted(r.json()["version"] for r in responses) == list(range(1, 21))
-    [row] = await tickets_db.fetch("SELECT version FROM tickets")
+    [row] = await db.fetch("SELECT version FROM tickets")
     assert row["version"] == 20
 
     async def all_published() -> list[int]:
@@ -440,7 +392,7 @@ async def test_concurrent_updates_never_lose_a_version(
 
     assert sorted(await eventually(all_published)) == list(range(1, 21))
     # And no 21st waiting in the outbox (committed with the change, maybe not yet published).
-    outbox = await tickets_db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'ticket.updated'")
+    outbox = await db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'ticket.updated'")
     assert len(outbox) == 20
 
 

@@ -4,58 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 from nats.js import JetStreamContext
 
-from ticketing_common.events import (
-    OrderCancelled,
-    OrderCancelledTicket,
-    OrderCreated,
-    OrderCreatedTicket,
-    OrderStatus,
-)
 from ticketing_common.testing import EventProbe, TestDatabase, Users, send_event
 from ticketing_common.testing.helpers import eventually
+from ticketing_common.testing.plugin import Deliver
 
-
-async def create(
-    client: httpx.AsyncClient, users: Users, owner: uuid.UUID | None = None
-) -> dict[str, Any]:
-    r = await client.post(
-        "/api/tickets",
-        json={"title": "Gig", "price": "15"},
-        headers=users.headers(owner or uuid.uuid4()),
-    )
-    assert r.status_code == 201
-    body: dict[str, Any] = r.json()
-    return body
-
-
-def order_created(ticket: dict[str, Any], order_id: uuid.UUID | None = None) -> OrderCreated:
-    return OrderCreated(
-        id=order_id or uuid.uuid4(),
-        version=0,
-        status=OrderStatus.CREATED,
-        user_id=uuid.uuid4(),
-        expires_at=datetime.now(UTC) + timedelta(minutes=15),
-        ticket=OrderCreatedTicket(id=ticket["id"], price=ticket["price"]),
-    )
-
-
-def order_cancelled(ticket: dict[str, Any], order_id: uuid.UUID) -> OrderCancelled:
-    return OrderCancelled(id=order_id, version=1, ticket=OrderCancelledTicket(id=ticket["id"]))
-
-
-async def handled(db: TestDatabase, event_id: uuid.UUID) -> None:
-    """Wait until the consumer has committed the event (its id is in the inbox)."""
-
-    async def in_inbox() -> bool:
-        return bool(await db.fetch("SELECT 1 FROM inbox WHERE event_id = $1", event_id))
-
-    await eventually(in_inbox)
+from .helpers import create, order_cancelled, order_created
 
 
 async def ticket_row(db: TestDatabase) -> Any:
@@ -68,7 +26,6 @@ async def test_order_created_reserves_and_order_cancelled_releases(
     users: Users,
     jetstream: JetStreamContext,
     event_probe: EventProbe,
-    tickets_db: TestDatabase,
 ) -> None:
     ticket = await create(client, users)
     order_id = uuid.uuid4()
@@ -87,37 +44,38 @@ async def test_order_created_reserves_and_order_cancelled_releases(
 
 
 async def test_redelivered_event_has_no_second_effect(
-    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, tickets_db: TestDatabase
+    client: httpx.AsyncClient,
+    users: Users,
+    jetstream: JetStreamContext,
+    db: TestDatabase,
+    deliver: Deliver,
 ) -> None:
     ticket = await create(client, users)
     event = order_created(ticket)
-    first = await send_event(jetstream, event)
-    await tickets_db.wait_handled(first.id)
+    first = await deliver(event)
     # The same event id again past JetStream's duplicate window (a replay): the inbox drops it.
     await jetstream.publish(
         "order.created",
         first.model_dump_json(by_alias=True).encode(),
         headers={"Nats-Msg-Id": f"{first.id}-replay"},
     )
-    marker = await send_event(jetstream, order_cancelled(ticket, uuid.uuid4()))
-    await tickets_db.wait_handled(marker.id)
-    row = await ticket_row(tickets_db)
+    await deliver(order_cancelled(ticket, uuid.uuid4()))
+    row = await ticket_row(db)
     assert (row["order_id"], row["version"]) == (event.id, 1)
-    assert (
-        len(await tickets_db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'ticket.updated'"))
-        == 1
-    )
+    assert len(await db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'ticket.updated'")) == 1
 
 
 async def test_cancellation_of_another_order_leaves_the_reservation(
-    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, tickets_db: TestDatabase
+    client: httpx.AsyncClient,
+    users: Users,
+    db: TestDatabase,
+    deliver: Deliver,
 ) -> None:
     ticket = await create(client, users)
     holder = uuid.uuid4()
-    await tickets_db.wait_handled((await send_event(jetstream, order_created(ticket, holder))).id)
-    other = await send_event(jetstream, order_cancelled(ticket, uuid.uuid4()))
-    await tickets_db.wait_handled(other.id)
-    row = await ticket_row(tickets_db)
+    await deliver(order_created(ticket, holder))
+    await deliver(order_cancelled(ticket, uuid.uuid4()))
+    row = await ticket_row(db)
     assert (row["order_id"], row["version"]) == (holder, 1)
 
 
@@ -126,35 +84,40 @@ async def test_next_order_waits_for_the_previous_cancellation(
     users: Users,
     jetstream: JetStreamContext,
     event_probe: EventProbe,
-    tickets_db: TestDatabase,
+    db: TestDatabase,
+    deliver: Deliver,
 ) -> None:
     """order.created B can overtake order.cancelled A: B is retried until A has let go."""
     ticket = await create(client, users)
     first, second = uuid.uuid4(), uuid.uuid4()
-    await tickets_db.wait_handled((await send_event(jetstream, order_created(ticket, first))).id)
+    await deliver(order_created(ticket, first))
 
     await send_event(jetstream, order_created(ticket, second))
     await send_event(jetstream, order_cancelled(ticket, first))
 
     final = await event_probe.wait_for("ticket.updated", lambda e: e.data["version"] == 3)
     assert final.data["orderId"] == str(second)
-    row = await ticket_row(tickets_db)
+    row = await ticket_row(db)
     assert (row["order_id"], row["version"]) == (second, 3)
 
 
 async def test_cancellation_arriving_before_creation_never_reserves(
-    client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, tickets_db: TestDatabase
+    client: httpx.AsyncClient,
+    users: Users,
+    jetstream: JetStreamContext,
+    db: TestDatabase,
+    deliver: Deliver,
 ) -> None:
     ticket = await create(client, users)
     holder, late = uuid.uuid4(), uuid.uuid4()
-    await tickets_db.wait_handled((await send_event(jetstream, order_created(ticket, holder))).id)
+    await deliver(order_created(ticket, holder))
     # `late` was created and cancelled while `holder` held the ticket; its cancellation lands first.
-    await tickets_db.wait_handled((await send_event(jetstream, order_cancelled(ticket, late))).id)
+    await deliver(order_cancelled(ticket, late))
     late_created = await send_event(jetstream, order_created(ticket, late))
-    await tickets_db.wait_handled((await send_event(jetstream, order_cancelled(ticket, holder))).id)
-    await tickets_db.wait_handled(late_created.id)
+    await deliver(order_cancelled(ticket, holder))
+    await db.wait_handled(late_created.id)
 
-    row = await ticket_row(tickets_db)
+    row = await ticket_row(db)
     assert (row["order_id"], row["version"]) == (None, 2)
 
 
@@ -163,7 +126,7 @@ async def test_update_racing_a_reservation_loses_nothing(
     users: Users,
     jetstream: JetStreamContext,
     event_probe: EventProbe,
-    tickets_db: TestDatabase,
+    db: TestDatabase,
 ) -> None:
     owner = uuid.uuid4()
     ticket = await create(client, users, owner)
@@ -180,12 +143,12 @@ async def test_update_racing_a_reservation_loses_nothing(
         send_event(jetstream, order_created(ticket, order_id)),
         asyncio.gather(*(put(i) for i in range(15))),
     )
-    await tickets_db.wait_handled(reservation.id)
+    await db.wait_handled(reservation.id)
     accepted = [r for r in responses if r.status_code == 200]
     assert all(r.status_code in (200, 400) for r in responses)
     assert all(r.json()["orderId"] is None for r in accepted)
 
-    row = await ticket_row(tickets_db)
+    row = await ticket_row(db)
     assert row["order_id"] == order_id
     assert row["version"] == len(accepted) + 1  # every change counted once
 
@@ -195,7 +158,7 @@ async def test_update_racing_a_reservation_loses_nothing(
 
     events = await eventually(published)
     assert sorted(e.data["version"] for e in events) == list(range(1, len(accepted) + 2))
-    outbox = await tickets_db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'ticket.updated'")
+    outbox = await db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'ticket.updated'")
     assert len(outbox) == len(accepted) + 1  # none still waiting to go out
     assert [e.data["orderId"] for e in events if e.data["version"] == row["version"]] == [
         str(order_id)

@@ -1,4 +1,7 @@
-"""Sign-up and sign-in: the rules, apart from HTTP."""
+"""Sign-up and sign-in: the rules, apart from HTTP.
+
+Each function works in the request's unit of work and never commits: the request does.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth.models import SigninFailure, User
 from auth.settings import AuthSettings
-from ticketing_common.db import advisory_xact_lock, utcnow
+from ticketing_common.clock import utcnow
+from ticketing_common.db import advisory_xact_lock
 from ticketing_common.errors import BadRequestError, TooManyRequestsError
 
 
@@ -23,6 +27,7 @@ class EmailInUseError(BadRequestError):
 
 class InvalidCredentialsError(BadRequestError):
     message = "Invalid credentials"
+    keeps_changes = True  # the failure just recorded counts toward the throttle
 
 
 class Passwords:
@@ -59,10 +64,9 @@ async def sign_up(session: AsyncSession, passwords: Passwords, email: str, passw
     user = User(email=email, password_hash=await passwords.hash(password))
     session.add(user)
     try:
-        await session.commit()
+        await session.flush()
     except IntegrityError as exc:
         # Another sign-up with this email committed between our check and our insert.
-        await session.rollback()
         raise EmailInUseError(field="email") from exc
     return user
 
@@ -85,7 +89,6 @@ async def sign_in(
         select(func.count()).select_from(SigninFailure).where(SigninFailure.email == email)
     )
     if (recent_failures or 0) >= settings.signin_max_failures:
-        await session.commit()
         raise TooManyRequestsError(
             "Too many failed sign-in attempts; try again later",
             retry_after=settings.signin_failure_window_seconds,
@@ -93,8 +96,6 @@ async def sign_in(
     user = await session.scalar(select(User).where(User.email == email))
     if not await passwords.verify(password, user.password_hash if user else None) or user is None:
         session.add(SigninFailure(email=email))
-        await session.commit()
         raise InvalidCredentialsError()
     await session.execute(delete(SigninFailure).where(SigninFailure.email == email))
-    await session.commit()
     return user

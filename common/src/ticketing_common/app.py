@@ -25,6 +25,7 @@ from ticketing_common.db import make_engine, make_sessionmaker
 from ticketing_common.errors import error_item, error_response, install_error_handlers
 from ticketing_common.messaging import Consumer, ConsumerRunner, OutboxRelay, ensure_stream
 from ticketing_common.messaging.connection import connect_nats
+from ticketing_common.observability import RequestIdMiddleware
 from ticketing_common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ def create_service_app(
     app = FastAPI(title=title, description=description, lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
     for router in routers:
         app.include_router(router)
 

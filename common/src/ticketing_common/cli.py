@@ -12,7 +12,6 @@ import json
 import sys
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -20,7 +19,7 @@ from fastapi import FastAPI
 from ticketing_common.db import make_engine, make_sessionmaker
 from ticketing_common.messaging import Consumer
 from ticketing_common.messaging.consumer import list_parked, replay_parked
-from ticketing_common.migrations import upgrade
+from ticketing_common.migrations import migrations_dir, upgrade
 from ticketing_common.observability import configure_logging
 from ticketing_common.settings import S, ServiceSettings, W, WebSettings
 
@@ -29,15 +28,14 @@ GRACEFUL_SHUTDOWN_SECONDS = 20
 
 
 def service_main(
-    *,
     settings_factory: Callable[[], S],
     app_factory: Callable[[S], FastAPI],
-    migrations_dir: Path,
+    *,
     consumer_factory: Callable[[S], Consumer] | None = None,
     argv: list[str] | None = None,
 ) -> int:
     """``consumer_factory`` gives the service's consumer to the ``parked`` commands (built only
-    for them: the app builds its own)."""
+    for them: the app builds its own). Migrations are those of the app factory's package."""
     parser = argparse.ArgumentParser()
     commands = parser.add_subparsers(dest="command", required=True)
     serve_command = _add_serve_command(commands, "run the HTTP service, its relay and consumer")
@@ -53,7 +51,7 @@ def service_main(
     settings = settings_factory()
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
     if args.command == "migrate" or (args.command == "serve" and args.migrate):
-        upgrade(migrations_dir, settings.database_url)
+        upgrade(migrations_dir(app_factory.__module__), settings.database_url)
     if args.command == "serve":
         serve(app_factory(settings), settings, args.host, args.port)
     elif args.command == "parked":

@@ -1,9 +1,15 @@
-"""Database helpers: the async engine, a session per request, naming conventions."""
+"""Database helpers: the async engine, the unit of work, naming conventions.
+
+A unit of work is one session in one transaction, owned by the entry point: the request's
+``SessionDep`` on HTTP paths, the consumer runner (``messaging.consumer.apply_once``) on event
+paths. Service functions read, change and ``publish`` in the session they are given; they never
+commit.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -14,6 +20,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+from ticketing_common.errors import AppError
 
 # Stable constraint names, so migrations can refer to them and errors can be matched on them.
 NAMING_CONVENTION = {
@@ -39,18 +47,43 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+@contextlib.asynccontextmanager
+async def transaction(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """One unit of work: committed when the block ends, rolled back if it raises.
 
-
-async def request_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One session per request; the route's service code commits what it changes."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    An error that keeps changes (``AppError.keeps_changes``, say a failed sign-in that must
+    count) commits first, then propagates.
+    """
     async with sessionmaker() as session:
+        try:
+            yield session
+        except AppError as exc:
+            if exc.keeps_changes:
+                await session.commit()
+            raise
+        await session.commit()
+
+
+def request_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    return sessionmaker
+
+
+# For a route whose work must span several units (payments: never a transaction held open
+# while a payment provider is called); every other route takes SessionDep.
+SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(request_sessionmaker)]
+
+
+async def request_transaction(sessionmaker: SessionmakerDep) -> AsyncIterator[AsyncSession]:
+    async with transaction(sessionmaker) as session:
         yield session
 
 
-SessionDep = Annotated[AsyncSession, Depends(request_session)]
+# The request's unit of work. scope="function": committed as the route returns, before the
+# response is sent, so a client that got its 201 finds the row; an error rolls it back.
+SessionDep = Annotated[AsyncSession, Depends(request_transaction, scope="function")]
 
 
 async def advisory_xact_lock(session: AsyncSession, key: str) -> None:

@@ -26,6 +26,8 @@ import time
 import warnings
 from pathlib import Path
 
+from ticketing_common.database_url import with_driver
+
 PG_SYSTEM_USER = "ticketing-postgres"
 
 
@@ -97,7 +99,7 @@ class EmbeddedPostgres:
         return self.database_url("postgres")
 
     def database_url(self, database: str) -> str:
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+        return with_driver(f"postgresql://postgres@127.0.0.1:{self.port}/{database}")
 
     @staticmethod
     def _system_user() -> str:

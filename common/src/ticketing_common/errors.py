@@ -19,6 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 class AppError(Exception):
     status_code = 500
     message = "Something went wrong"
+    # A refusal is normally all or nothing: the unit of work rolls back. True for one that is
+    # itself a fact to keep (a failed sign-in counts toward the throttle): it commits first.
+    keeps_changes = False
 
     def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
         self.message = message or type(self).message
@@ -109,14 +112,12 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Shape every error: ours, FastAPI's validation errors, unknown routes, and (through the
-    request-id middleware, which owns the 500 path) anything unexpected."""
-    from ticketing_common.observability import RequestIdMiddleware  # it imports this module
-
+    """Shape every error: ours, FastAPI's validation errors and unknown routes. Anything
+    unexpected is answered by ``observability.RequestIdMiddleware`` (so the 500 carries the
+    request id): the app factory installs both."""
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_middleware(RequestIdMiddleware)
     _document_error_shape(app)
 
 

@@ -7,6 +7,7 @@ migrate`` (and the test fixtures) call :func:`upgrade`.
 from __future__ import annotations
 
 import asyncio
+import importlib
 from pathlib import Path
 
 from alembic import command, context
@@ -19,6 +20,13 @@ from ticketing_common.messaging.tables import messaging_metadata
 
 # Any constant will do: each service has its own database, so the lock is per service.
 MIGRATION_LOCK_KEY = 7_420_001
+
+
+def migrations_dir(module: str) -> Path:
+    """The migrations of the service that ``module`` belongs to: ``<package>/migrations``."""
+    package = importlib.import_module(module.partition(".")[0])
+    assert package.__file__ is not None
+    return Path(package.__file__).parent / "migrations"
 
 
 def alembic_config(migrations_dir: Path, database_url: str) -> Config:

@@ -13,6 +13,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.requests import Request
 
+from ticketing_common.database_url import with_driver
+
 # Keys that appear in examples and tutorials; production refuses them.
 KNOWN_WEAK_KEYS = frozenset({"secret", "changeme", "changethis", "jwt_key", "asdf", "development"})
 MIN_JWT_KEY_LENGTH = 32
@@ -67,6 +69,11 @@ class ServiceSettings(WebSettings):
     outbox_poll_seconds: float = Field(default=2.0, gt=0)
     consumer_max_deliveries: int = Field(default=8, ge=1)
     consumer_ack_wait_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _for_sqlalchemy(cls, value: str) -> str:
+        return with_driver(value)  # DATABASE_URL may come as postgresql:// (libpq's form)
 
     @model_validator(mode="after")
     def _require_bus_credentials_in_production(self) -> ServiceSettings:

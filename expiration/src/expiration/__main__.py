@@ -1,21 +1,15 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from expiration.app import create_app
-from expiration.events import consumer
+from expiration.handlers import consumer
 from expiration.settings import ExpirationSettings
 from ticketing_common.cli import service_main
 
 
 def main() -> int:
-    return service_main(
-        settings_factory=ExpirationSettings,
-        app_factory=create_app,
-        migrations_dir=Path(__file__).parent / "migrations",
-        consumer_factory=lambda _: consumer,
-    )
+    return service_main(ExpirationSettings, create_app, consumer_factory=lambda _: consumer)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from expiration.events import consumer
+from expiration.handlers import consumer
 from expiration.settings import ExpirationSettings
 from ticketing_common.app import create_service_app
 

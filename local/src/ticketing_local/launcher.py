@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 
+from ticketing_common.database_url import PLAIN, with_driver
 from ticketing_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from ticketing_common.http import outbound_client
 from ticketing_local.datafolder import DataFolder, process_start_ticks
@@ -240,7 +241,7 @@ class Launcher:
 
     async def _create_databases(self, names: list[str]) -> None:
         assert self.postgres is not None
-        conn = await asyncpg.connect(self.postgres.url.replace("+asyncpg", ""))
+        conn = await asyncpg.connect(with_driver(self.postgres.url, driver=PLAIN))
         try:
             existing = {r["datname"] for r in await conn.fetch("SELECT datname FROM pg_database")}
             for name in names:

@@ -1,21 +1,15 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from orders.app import create_app
-from orders.events import consumer
+from orders.handlers import consumer
 from orders.settings import OrdersSettings
 from ticketing_common.cli import service_main
 
 
 def main() -> int:
-    return service_main(
-        settings_factory=OrdersSettings,
-        app_factory=create_app,
-        migrations_dir=Path(__file__).parent / "migrations",
-        consumer_factory=lambda _: consumer,
-    )
+    return service_main(OrdersSettings, create_app, consumer_factory=lambda _: consumer)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from orders.events import consumer
+from orders.handlers import consumer
 from orders.routes import router
 from orders.settings import OrdersSettings
 from ticketing_common.app import create_service_app

@@ -89,4 +89,4 @@ async def show_order(order_id: uuid.UUID, user: CurrentUser, session: SessionDep
     responses=error_responses(400, 401, 403, 404),
 )
 async def cancel_order(order_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> None:
-    await service.cancel_order(session, user.id, order_id)
+    await service.cancel_order(session, order_id, buyer=user.id)

@@ -1,4 +1,8 @@
-"""Orders: the rules, apart from HTTP and from the broker."""
+"""Orders: the rules, apart from HTTP and from the broker.
+
+Each function works in the caller's unit of work (the request's, or the consumer's for an
+event) and never commits: the entry point does.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,25 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orders.models import LIVE_ORDER_INDEX, IdempotencyKey, Order, Ticket
 from orders.schemas import OrderIn, OrderOut, OrderTicketOut, SaleOut
-from ticketing_common.db import constraint_name, utcnow
+from ticketing_common.clock import utcnow
+from ticketing_common.db import constraint_name
 from ticketing_common.errors import BadRequestError, ForbiddenError, NotFoundError
-from ticketing_common.events import OrderCancelled, OrderCancelledTicket, OrderCreated, OrderStatus
+from ticketing_common.events import (
+    OrderCancelled,
+    OrderCancelledTicket,
+    OrderCreated,
+    OrderStatus,
+    TicketCreated,
+    TicketUpdated,
+)
 from ticketing_common.events import OrderCreatedTicket as EventTicket
-from ticketing_common.messaging import publish
+from ticketing_common.messaging import RetryLater, publish
 
 log = logging.getLogger(__name__)
 
@@ -143,22 +156,22 @@ async def create_order(
     )
     body = order_out(order).model_dump(mode="json", by_alias=True)
     try:
-        if idempotency_key is not None:
-            # First, so a concurrent twin of this request waits here for ours to finish.
-            session.add(
-                IdempotencyKey(
-                    user_id=user_id,
-                    key=idempotency_key,
-                    request_hash=request_hash,
-                    status_code=201,
-                    response=body,
+        # A savepoint: a lost race undoes only these inserts, and the answer is still ours to give.
+        async with session.begin_nested():
+            if idempotency_key is not None:
+                # First, so a concurrent twin of this request waits here for ours to finish.
+                session.add(
+                    IdempotencyKey(
+                        user_id=user_id,
+                        key=idempotency_key,
+                        request_hash=request_hash,
+                        status_code=201,
+                        response=body,
+                    )
                 )
-            )
-            await session.flush()
-        session.add(order)
-        await session.flush()
+                await session.flush()
+            session.add(order)
     except IntegrityError as exc:
-        await session.rollback()
         constraint = constraint_name(exc)
         if constraint == IDEMPOTENCY_KEY_PK and idempotency_key is not None:
             stored = await _stored_answer(session, user_id, idempotency_key, request_hash)
@@ -178,7 +191,6 @@ async def create_order(
             ticket=EventTicket(id=order.ticket_id, price=order.ticket_price),
         ),
     )
-    await session.commit()
     return Answer(201, body, replayed=False)
 
 
@@ -214,32 +226,37 @@ async def list_sales(session: AsyncSession, seller_id: uuid.UUID) -> list[SaleOu
     ]
 
 
-async def _owned_order(
-    session: AsyncSession, user_id: uuid.UUID, order_id: uuid.UUID, *, lock: bool = False
+async def _order(
+    session: AsyncSession, order_id: uuid.UUID, *, lock: bool = False, buyer: uuid.UUID | None
 ) -> Order:
+    """The order (of ``buyer``, when one is given); with ``lock``, row-locked until commit, so a
+    cancel, an expiry and a payment take turns."""
     query = select(Order).where(Order.id == order_id)
     order = await session.scalar(query.with_for_update() if lock else query)
     if order is None:
         raise OrderNotFoundError()
-    if order.user_id != user_id:
+    if buyer is not None and order.user_id != buyer:
         raise NotOrderOwnerError()
     return order
 
 
 async def get_order(session: AsyncSession, user_id: uuid.UUID, order_id: uuid.UUID) -> OrderOut:
-    return order_out(await _owned_order(session, user_id, order_id))
+    return order_out(await _order(session, order_id, buyer=user_id))
 
 
-async def lock_order(session: AsyncSession, order_id: uuid.UUID) -> Order | None:
-    """The order, row-locked until commit: a cancel, an expiry and a payment take turns."""
-    order: Order | None = await session.scalar(
-        select(Order).where(Order.id == order_id).with_for_update()
-    )
-    return order
+async def cancel_order(
+    session: AsyncSession, order_id: uuid.UUID, *, buyer: uuid.UUID | None = None
+) -> None:
+    """Cancel a live order and announce it: by its ``buyer``, or (no buyer) when it expires.
 
-
-async def cancel(session: AsyncSession, order: Order) -> None:
-    """Cancel a live order and announce it; the caller commits."""
+    Cancelling a cancelled order changes nothing and publishes nothing. A complete order stays
+    complete: its buyer is told so; an expiry that lost the race to a payment does nothing.
+    """
+    order = await _order(session, order_id, lock=True, buyer=buyer)
+    if order.status == OrderStatus.COMPLETE and buyer is not None:
+        raise OrderCompleteError()
+    if order.status in (OrderStatus.COMPLETE, OrderStatus.CANCELLED):
+        return
     order.status = OrderStatus.CANCELLED
     order.version += 1
     await publish(
@@ -250,11 +267,51 @@ async def cancel(session: AsyncSession, order: Order) -> None:
     )
 
 
-async def cancel_order(session: AsyncSession, user_id: uuid.UUID, order_id: uuid.UUID) -> None:
-    order = await _owned_order(session, user_id, order_id, lock=True)
-    if order.status == OrderStatus.COMPLETE:
-        raise OrderCompleteError()
+async def complete_order(session: AsyncSession, order_id: uuid.UUID, payment_id: uuid.UUID) -> None:
+    """The order is paid. One cancelled meanwhile stays cancelled: payments refunds it."""
+    order = await _order(session, order_id, lock=True, buyer=None)
     if order.status == OrderStatus.CANCELLED:
-        return  # already done: nothing changes, nothing is published again
-    await cancel(session, order)
-    await session.commit()
+        log.warning("payment %s for cancelled order %s; not completing", payment_id, order.id)
+        return
+    if order.status == OrderStatus.COMPLETE:
+        return
+    order.status = OrderStatus.COMPLETE
+    order.version += 1
+
+
+async def add_ticket(session: AsyncSession, ticket: TicketCreated) -> None:
+    """A new ticket joins the replica (once, however often it is announced)."""
+    await session.execute(
+        insert(Ticket)
+        .values(
+            id=ticket.id,
+            title=ticket.title,
+            price=ticket.price,
+            user_id=ticket.user_id,
+            version=ticket.version,
+        )
+        .on_conflict_do_nothing(index_elements=[Ticket.id])
+    )
+
+
+async def update_ticket(session: AsyncSession, update: TicketUpdated) -> None:
+    """Apply a ticket change to the replica in version order: an older one is dropped, one
+    from the future waits for those before it."""
+    ticket = await session.scalar(select(Ticket).where(Ticket.id == update.id).with_for_update())
+    if ticket is None:
+        raise RetryLater(
+            f"ticket {update.id} v{update.version}: its ticket.created has not arrived"
+        )
+    if update.version <= ticket.version:
+        log.info(
+            "ticket %s v%d is older than our v%d; dropped",
+            update.id,
+            update.version,
+            ticket.version,
+        )
+        return
+    if update.version > ticket.version + 1:
+        raise RetryLater(f"ticket {update.id} v{update.version} is ahead of our v{ticket.version}")
+    ticket.title = update.title
+    ticket.price = update.price
+    ticket.version = update.version

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from payments.events import make_consumer
+from payments.handlers import make_consumer
 from payments.providers import PaymentProvider, make_provider
 from payments.routes import router
 from payments.settings import PaymentsSettings

@@ -9,7 +9,7 @@ from payments.schemas import PaymentIn, PaymentOut
 from payments.service import create_payment
 from payments.settings import PaymentsSettings
 from ticketing_common.auth import CurrentUser
-from ticketing_common.db import SessionDep
+from ticketing_common.db import SessionmakerDep
 from ticketing_common.errors import error_responses
 from ticketing_common.settings import settings_dependency
 
@@ -34,11 +34,11 @@ SettingsDep = Annotated[PaymentsSettings, Depends(settings_dependency(PaymentsSe
 async def pay(
     body: PaymentIn,
     user: CurrentUser,
-    session: SessionDep,
+    sessionmaker: SessionmakerDep,
     provider: ProviderDep,
     settings: SettingsDep,
 ) -> PaymentOut:
     payment = await create_payment(
-        session, provider, user, body.order_id, body.token, settings.currency
+        sessionmaker, provider, user, body.order_id, body.token, settings.currency
     )
     return PaymentOut.model_validate(payment)

@@ -14,6 +14,12 @@ exactly once. How each path keeps it:
   when the order expires.
 - No database transaction is held open while the provider is called, except for the release
   itself, which must not be lost between the refund and its record.
+
+Transactions: the event handlers work in the consumer's unit of work, like every service. A
+charge cannot: its provider calls must fall between transactions. So ``create_payment`` takes
+the sessionmaker and runs its own short units of work (check, claim, record, end of attempt),
+each committed as its block ends; the provider's prepare and confirm run in between, with no
+transaction open.
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ import logging
 import uuid
 from decimal import Decimal
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from payments.models import Order, Payment, PaymentStatus
+from payments.models import CancelledOrder, Order, Payment, PaymentStatus
 from payments.providers import (
     IntentClosedError,
     InvalidPaymentTokenError,
@@ -34,9 +41,10 @@ from payments.providers import (
     PaymentRejectedError,
 )
 from ticketing_common.auth import UserClaims
-from ticketing_common.db import utcnow
+from ticketing_common.clock import utcnow
+from ticketing_common.db import advisory_xact_lock, transaction
 from ticketing_common.errors import BadRequestError, ForbiddenError, NotFoundError
-from ticketing_common.events import OrderStatus, PaymentCreated, PaymentRefunded
+from ticketing_common.events import OrderCreated, OrderStatus, PaymentCreated, PaymentRefunded
 from ticketing_common.messaging import publish
 
 log = logging.getLogger(__name__)
@@ -67,6 +75,7 @@ class PaymentStateError(RuntimeError):
 
 
 async def _order(session: AsyncSession, order_id: uuid.UUID, *, lock: bool = False) -> Order | None:
+    """The order replica, as stored now (with ``lock``: row-locked until commit)."""
     query = select(Order).where(Order.id == order_id).execution_options(populate_existing=True)
     return await session.scalar(query.with_for_update() if lock else query)
 
@@ -97,7 +106,7 @@ def _check_payable(order: Order | None, payment: Payment | None, user: UserClaim
 
 
 async def create_payment(
-    session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
     provider: PaymentProvider,
     user: UserClaims,
     order_id: uuid.UUID,
@@ -105,15 +114,15 @@ async def create_payment(
     currency: str,
 ) -> Payment:
     # 1. Cheap checks first: no provider call for an order that cannot be paid.
-    order = _check_payable(await _order(session, order_id), await _payment(session, order_id), user)
-    amount: Decimal = order.price
-    await session.rollback()
+    async with transaction(sessionmaker) as session:
+        payable = await _order(session, order_id), await _payment(session, order_id)
+        amount: Decimal = _check_payable(*payable, user).price
 
     # 2. The order's one intent (the same for every attempt at this order).
     intent_ref = await provider.prepare(order_id=order_id, amount=amount, currency=currency)
 
     # 3. Claim: record the attempt as pending under the order's lock, before any money moves.
-    await _claim(session, provider, user, order_id, intent_ref, amount, currency)
+    await _claim(sessionmaker, provider, user, order_id, intent_ref, amount, currency)
 
     # 4. Charge (no transaction open), then 5. record the outcome, checking again under the
     #    lock: the order may have been cancelled (or expired) while the card was being charged.
@@ -129,13 +138,13 @@ async def create_payment(
             raise OrderCancelledError() from exc
         # Anything else (the provider unreachable, say) leaves the outcome unknown: the row
         # stays pending, and the order's cancellation or expiry releases it.
-        return await _record_success(session, provider, order_id, intent_ref)
+        return await _record_success(sessionmaker, provider, order_id, intent_ref)
     finally:
-        await _end_attempt(session, order_id, charged_nothing=charged_nothing)
+        await _end_attempt(sessionmaker, order_id, charged_nothing=charged_nothing)
 
 
 async def _claim(
-    session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
     provider: PaymentProvider,
     user: UserClaims,
     order_id: uuid.UUID,
@@ -143,7 +152,8 @@ async def _claim(
     amount: Decimal,
     currency: str,
 ) -> None:
-    try:
+    # No unique-violation case to handle: the order's row lock serialises claims.
+    async with transaction(sessionmaker) as session:
         order = await _order(session, order_id, lock=True)
         payment = await _payment(session, order_id)
         _check_payable(order, payment, user)
@@ -163,20 +173,14 @@ async def _claim(
             # A pending one is another attempt under way (or one cut short): this attempt uses
             # the same intent, which can be paid only once.
             payment.attempts_in_flight += 1
-        await session.commit()
-    # No unique-violation case to handle: the order's row lock serialises claims.
-    except BaseException:
-        await session.rollback()
-        raise
 
 
 async def _end_attempt(
-    session: AsyncSession, order_id: uuid.UUID, *, charged_nothing: bool
+    sessionmaker: async_sessionmaker[AsyncSession], order_id: uuid.UUID, *, charged_nothing: bool
 ) -> None:
     """This attempt is over. One that surely took no money (declined, say) records nothing:
     its pending row goes, unless another attempt is under way (it may be taking the money)."""
-    await session.rollback()  # whatever the attempt left open
-    async with session.begin():
+    async with transaction(sessionmaker) as session:
         await _order(session, order_id, lock=True)
         payment = await _payment(session, order_id)
         if payment is None:
@@ -191,9 +195,12 @@ async def _end_attempt(
 
 
 async def _record_success(
-    session: AsyncSession, provider: PaymentProvider, order_id: uuid.UUID, intent_ref: str
+    sessionmaker: async_sessionmaker[AsyncSession],
+    provider: PaymentProvider,
+    order_id: uuid.UUID,
+    intent_ref: str,
 ) -> Payment:
-    async with session.begin():
+    async with transaction(sessionmaker) as session:
         order = await _order(session, order_id, lock=True)
         payment = await _payment(session, order_id)
         if order is None or payment is None:
@@ -247,10 +254,70 @@ async def release_payment(
     log.info("refunded payment %s of cancelled order %s", payment.id, payment.order_id)
 
 
-async def order_cancelled(
+async def _lock_order_events(session: AsyncSession, order_id: uuid.UUID) -> None:
+    """Serialise the events of one order (any replica) until commit.
+
+    A row lock cannot do it while the replica does not exist yet: without this, an
+    order.created and an order.cancelled handled at once could each miss the other's row.
+    """
+    await advisory_xact_lock(session, f"order:{order_id}")
+
+
+async def add_order(session: AsyncSession, provider: PaymentProvider, order: OrderCreated) -> None:
+    """A new order joins the replica; if its order.cancelled came first (a tombstone waits),
+    it is stored cancelled."""
+    await _lock_order_events(session, order.id)
+    await session.execute(
+        insert(Order)
+        .values(
+            id=order.id,
+            version=order.version,
+            status=order.status.value,
+            user_id=order.user_id,
+            price=order.ticket.price,
+            expires_at=order.expires_at,
+        )
+        .on_conflict_do_nothing(index_elements=[Order.id])
+    )
+    tombstone = await session.scalar(
+        delete(CancelledOrder)
+        .where(CancelledOrder.order_id == order.id)
+        .returning(CancelledOrder.version)
+    )
+    if tombstone is not None:
+        log.info("order %s was cancelled before it reached us; stored cancelled", order.id)
+        replica = await _order(session, order.id, lock=True)
+        if replica is None:
+            raise PaymentStateError(f"order {order.id} replica missing right after insert")
+        await _apply_cancellation(session, provider, replica, tombstone)
+
+
+async def cancel_order(
+    session: AsyncSession, provider: PaymentProvider, order_id: uuid.UUID, version: int
+) -> None:
+    """Apply an order.cancelled and release the order's payment, if any. Before its
+    order.created, leave a tombstone for that event to find."""
+    await _lock_order_events(session, order_id)
+    order = await _order(session, order_id, lock=True)
+    if order is None:
+        await session.execute(
+            insert(CancelledOrder)
+            .values(order_id=order_id, version=version)
+            .on_conflict_do_update(
+                index_elements=[CancelledOrder.order_id],
+                set_={"version": func.greatest(CancelledOrder.version, version)},
+            )
+        )
+        return
+    await _apply_cancellation(session, provider, order, version)
+
+
+async def _apply_cancellation(
     session: AsyncSession, provider: PaymentProvider, order: Order, version: int
 ) -> None:
-    """Apply an order.cancelled to the locked replica and release its payment, if any."""
+    """Cancel the locked replica (if ``version`` is newer) and release its payment, if any."""
+    # Orders only ever go created -> cancelled here, but versions may skip (orders may bump the
+    # version on changes it does not publish): apply anything newer.
     if version > order.version:
         order.status = OrderStatus.CANCELLED
         order.version = version

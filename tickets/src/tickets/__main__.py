@@ -1,21 +1,15 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from ticketing_common.cli import service_main
 from tickets.app import create_app
-from tickets.events import consumer
+from tickets.handlers import consumer
 from tickets.settings import TicketsSettings
 
 
 def main() -> int:
-    return service_main(
-        settings_factory=TicketsSettings,
-        app_factory=create_app,
-        migrations_dir=Path(__file__).parent / "migrations",
-        consumer_factory=lambda _: consumer,
-    )
+    return service_main(TicketsSettings, create_app, consumer_factory=lambda _: consumer)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from ticketing_common.app import create_service_app
-from tickets.events import consumer
+from tickets.handlers import consumer
 from tickets.routes import router
 from tickets.settings import TicketsSettings
 

@@ -1,21 +1,29 @@
-"""Tickets: the rules, apart from HTTP and from the broker."""
+"""Tickets: the rules, apart from HTTP and from the broker.
+
+Each function works in the caller's unit of work (the request's, or the consumer's for an
+event) and never commits: the entry point does.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import select, tuple_
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ticketing_common.errors import BadRequestError, ForbiddenError, NotFoundError
 from ticketing_common.events import TicketCreated, TicketUpdated
-from ticketing_common.messaging import publish
-from tickets.models import Ticket
+from ticketing_common.messaging import RetryLater, publish
+from tickets.models import CancelledOrder, Ticket
+
+log = logging.getLogger(__name__)
 
 
 class TicketNotFoundError(NotFoundError):
@@ -37,7 +45,7 @@ class InvalidCursorError(BadRequestError):
         super().__init__(field="cursor")
 
 
-def updated_event(ticket: Ticket) -> TicketUpdated:
+def _updated_event(ticket: Ticket) -> TicketUpdated:
     return TicketUpdated(
         id=ticket.id,
         version=ticket.version,
@@ -58,7 +66,6 @@ async def create_ticket(
         session,
         TicketCreated(id=ticket.id, version=0, title=title, price=price, user_id=user_id),
     )
-    await session.commit()
     return ticket
 
 
@@ -69,7 +76,7 @@ async def get_ticket(session: AsyncSession, ticket_id: uuid.UUID) -> Ticket:
     return ticket
 
 
-async def lock_ticket(session: AsyncSession, ticket_id: uuid.UUID) -> Ticket | None:
+async def _lock_ticket(session: AsyncSession, ticket_id: uuid.UUID) -> Ticket | None:
     """The ticket, row-locked until commit: a PUT and a reservation never overwrite each other."""
     ticket: Ticket | None = await session.scalar(
         select(Ticket).where(Ticket.id == ticket_id).with_for_update()
@@ -80,7 +87,7 @@ async def lock_ticket(session: AsyncSession, ticket_id: uuid.UUID) -> Ticket | N
 async def update_ticket(
     session: AsyncSession, user_id: uuid.UUID, ticket_id: uuid.UUID, title: str, price: Decimal
 ) -> Ticket:
-    ticket = await lock_ticket(session, ticket_id)
+    ticket = await _lock_ticket(session, ticket_id)
     if ticket is None:
         raise TicketNotFoundError()
     if ticket.user_id != user_id:
@@ -90,9 +97,54 @@ async def update_ticket(
     ticket.title = title
     ticket.price = price
     ticket.version += 1
-    await publish(session, updated_event(ticket))
-    await session.commit()
+    await publish(session, _updated_event(ticket))
     return ticket
+
+
+async def _ticket_of_order(
+    session: AsyncSession, ticket_id: uuid.UUID, order_id: uuid.UUID
+) -> Ticket:
+    ticket = await _lock_ticket(session, ticket_id)
+    if ticket is None:
+        # Orders only sells tickets it heard of from us: this is a fault, retried then parked.
+        raise LookupError(f"order {order_id} is for unknown ticket {ticket_id}")
+    return ticket
+
+
+async def reserve(session: AsyncSession, ticket_id: uuid.UUID, *, order_id: uuid.UUID) -> None:
+    """Hold the ticket for an order, and announce it. An order cancelled before it reached us
+    (its tombstone is here) reserves nothing; a ticket still held by an earlier order waits for
+    that order's cancellation."""
+    ticket = await _ticket_of_order(session, ticket_id, order_id)
+    if ticket.order_id == order_id:
+        return
+    cancelled = await session.scalar(
+        select(CancelledOrder.order_id).where(CancelledOrder.order_id == order_id)
+    )
+    if cancelled is not None:
+        log.info("order %s was cancelled before it reached us; not reserving", order_id)
+        return
+    if ticket.order_id is not None:
+        raise RetryLater(f"ticket {ticket.id} is still held by order {ticket.order_id}")
+    ticket.order_id = order_id
+    ticket.version += 1
+    await publish(session, _updated_event(ticket))
+
+
+async def release(session: AsyncSession, ticket_id: uuid.UUID, *, order_id: uuid.UUID) -> None:
+    """The order is cancelled: free its ticket and announce it. If the ticket is not held by
+    it (its order.created is still on its way), leave a tombstone for that event to find."""
+    ticket = await _ticket_of_order(session, ticket_id, order_id)
+    if ticket.order_id != order_id:
+        await session.execute(
+            insert(CancelledOrder)
+            .values(order_id=order_id, ticket_id=ticket.id)
+            .on_conflict_do_nothing()
+        )
+        return
+    ticket.order_id = None
+    ticket.version += 1
+    await publish(session, _updated_event(ticket))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from pydantic import ConfigDict, Field
 
-from ticketing_common.db import utcnow
+from ticketing_common.clock import utcnow
 from ticketing_common.models import CamelModel, Money
 
 

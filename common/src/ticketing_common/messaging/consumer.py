@@ -38,6 +38,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ticketing_common.db import transaction
 from ticketing_common.events import Event, EventEnvelope, Subject
 from ticketing_common.messaging.streams import STREAM_NAME, ensure_stream
 from ticketing_common.messaging.tables import inbox, parked_events
@@ -281,7 +282,7 @@ class ConsumerRunner:
             raw = {"raw": msg.data.decode("utf-8", "replace")}
         event_id = envelope.id if envelope else _event_id_of(headers)
         subject = envelope.subject.value if envelope else msg.subject
-        async with self._sessionmaker() as session, session.begin():
+        async with transaction(self._sessionmaker) as session:
             await session.execute(
                 insert(parked_events)
                 .values(
@@ -308,9 +309,10 @@ async def apply_once(
     envelope: EventEnvelope,
     event: Event,
     handler: Handler,
-) -> bool:
-    """Run the handler and record the event id in one transaction; False if seen before."""
-    async with sessionmaker() as session, session.begin():
+) -> None:
+    """Run the handler and record the event id in one transaction (the unit of work of an
+    event); an event id seen before has no effect."""
+    async with transaction(sessionmaker) as session:
         first_time = (
             await session.execute(
                 insert(inbox)
@@ -321,9 +323,8 @@ async def apply_once(
         ).first()
         if first_time is None:
             log.info("event %s already handled, skipping", envelope.id)
-            return False
+            return
         await handler(session, event)
-        return True
 
 
 async def list_parked(sessionmaker: async_sessionmaker[AsyncSession]) -> list[dict[str, Any]]:
@@ -352,7 +353,7 @@ async def replay_parked(
         event = registration.event_type.model_validate(envelope.data)
         await apply_once(sessionmaker, envelope, event, registration.handler)
     except Exception as exc:
-        async with sessionmaker() as session, session.begin():
+        async with transaction(sessionmaker) as session:
             await session.execute(
                 parked_events.update()
                 .where(parked_events.c.event_id == event_id)
@@ -361,7 +362,7 @@ async def replay_parked(
         return False
     finally:
         request_id_var.reset(token)
-    async with sessionmaker() as session, session.begin():
+    async with transaction(sessionmaker) as session:
         await session.execute(delete(parked_events).where(parked_events.c.event_id == event_id))
     return True
 

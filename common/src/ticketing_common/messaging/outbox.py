@@ -32,6 +32,7 @@ from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableEr
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from ticketing_common.database_url import PLAIN, with_driver
 from ticketing_common.events import Event, EventEnvelope
 from ticketing_common.messaging.streams import ensure_stream
 from ticketing_common.messaging.tables import inbox, outbox
@@ -160,9 +161,9 @@ class OutboxRelay:
         if loop_time < self._next_listen:
             return None
         self._next_listen = loop_time + 30
-        url = self._engine.url.set(drivername="postgresql")
+        url = with_driver(self._engine.url, driver=PLAIN)
         try:
-            listener = await asyncpg.connect(url.render_as_string(hide_password=False), timeout=5)
+            listener = await asyncpg.connect(url, timeout=5)
             await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
         except Exception as exc:
             log.warning("outbox relay cannot LISTEN, polling only for now: %r", exc)

@@ -82,11 +82,6 @@ def create_messaging_tables(op: Any) -> None:
     """
     import sqlalchemy as sa
 
-    def timestamp(name: str) -> sa.Column[Any]:
-        return sa.Column(
-            name, sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
-        )
-
     op.create_table(
         "outbox",
         sa.Column("id", UUID(as_uuid=True), nullable=False),

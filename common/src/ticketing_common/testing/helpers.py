@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ticketing_common.auth import SESSION_COOKIE, UserClaims, create_session_token
+from ticketing_common.database_url import PLAIN, with_driver
 from ticketing_common.events import Event, EventEnvelope
 from ticketing_common.messaging.streams import STREAM_NAME
 from ticketing_common.messaging.tables import messaging_metadata
@@ -72,6 +73,14 @@ class Users:
         return {"Cookie": f"{SESSION_COOKIE}={token}"}
 
 
+def error_fields(response: httpx.Response) -> list[str | None]:
+    """The fields of an error answer, having checked it is in the common shape."""
+    body = response.json()
+    assert set(body) == {"errors"} and body["errors"], body
+    assert all(e["message"] for e in body["errors"])
+    return [e.get("field") for e in body["errors"]]
+
+
 async def send_event(
     js: JetStreamContext, event: Event, envelope_id: uuid.UUID | None = None
 ) -> EventEnvelope:
@@ -91,10 +100,6 @@ async def send_event(
     return envelope
 
 
-def _dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
-
-
 class TestDatabase:
     """A fresh database for one service and one test run, migrated to head."""
 
@@ -109,19 +114,19 @@ class TestDatabase:
     ) -> TestDatabase:
         """Create the database; apply the service's migrations when ``migrations_dir`` is given."""
         database = f"test_{name}_{uuid.uuid4().hex[:8]}"
-        conn = await asyncpg.connect(_dsn(server_url))
+        conn = await asyncpg.connect(with_driver(server_url, driver=PLAIN))
         try:
             await conn.execute(f'CREATE DATABASE "{database}"')
         finally:
             await conn.close()
-        url = server_url.rsplit("/", 1)[0] + f"/{database}"
+        url = with_driver(server_url, database=database)
         if migrations_dir is not None:
             await asyncio.to_thread(upgrade, migrations_dir, url)
         return cls(url)
 
     async def truncate(self) -> None:
         """Empty every table but Alembic's: the cheap reset between tests."""
-        conn = await asyncpg.connect(_dsn(self.url))
+        conn = await asyncpg.connect(with_driver(self.url, driver=PLAIN))
         try:
             tables = await conn.fetch(
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
@@ -174,7 +179,7 @@ class TestDatabase:
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         """Read the database directly, to assert what the service really stored."""
-        conn = await asyncpg.connect(_dsn(self.url))
+        conn = await asyncpg.connect(with_driver(self.url, driver=PLAIN))
         try:
             result: list[asyncpg.Record] = await conn.fetch(query, *args)
             return result

@@ -1,9 +1,16 @@
-"""Pytest fixtures: a real PostgreSQL and a real NATS JetStream server for the whole run.
+"""Pytest fixtures: a real PostgreSQL and a real NATS JetStream server for the whole run, and
+the fixtures of a service under test.
 
 Set ``DATABASE_URL`` (a server URL whose user may create databases) or ``NATS_URL`` (2.12+) to
 use servers you run yourself; otherwise both are started from their wheels on free ports and
 stopped at the end of the run. That NATS server admits anyone (tests publish on behalf of every
 service); ``secured_nats`` starts one per test that admits only the bus's users.
+
+A service's ``conftest.py`` names the service by overriding ``service_name``; it then gets
+``db`` (its migrated database, emptied after each test), ``settings``, ``app``, ``harness``,
+``client``, ``users`` and ``deliver``. It may override ``settings_overrides`` or ``app`` where
+the service needs more (cheaper password hashing, a payment provider). ``platform`` runs several
+services at once.
 """
 
 from __future__ import annotations
@@ -13,17 +20,21 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 import pytest
+from fastapi import FastAPI
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from ticketing_common.database_url import with_driver
+from ticketing_common.events import Event, EventEnvelope
 from ticketing_common.messaging.permissions import (
     MONITOR_USER,
     USERS,
@@ -31,7 +42,18 @@ from ticketing_common.messaging.permissions import (
     render_authorization,
 )
 from ticketing_common.messaging.streams import STREAM_NAME
-from ticketing_common.testing.helpers import EventProbe
+from ticketing_common.migrations import migrations_dir
+from ticketing_common.settings import ServiceSettings
+from ticketing_common.testing import services
+from ticketing_common.testing.helpers import (
+    EventProbe,
+    ServiceHarness,
+    TestDatabase,
+    Users,
+    send_event,
+    test_settings,
+)
+from ticketing_common.testing.platform import Platform
 
 
 @dataclass
@@ -62,7 +84,7 @@ def _servers_dir() -> Iterator[Path]:
 def postgres_url(_servers_dir: Path) -> Iterator[str]:
     """URL of a PostgreSQL server where tests may create databases."""
     if url := os.environ.get("DATABASE_URL"):
-        yield url.replace("postgresql://", "postgresql+asyncpg://", 1)
+        yield with_driver(url)
         return
     from ticketing_common.embedded import EmbeddedPostgres
 
@@ -150,3 +172,94 @@ async def jetstream(nats_server: NatsServer) -> AsyncIterator[JetStreamContext]:
 @pytest.fixture
 def event_probe(jetstream: JetStreamContext) -> EventProbe:
     return EventProbe(jetstream)
+
+
+@pytest.fixture
+async def platform(
+    postgres_url: str, nats_server: NatsServer, jetstream: JetStreamContext
+) -> AsyncIterator[Platform]:
+    """Several services in one process (see ``testing.platform``)."""
+    platform = Platform(postgres_url, nats_server.url)
+    try:
+        yield platform
+    finally:
+        await platform.close()
+
+
+@pytest.fixture
+def service_name() -> str:
+    """The service under test: a service's conftest overrides this."""
+    raise pytest.UsageError("override the service_name fixture in the service's conftest.py")
+
+
+@pytest.fixture(scope="session")
+def _service_databases() -> dict[str, TestDatabase]:
+    return {}
+
+
+@pytest.fixture
+async def db(
+    service_name: str, postgres_url: str, _service_databases: dict[str, TestDatabase]
+) -> TestDatabase:
+    """The service's database, created and migrated once for the run."""
+    if service_name not in _service_databases:
+        _service_databases[service_name] = await TestDatabase.create(
+            postgres_url, service_name, migrations_dir(service_name)
+        )
+    return _service_databases[service_name]
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+async def settings(
+    service_name: str,
+    db: TestDatabase,
+    nats_server: NatsServer,
+    settings_overrides: dict[str, Any],
+) -> AsyncIterator[ServiceSettings]:
+    """The service's settings against the test servers; the database is emptied afterwards."""
+    settings_cls = services.settings_class(service_name)
+    yield test_settings(settings_cls, db.url, nats_server.url, **settings_overrides)
+    await db.truncate()
+
+
+@pytest.fixture
+def app(service_name: str, settings: ServiceSettings) -> FastAPI:
+    return services.create_app(service_name, settings)
+
+
+@pytest.fixture
+def harness(app: FastAPI, jetstream: JetStreamContext) -> ServiceHarness:
+    return ServiceHarness(app)
+
+
+@pytest.fixture
+async def client(harness: ServiceHarness) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client to the running service (its relay and consumer running too)."""
+    async with harness.client() as client:
+        yield client
+
+
+@pytest.fixture
+def users(settings: ServiceSettings) -> Users:
+    return Users(settings)
+
+
+Deliver = Callable[[Event], Awaitable[EventEnvelope]]
+
+
+@pytest.fixture
+def deliver(jetstream: JetStreamContext, db: TestDatabase) -> Deliver:
+    """``await deliver(event)``: publish it as its publisher would, and return once the
+    service under test has handled it (its id is in the inbox)."""
+
+    async def deliver(event: Event) -> EventEnvelope:
+        envelope = await send_event(jetstream, event)
+        await db.wait_handled(envelope.id)
+        return envelope
+
+    return deliver

@@ -8,27 +8,19 @@ service, as in an outage or a deploy), and ``start`` again brings it back on the
 from __future__ import annotations
 
 import contextlib
-import importlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-from nats.js import JetStreamContext
 
+from ticketing_common.migrations import migrations_dir
 from ticketing_common.settings import ServiceSettings
-from ticketing_common.testing import ServiceHarness, TestDatabase, session_cookie, test_settings
-from ticketing_common.testing.plugin import NatsServer
-
-SERVICES = ("auth", "tickets", "orders", "expiration", "payments")
-ROOT = Path(__file__).parents[2]
-
-
-def _settings_class(name: str) -> type[ServiceSettings]:
-    module = importlib.import_module(f"{name}.settings")
-    cls: type[ServiceSettings] = getattr(module, f"{name.capitalize()}Settings")
-    return cls
+from ticketing_common.testing.helpers import (
+    ServiceHarness,
+    TestDatabase,
+    session_cookie,
+    test_settings,
+)
+from ticketing_common.testing.services import SERVICES, create_app, settings_class
 
 
 class Platform:
@@ -47,7 +39,7 @@ class Platform:
         assert name in SERVICES and name not in self._running
         if name not in self.databases:
             self.databases[name] = await TestDatabase.create(
-                self._postgres_url, name, ROOT / name / "src" / name / "migrations"
+                self._postgres_url, name, migrations_dir(name)
             )
         if self._nats_passwords is not None:
             overrides = {
@@ -56,12 +48,13 @@ class Platform:
                 **overrides,
             }
         settings = test_settings(
-            _settings_class(name), self.databases[name].url, self._nats_url, **overrides
+            settings_class(name), self.databases[name].url, self._nats_url, **overrides
         )
         self.settings[name] = settings
-        app = importlib.import_module(f"{name}.app").create_app(settings)
         stack = contextlib.AsyncExitStack()
-        client = await stack.enter_async_context(ServiceHarness(app).client())
+        client = await stack.enter_async_context(
+            ServiceHarness(create_app(name, settings)).client()
+        )
         self._running[name] = stack
         return client
 
@@ -75,14 +68,3 @@ class Platform:
     async def close(self) -> None:
         for name in list(self._running):
             await self.stop(name)
-
-
-@pytest.fixture
-async def platform(
-    postgres_url: str, nats_server: NatsServer, jetstream: JetStreamContext
-) -> AsyncIterator[Platform]:
-    platform = Platform(postgres_url, nats_server.url)
-    try:
-        yield platform
-    finally:
-        await platform.close()

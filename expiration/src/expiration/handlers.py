@@ -1,8 +1,10 @@
+"""What the expiration service does with the events it consumes: each becomes a service call."""
+
 from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from expiration.service import schedule_expiration
+from expiration import service
 from ticketing_common.events import OrderCreated
 from ticketing_common.messaging import Consumer
 
@@ -11,4 +13,4 @@ consumer = Consumer("expiration")
 
 @consumer.on(OrderCreated)
 async def on_order_created(session: AsyncSession, event: OrderCreated) -> None:
-    await schedule_expiration(session, event.id, event.expires_at)
+    await service.schedule_expiration(session, event.id, event.expires_at)

@@ -1,0 +1,39 @@
+"""What the orders tests do again and again: a buyer orders a ticket through the API."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+
+from ticketing_common.events import TicketCreated
+from ticketing_common.testing import Users
+
+
+async def place_order(
+    client: httpx.AsyncClient,
+    users: Users,
+    buyer: uuid.UUID,
+    ticket: TicketCreated,
+    *,
+    key: str | None = None,
+) -> httpx.Response:
+    """POST /api/orders for ``ticket`` as ``buyer`` (with an ``Idempotency-Key`` if given)."""
+    headers = users.headers(buyer) | ({"Idempotency-Key": key} if key is not None else {})
+    return await client.post("/api/orders", json={"ticketId": str(ticket.id)}, headers=headers)
+
+
+async def order(
+    client: httpx.AsyncClient,
+    users: Users,
+    buyer: uuid.UUID,
+    ticket: TicketCreated,
+    *,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """The order ``buyer`` placed for ``ticket`` (asserted created)."""
+    r = await place_order(client, users, buyer, ticket, key=key)
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
