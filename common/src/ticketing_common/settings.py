@@ -12,8 +12,19 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.requests import Request
 
-# Keys that appear in examples and tutorials; production refuses them.
-KNOWN_WEAK_KEYS = frozenset({"secret", "changeme", "changethis", "jwt_key", "asdf", "development"})
+# Keys that appear in examples and tutorials, and the cluster's dev overlay key
+# (infra/k8s/overlays/dev); production refuses them.
+KNOWN_WEAK_KEYS = frozenset(
+    {
+        "secret",
+        "changeme",
+        "changethis",
+        "jwt_key",
+        "asdf",
+        "development",
+        "dev-only-jwt-key-do-not-use-in-production",
+    }
+)
 MIN_JWT_KEY_LENGTH = 32
 
 
