@@ -35,7 +35,8 @@ INTRUDER = Pod(NAMESPACE, {"app.kubernetes.io/name": "intruder"})
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     assert selector.keys() <= {"matchLabels"}, "only matchLabels is evaluated here"
-    return selector.get("matchLabels", {}).items() <= labels.items()
+    wanted: dict[str, str] = selector.get("matchLabels", {})
+    return wanted.items() <= labels.items()
 
 
 def peer_matches(peer: dict[str, Any], policy_namespace: str, pod: Pod) -> bool:

@@ -116,7 +116,7 @@ def test_every_variable_a_container_is_given_is_read(overlay: Overlay, workload:
 
 def test_every_shared_setting_is_read_by_someone(overlay: Overlay) -> None:
     shared = overlay.find("ConfigMap", "ticketing-config")["data"].keys()
-    read = set()
+    read: set[str] = set()
     for workload in WORKLOADS:
         if (ROOT / workload / "pyproject.toml").exists():
             read |= variable_names(settings_class(workload)).keys()

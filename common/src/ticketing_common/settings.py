@@ -42,8 +42,8 @@ class ServiceSettings(BaseSettings):
     cookie_secure: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_json: bool = True
-    # Peers whose X-Forwarded-* headers are believed: the local edge by default; "*" in the
-    # cluster, where only the ingress controller reaches the pods.
+    # Peers whose X-Forwarded-* headers are believed (addresses or networks): the local edge
+    # by default; in the cluster, the pod network where the ingress controller runs.
     forwarded_allow_ips: str = "127.0.0.1"
     # Event machinery.
     # Copies of the stream JetStream keeps: 1 for a single server, 3 for a 3-node cluster.
