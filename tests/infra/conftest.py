@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,6 @@ import yaml
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / "infra" / "k8s"
 OVERLAYS = ("dev", "prod")
-NOT_SERVICES = {"common", "local"}
 
 
 def tool(name: str) -> str:
@@ -32,12 +30,6 @@ def tool(name: str) -> str:
     found = str(path) if path.exists() else shutil.which(name)
     assert found, f"{name} is missing: run `make install`"
     return found
-
-
-def workspace_members() -> list[str]:
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    members: list[str] = pyproject["tool"]["uv"]["workspace"]["members"]
-    return members
 
 
 def has_database(service: str) -> bool:

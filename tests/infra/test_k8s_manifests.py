@@ -241,16 +241,18 @@ def test_prod_runs_a_three_node_jetstream_cluster(prod: Overlay) -> None:
     assert prod.find("PodDisruptionBudget", "nats")["spec"]["maxUnavailable"] == 1
 
 
+# `user: auth, password: $NATS_PASSWORD_AUTH`, on one line or several.
+NATS_USER_PASSWORD = re.compile(
+    r"user\s*[:=]\s*\"?(\w+)\"?[\s,]*password\s*[:=]\s*\"?\$(NATS_PASSWORD_\w+)"
+)
+
+
 def test_nats_users_and_their_passwords_agree(overlay: Overlay) -> None:
     config = nats_config(overlay)
     assert "include ./auth.conf" in config["nats.conf"]
     (container,) = overlay.find("StatefulSet", "nats")["spec"]["template"]["spec"]["containers"]
     secrets = env_from_secret(container)
-    users = dict(
-        re.findall(
-            r"user:\s*\"?(\w+)\"?,\s*password:\s*\"?\$(NATS_PASSWORD_\w+)", config["auth.conf"]
-        )
-    )
+    users = dict(NATS_USER_PASSWORD.findall(config["auth.conf"]))
     assert users == {s: f"NATS_PASSWORD_{s.upper()}" for s in SERVICES}
     for service, variable in users.items():
         assert secrets[variable] == ("nats-users", service)

@@ -110,8 +110,8 @@ def checkov_failures(path: Path) -> list[dict[str, Any]]:
         text=True,
         check=False,
         timeout=300,
-        # No telemetry or version checks: the run is offline.
-        env=os.environ | {"BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"},
+        # Offline: no check for a newer checkov, no mapping download.
+        env=os.environ | {"CKV_SKIP_PACKAGE_UPDATE_CHECK": "true", "BC_SKIP_MAPPING": "true"},
     )
     assert result.returncode in (0, 1), result.stderr
     report = json.loads(result.stdout)
