@@ -53,7 +53,12 @@ class Overlay:
 
     def find(self, kind: str, name: str) -> dict[str, Any]:
         """The one ``kind`` called ``name`` (for a generated one, before its hash suffix)."""
-        found = [d for d in self.all(kind) if unhashed_name(d) == name]
+        generated = kind in {"ConfigMap", "Secret"}
+        found = [
+            d
+            for d in self.all(kind)
+            if (unhashed(d["metadata"]["name"]) if generated else d["metadata"]["name"]) == name
+        ]
         assert len(found) == 1, f"expected one {kind} {name!r} in {self.name}, found {len(found)}"
         return found[0]
 
@@ -68,12 +73,9 @@ def all_containers(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:
     return [*pod_spec.get("initContainers", []), *pod_spec["containers"]]
 
 
-def unhashed_name(document: dict[str, Any]) -> str:
+def unhashed(name: str) -> str:
     """A generated ConfigMap's or Secret's name ends in a hash of its content: drop it."""
-    name: str = document["metadata"]["name"]
-    if document["kind"] in {"ConfigMap", "Secret"} and re.fullmatch(r".+-[a-z0-9]{10}", name):
-        return name.rsplit("-", 1)[0]
-    return name
+    return name.rsplit("-", 1)[0] if re.fullmatch(r".+-[a-z0-9]{10}", name) else name
 
 
 @functools.cache

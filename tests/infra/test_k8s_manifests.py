@@ -29,7 +29,7 @@ from .conftest import (
     all_containers,
     has_database,
     render,
-    unhashed_name,
+    unhashed,
 )
 
 ROUTES = json.loads((ROOT / "infra" / "routes.json").read_text())["routes"]
@@ -62,10 +62,6 @@ def env_from_secret(container: dict[str, Any]) -> dict[str, tuple[str, str]]:
         for e in container.get("env", [])
         if "secretKeyRef" in e.get("valueFrom", {})
     }
-
-
-def unhashed(name: str) -> str:
-    return unhashed_name({"kind": "Secret", "metadata": {"name": name}})
 
 
 def ingress_backend(overlay: Overlay, path: str) -> str:
@@ -112,7 +108,6 @@ def test_no_service_internal_endpoint_is_reachable_through_the_ingress(
         if route["service"] != "client":
             # The services serve these at their root, never under their /api prefix.
             assert ingress_backend(overlay, route["prefix"] + path) == route["service"]
-            assert not (route["prefix"] + path).startswith(path)
 
 
 def test_the_ingress_limits_bodies_and_times_out(overlay: Overlay) -> None:

@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings
 
 from ticketing_common.settings import ServiceSettings
 
-from .conftest import ROOT, WORKLOADS, Overlay, render, unhashed_name
+from .conftest import ROOT, WORKLOADS, Overlay, render, unhashed
 
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 # The manifests already give each service its NATS credentials; until the settings read them
@@ -72,7 +72,7 @@ def container_environment(overlay: Overlay, container: dict[str, Any]) -> dict[s
     def secret_value(name: str, key: str) -> str:
         secret = by_name.get(("Secret", name))
         if secret is None:
-            return stand_in(unhashed_name({"kind": "Secret", "metadata": {"name": name}}), key)
+            return stand_in(unhashed(name), key)
         return base64.b64decode(secret["data"][key]).decode()
 
     environment: dict[str, str] = {}
