@@ -25,6 +25,8 @@ from .conftest import OVERLAYS, ROOT, SERVICES, render, tool
 
 # preStop.sleep (the services' graceful shutdown) is Kubernetes 1.30 and newer: the floor.
 OLDEST_KUBERNETES = "1.30.0"
+# Skaffold's published JSON schema for the apiVersion skaffold.yaml uses (from skaffold's
+# repository, docs-v2/content/en/schemas/v4beta13.json), kept here so the check runs offline.
 SKAFFOLD_SCHEMA = Path(__file__).parent / "schemas" / "skaffold-v4beta13.json"
 
 # checkov's findings we accept, and why. Everything else fails the build.

@@ -35,7 +35,9 @@ def settings_class(workload: str) -> type[BaseSettings]:
     """The settings class a workload's package defines in its ``settings`` module."""
     if not (ROOT / workload / "pyproject.toml").exists():
         pytest.skip(f"{workload}/ is not in the workspace yet")
-    (module_file,) = (ROOT / workload / "src").glob("*/settings.py")
+    found = list((ROOT / workload / "src").glob("*/settings.py"))
+    assert len(found) == 1, f"{workload}: its settings class belongs in src/<package>/settings.py"
+    (module_file,) = found
     module = importlib.import_module(f"{module_file.parent.name}.settings")
     (cls,) = [
         value
