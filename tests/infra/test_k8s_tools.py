@@ -74,6 +74,12 @@ def test_every_overlay_is_valid_kubernetes(
     kubernetes_validate(rendered_files[overlay], version)
 
 
+def test_the_readmes_state_the_kubernetes_floor_that_is_checked() -> None:
+    floor = OLDEST_KUBERNETES.rsplit(".", 1)[0]
+    for readme in (ROOT / "README.md", ROOT / "infra" / "k8s" / "README.md"):
+        assert f"Kubernetes {floor} or newer" in readme.read_text().replace("**", ""), readme
+
+
 @pytest.mark.parametrize(
     ("correct", "mistake"),
     [
