@@ -46,6 +46,17 @@ PROVIDED_IN_PROD = {
     *(f"{s}-db-secret" for s in SERVICES),
     "ticketing-tls",
 }
+# The volume types the restricted Pod Security level allows (not hostPath, for one).
+RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 # What a small local cluster (2 CPUs, 4 GiB) has left once its control plane and
 # ingress-nginx run.
 DEV_CPU_BUDGET_MILLICORES = 1000
@@ -377,9 +388,7 @@ def test_every_pod_passes_the_restricted_pod_security_level(overlay: Overlay) ->
         pod_context = pod.get("securityContext", {})
         assert not {"hostNetwork", "hostPID", "hostIPC"} & pod.keys(), where
         for volume in pod.get("volumes", []):
-            assert volume.keys() - {"name"} <= {"configMap", "secret", "emptyDir", "projected"}, (
-                where
-            )
+            assert volume.keys() - {"name"} <= RESTRICTED_VOLUME_TYPES, where
         for container in all_containers(pod):
             context = container.get("securityContext", {})
             what = f"{where}/{container['name']}"
