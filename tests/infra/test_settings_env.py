@@ -19,16 +19,9 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from ticketing_common.settings import ServiceSettings
-
 from .conftest import ROOT, WORKLOADS, Overlay, render, unhashed
 
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
-# The manifests already give each service its NATS credentials; until the settings read them
-# (ServiceSettings.nats_user), they are the one exception to "every variable is read".
-NOT_READ_YET = (
-    set() if "nats_user" in ServiceSettings.model_fields else {"NATS_USER", "NATS_PASSWORD"}
-)
 
 
 def settings_class(workload: str) -> type[BaseSettings]:
@@ -113,7 +106,7 @@ def test_every_variable_a_container_is_given_is_read(overlay: Overlay, workload:
     (container,) = template["spec"]["containers"]
     # The shared ConfigMap is read by all, each taking what it needs: checked as a whole below.
     given = {v["name"] for v in container.get("env", [])}
-    assert given - read - NOT_READ_YET == set(), f"{workload} ignores these in {overlay.name}"
+    assert given - read == set(), f"{workload} ignores these in {overlay.name}"
 
 
 def test_every_shared_setting_is_read_by_someone(overlay: Overlay) -> None:
