@@ -5,13 +5,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import APIRouter, Request
 from nats.js import JetStreamContext
 
-from ticketing_common.app import Runtime, create_service_app
+from ticketing_common.app import MAX_REQUEST_BODY_BYTES, Runtime, create_service_app
 from ticketing_common.db import SessionDep
 from ticketing_common.events import TicketCreated
 from ticketing_common.messaging import publish
@@ -31,6 +32,11 @@ async def create(session: SessionDep) -> dict[str, str]:
     envelope = await publish(session, event)
     await session.commit()
     return {"eventId": str(envelope.id)}
+
+
+@router.post("/echo")
+async def echo(body: dict[str, Any]) -> dict[str, Any]:
+    return body
 
 
 @router.post("/break-background-work")
@@ -74,3 +80,52 @@ async def test_dead_background_work_fails_the_liveness_check(client: httpx.Async
     await eventually(unhealthy, timeout=5)
     message = (await client.get("/healthz")).json()["errors"][0]["message"]
     assert "outbox-relay stopped" in message and "relay lost its mind" in message
+
+
+def json_of_size(size: int) -> bytes:
+    """A JSON object of exactly ``size`` bytes."""
+    body = b'{"note": ""}'
+    return body[:-2] + b"x" * (size - len(body)) + body[-2:]
+
+
+async def test_a_body_up_to_the_limit_is_read(client: httpx.AsyncClient) -> None:
+    body = json_of_size(MAX_REQUEST_BODY_BYTES)
+    response = await client.post(
+        "/echo", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 200
+    assert len(response.json()["note"]) == MAX_REQUEST_BODY_BYTES - len(b'{"note": ""}')
+
+
+async def test_a_declared_oversized_body_is_413_before_it_is_read(
+    client: httpx.AsyncClient,
+) -> None:
+    body = json_of_size(9 * 1024 * 1024)
+    response = await client.post(
+        "/echo", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json() == {"errors": [{"message": "Request body too large"}]}
+    assert response.headers["x-request-id"]
+
+
+async def test_a_chunked_oversized_body_is_413_as_soon_as_it_passes_the_limit(
+    client: httpx.AsyncClient,
+) -> None:
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        # No Content-Length: the service learns the size only by reading.
+        nonlocal sent
+        yield b'{"note": "'
+        for _ in range(1000):
+            sent += 16 * 1024
+            yield b"x" * 16 * 1024
+        yield b'"}'
+
+    response = await client.post(
+        "/echo", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json() == {"errors": [{"message": "Request body too large"}]}
+    assert sent < 1000 * 16 * 1024, "the service read the whole body"
