@@ -12,6 +12,7 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from ticketing_common.db import make_engine, make_sessionmaker
 from ticketing_common.messaging import Consumer
@@ -48,7 +49,12 @@ def service_main(
     replay.add_argument("event_id", type=uuid.UUID)
     args = parser.parse_args(argv)
 
-    settings = settings_factory()
+    try:
+        settings = settings_factory()
+    except ValidationError as exc:
+        # A configuration mistake: say which setting and why, without a traceback.
+        print(f"refusing to start: {settings_problems(exc)}", file=sys.stderr)
+        return 2
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
     if args.command == "migrate" or (args.command == "serve" and args.migrate):
         upgrade(migrations_dir, settings.database_url)
@@ -71,6 +77,16 @@ def service_main(
             _parked(settings, consumer, args.parked_command, getattr(args, "event_id", None))
         )
     return 0
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """``JWT_KEY: Field required; ...``: each problem under the variable that sets it."""
+    problems = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        variable = "_".join(str(part) for part in error["loc"]).upper()
+        problems.append(f"{variable}: {message}" if variable else message)
+    return "; ".join(problems)
 
 
 async def _parked(
