@@ -250,8 +250,8 @@ async def test_failures_older_than_the_window_are_deleted(
     await signup(client)
     client.cookies.clear()
     await auth_db.fetch(
-        "INSERT INTO signin_failures (email, failed_at) SELECT 'ada@example.com', "
-        "now() - make_interval(secs => $1) FROM generate_series(1, 10)",
+        "INSERT INTO signin_failures (email, client, failed_at) SELECT 'ada@example.com', "
+        "'127.0.0.1', now() - make_interval(secs => $1) FROM generate_series(1, 10)",
         settings.signin_failure_window_seconds + 60,
     )
     response = await client.post(SIGNIN, json={"email": "ada@example.com", "password": "nopenope"})

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import math
+from datetime import datetime, timedelta
 
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
@@ -68,33 +69,71 @@ async def sign_up(session: AsyncSession, passwords: Passwords, email: str, passw
 
 
 async def sign_in(
-    session: AsyncSession, passwords: Passwords, settings: AuthSettings, email: str, password: str
+    session: AsyncSession,
+    passwords: Passwords,
+    settings: AuthSettings,
+    email: str,
+    password: str,
+    client: str,
 ) -> User:
-    # One attempt per email at a time (any replica): the lock is held through the count, the
-    # slow verify and the failure insert, so parallel guesses cannot all pass the count
-    # before any failure is recorded. Released when the transaction ends.
-    await advisory_xact_lock(session, f"signin:{email}")
-    window_start = utcnow() - timedelta(seconds=settings.signin_failure_window_seconds)
+    """Throttled by the client's address, never by the email alone: an attacker hammering an
+    account locks out only themselves, and the owner signs in from anywhere else."""
+    await _count_attempt(session, settings, email, client)
+    user = await session.scalar(select(User).where(User.email == email))
+    if not await passwords.verify(password, user.password_hash if user else None) or user is None:
+        raise InvalidCredentialsError()  # the attempt stays counted as a failure
+    # Right after all: forgive this client's failures on this account (not those on others).
+    await session.execute(
+        delete(SigninFailure).where(SigninFailure.email == email, SigninFailure.client == client)
+    )
+    await session.commit()
+    return user
+
+
+async def _count_attempt(
+    session: AsyncSession, settings: AuthSettings, email: str, client: str
+) -> None:
+    """Record the attempt as a failure before the password is checked, or refuse it (429).
+
+    Counted first and forgiven if the password is right, so parallel guesses cannot all pass
+    the count before one is recorded. The client's lock (any replica) is held for this short
+    transaction only, never through the slow hash.
+    """
+    await advisory_xact_lock(session, f"signin:{client}")
+    now = utcnow()
+    window = timedelta(seconds=settings.signin_failure_window_seconds)
     # Failures outside the window no longer count; don't let them pile up.
     await session.execute(
         delete(SigninFailure).where(
-            SigninFailure.email == email, SigninFailure.failed_at <= window_start
+            SigninFailure.client == client, SigninFailure.failed_at <= now - window
         )
     )
-    recent_failures = await session.scalar(
-        select(func.count()).select_from(SigninFailure).where(SigninFailure.email == email)
-    )
-    if (recent_failures or 0) >= settings.signin_max_failures:
+    for_email = SigninFailure.email == email
+    client_failures, client_oldest, email_failures, email_oldest = (
+        await session.execute(
+            select(
+                func.count(),
+                func.min(SigninFailure.failed_at),
+                func.count().filter(for_email),
+                func.min(SigninFailure.failed_at).filter(for_email),
+            ).where(SigninFailure.client == client)
+        )
+    ).one()
+    # While over a limit, the oldest failure it counts is the next to leave the window.
+    blocked_until: list[datetime] = [
+        oldest + window
+        for count, oldest, limit in (
+            (client_failures, client_oldest, settings.signin_max_failures_per_client),
+            (email_failures, email_oldest, settings.signin_max_failures),
+        )
+        if count >= limit
+    ]
+    if blocked_until:
         await session.commit()
+        wait = (max(blocked_until) - now).total_seconds()
         raise TooManyRequestsError(
             "Too many failed sign-in attempts; try again later",
-            retry_after=settings.signin_failure_window_seconds,
+            retry_after=max(1, math.ceil(wait)),
         )
-    user = await session.scalar(select(User).where(User.email == email))
-    if not await passwords.verify(password, user.password_hash if user else None) or user is None:
-        session.add(SigninFailure(email=email))
-        await session.commit()
-        raise InvalidCredentialsError()
-    await session.execute(delete(SigninFailure).where(SigninFailure.email == email))
+    session.add(SigninFailure(email=email, client=client))
     await session.commit()
-    return user
