@@ -67,7 +67,8 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        # ensure_ascii (the default) escapes every control character and line separator.
+        return json.dumps(entry, default=str, ensure_ascii=True)
 
 
 class TextFormatter(logging.Formatter):
