@@ -82,7 +82,7 @@ async def sign_in(
     user = await session.scalar(select(User).where(User.email == email))
     if not await passwords.verify(password, user.password_hash if user else None) or user is None:
         raise InvalidCredentialsError()  # the attempt stays counted as a failure
-    # Right after all: forgive this client's failures on this account (not those on others).
+    # The password is right: forgive this client's failures on this account, not on others.
     await session.execute(
         delete(SigninFailure).where(SigninFailure.email == email, SigninFailure.client == client)
     )

@@ -35,6 +35,7 @@ NATS_CONNECT_ATTEMPTS = 30
 # The API's bodies are a few hundred bytes; refusing big ones early keeps a flood of them from
 # costing memory and parse time (the edge has its own, larger cap).
 MAX_REQUEST_BODY_BYTES = 64 * 1024
+BODY_TOO_LARGE = "Request body too large"
 
 
 @dataclass
@@ -142,7 +143,7 @@ class RequestBodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large()(scope, receive, send)
+            await error_response(413, [error_item(BODY_TOO_LARGE)])(scope, receive, send)
             return
         received = 0
 
@@ -153,13 +154,10 @@ class RequestBodyLimit:
             if received > self.max_bytes:
                 # Raised inside the route's body read: FastAPI passes HTTPException through to
                 # the error handler, which answers in the common shape.
-                raise HTTPException(413, "Request body too large")
+                raise HTTPException(413, BODY_TOO_LARGE)
             return message
 
         await self.app(scope, counting_receive, send)
-
-    def _too_large(self) -> JSONResponse:
-        return error_response(413, [error_item("Request body too large")])
 
 
 async def _ping(engine: AsyncEngine) -> None:
