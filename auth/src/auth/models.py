@@ -30,8 +30,8 @@ class SigninFailure(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     email: Mapped[str] = mapped_column(String(320))
-    # The client's address, as the edge or Ingress reported it.
-    client: Mapped[str] = mapped_column(String(64))
+    # The client's address, as the edge or Ingress reported it ("" from an older release).
+    client: Mapped[str] = mapped_column(String(64), server_default="")
     failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (

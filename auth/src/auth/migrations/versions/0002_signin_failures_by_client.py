@@ -19,7 +19,12 @@ def upgrade() -> None:
     # dropping them ends at most one window of throttling early.
     op.execute("DELETE FROM signin_failures")
     op.drop_index("ix_signin_failures_email_failed_at", table_name="signin_failures")
-    op.add_column("signin_failures", sa.Column("client", sa.String(length=64), nullable=False))
+    # The default is for replicas of the previous release, still serving during a rolling
+    # update: their inserts name no client.
+    op.add_column(
+        "signin_failures",
+        sa.Column("client", sa.String(length=64), server_default="", nullable=False),
+    )
     op.create_index(
         "ix_signin_failures_client_email_failed_at",
         "signin_failures",
