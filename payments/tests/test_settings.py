@@ -34,8 +34,9 @@ def production(**values: object) -> PaymentsSettings:
         "sk_live_",
         "sk_live_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
         "sk_live_0000000000000000000000000000000000",
-        "sk_live_REPLACEwithYOURkey1234567890abcdefghij",
-        "sk_live_yourSecretKeyGoesHere1234567890",
+        "sk_live_123456789012345678901234567890",
+        "sk_live_...",
+        "<your Stripe key>",
         "sk_test_4eC39HqLyjWDarjtT1zdp7dc",  # the key in Stripe's documentation
         "sk_live_51Hq2",  # too short to be one
         random_key("pk_live_"),  # a publishable key cannot charge

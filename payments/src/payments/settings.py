@@ -38,18 +38,17 @@ NOT_TWO_DECIMAL_CURRENCIES = frozenset(
 
 # A Stripe secret (sk_) or restricted (rk_) key; real ones carry dozens of random characters.
 STRIPE_KEY_PATTERN = re.compile(r"(sk|rk)_(live|test)_[0-9A-Za-z]{24,}")
-# Filler people paste into manifests, and the key printed in Stripe's own documentation.
-PLACEHOLDER_WORDS = ("change", "example", "placeholder", "replace", "your", "dummy", "fake")
+# The key printed in Stripe's own documentation, pasted into many a manifest.
 STRIPE_DOCUMENTATION_KEY = "sk_test_4eC39HqLyjWDarjtT1zdp7dc"
 
 
 def looks_like_a_real_stripe_key(key: str) -> bool:
+    # No word list: any word could turn up in a real key's random characters.
     random_part = key.split("_", 2)[-1]
     return (
         STRIPE_KEY_PATTERN.fullmatch(key) is not None
         and key != STRIPE_DOCUMENTATION_KEY
-        and len(set(random_part)) >= 10  # not sk_live_xxxxxxxx...
-        and not any(word in random_part.lower() for word in PLACEHOLDER_WORDS)
+        and len(set(random_part)) >= 12  # not sk_live_xxxxxxxx... nor sk_live_12345678...
     )
 
 
