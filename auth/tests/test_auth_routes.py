@@ -250,8 +250,10 @@ async def test_failures_older_than_the_window_are_deleted(
     await signup(client)
     client.cookies.clear()
     await auth_db.fetch(
+        # This client's, and those of a client that never came back.
         "INSERT INTO signin_failures (email, client, failed_at) SELECT 'ada@example.com', "
-        "'127.0.0.1', now() - make_interval(secs => $1) FROM generate_series(1, 10)",
+        "client, now() - make_interval(secs => $1) FROM generate_series(1, 10), "
+        "unnest(ARRAY['127.0.0.1', '198.51.100.99']) AS client",
         settings.signin_failure_window_seconds + 60,
     )
     response = await client.post(SIGNIN, json={"email": "ada@example.com", "password": "nopenope"})

@@ -36,4 +36,5 @@ class SigninFailure(Base):
 
     __table_args__ = (
         Index("ix_signin_failures_client_email_failed_at", "client", "email", "failed_at"),
+        Index("ix_signin_failures_failed_at", "failed_at"),  # clearing stale ones
     )

@@ -17,6 +17,9 @@ from auth.settings import AuthSettings
 from ticketing_common.db import advisory_xact_lock, utcnow
 from ticketing_common.errors import BadRequestError, TooManyRequestsError
 
+# More than an attempt adds, so stale failures never pile up.
+STALE_FAILURES_CLEARED_PER_ATTEMPT = 100
+
 
 class EmailInUseError(BadRequestError):
     message = "Email in use"
@@ -102,11 +105,16 @@ async def _count_attempt(
     await advisory_xact_lock(session, f"signin:{client}")
     now = utcnow()
     window = timedelta(seconds=settings.signin_failure_window_seconds)
-    # Failures outside the window no longer count; don't let them pile up.
+    # Failures outside the window no longer count. Clear a batch, anyone's (a client may never
+    # come back), skipping rows another attempt holds: no waiting, no deadlock.
+    stale = (
+        select(SigninFailure.id)
+        .where(SigninFailure.failed_at <= now - window)
+        .limit(STALE_FAILURES_CLEARED_PER_ATTEMPT)
+        .with_for_update(skip_locked=True)
+    )
     await session.execute(
-        delete(SigninFailure).where(
-            SigninFailure.client == client, SigninFailure.failed_at <= now - window
-        )
+        delete(SigninFailure).where(SigninFailure.id.in_(stale.scalar_subquery()))
     )
     for_email = SigninFailure.email == email
     client_failures, client_oldest, email_failures, email_oldest = (
@@ -116,7 +124,7 @@ async def _count_attempt(
                 func.min(SigninFailure.failed_at),
                 func.count().filter(for_email),
                 func.min(SigninFailure.failed_at).filter(for_email),
-            ).where(SigninFailure.client == client)
+            ).where(SigninFailure.client == client, SigninFailure.failed_at > now - window)
         )
     ).one()
     # While over a limit, the oldest failure it counts is the next to leave the window.

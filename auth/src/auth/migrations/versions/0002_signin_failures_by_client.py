@@ -30,9 +30,11 @@ def upgrade() -> None:
         "signin_failures",
         ["client", "email", "failed_at"],
     )
+    op.create_index("ix_signin_failures_failed_at", "signin_failures", ["failed_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_signin_failures_failed_at", table_name="signin_failures")
     op.drop_index("ix_signin_failures_client_email_failed_at", table_name="signin_failures")
     op.drop_column("signin_failures", "client")
     op.create_index(
