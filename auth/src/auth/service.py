@@ -83,6 +83,8 @@ async def sign_in(
     account locks out only themselves, and the owner signs in from anywhere else."""
     await _count_attempt(session, settings, email, client)
     user = await session.scalar(select(User).where(User.email == email))
+    # No database connection is held through the slow hash: many at once would drain the pool.
+    await session.commit()
     if not await passwords.verify(password, user.password_hash if user else None) or user is None:
         raise InvalidCredentialsError()  # the attempt stays counted as a failure
     # The password is right: forgive this client's failures on this account, not on others.
