@@ -7,7 +7,7 @@ VENV := .venv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help install test lint format contracts up reset clean
+.PHONY: help install test lint format contracts nats-auth up reset clean
 
 help:
 	@echo "make up       start the whole platform on http://localhost:8080 (PORT to change)"
@@ -45,6 +45,10 @@ reset: install
 
 contracts: install
 	$(VENV)/bin/ticketing-schemas
+
+# The cluster's NATS users and their rights, from the event catalog.
+nats-auth: install
+	$(VENV)/bin/ticketing-nats-auth
 
 clean:
 	rm -rf $(VENV) $(TOOLS)

@@ -9,6 +9,7 @@ import pytest
 from ticketing_common.events import Subject
 from ticketing_common.events.catalog import CATALOG, publisher_of
 from ticketing_common.messaging import Consumer
+from ticketing_common.messaging.permissions import durable_name
 
 
 def _consumer_of(service: str) -> Consumer | None:
@@ -33,6 +34,8 @@ def test_each_consumer_handles_exactly_what_the_catalog_says(service: str) -> No
     consumer = _consumer_of(service)
     handled = sorted(consumer.subjects) if consumer else []
     assert handled == sorted(subject.value for subject in CATALOG[service].consumes)
+    if consumer:  # the bus lets a service's user take only the durable named after it
+        assert consumer.durable_name == durable_name(service)
 
 
 def test_every_subject_has_exactly_one_publisher() -> None:

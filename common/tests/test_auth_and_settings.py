@@ -114,4 +114,23 @@ def test_token_issued_a_few_seconds_in_the_future_is_accepted() -> None:
 def test_production_accepts_a_strong_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ENVIRONMENT", "production")
     monkeypatch.setenv("JWT_KEY", "0f" * 32)
-    assert ServiceSettings().environment == "production"
+    monkeypatch.setenv("NATS_USER", "orders")
+    monkeypatch.setenv("NATS_PASSWORD", "a1" * 16)
+    settings = ServiceSettings()
+    assert settings.environment == "production"
+    assert settings.nats_user == "orders"
+    assert "a1a1" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "bus", [{}, {"NATS_USER": "orders"}, {"NATS_PASSWORD": "a1" * 16}], ids=["none", "user", "pw"]
+)
+def test_production_refuses_to_start_without_bus_credentials(
+    monkeypatch: pytest.MonkeyPatch, bus: dict[str, str]
+) -> None:
+    for name in ("NATS_USER", "NATS_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"ENVIRONMENT": "production", "JWT_KEY": "0f" * 32, **bus}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match="NATS_USER and NATS_PASSWORD"):
+        ServiceSettings()

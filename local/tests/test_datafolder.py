@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ticketing_common.messaging.permissions import USERS
 from ticketing_local.datafolder import (
     AlreadyRunningError,
     DataFolder,
@@ -42,10 +43,25 @@ def test_the_generated_jwt_key_is_kept_and_private(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "jwt_key").stat().st_mode) == 0o600
 
 
+def test_nats_passwords_are_generated_once_kept_and_private(tmp_path: Path) -> None:
+    data = DataFolder(tmp_path)
+    passwords = data.nats_passwords()
+    assert sorted(passwords) == sorted(USERS)
+    assert len(set(passwords.values())) == len(USERS)  # one of its own for each user
+    assert DataFolder(tmp_path).nats_passwords() == passwords
+    monitor = DataFolder(tmp_path).monitor_credentials()
+    assert (monitor.user, monitor.password) == ("monitor", passwords["monitor"])
+    config = data.nats_config()
+    assert passwords["orders"] in config.read_text()
+    for path in (tmp_path / "nats_passwords.json", config):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
 def test_reset_wipes_everything_including_relocated_postgres_data(tmp_path: Path) -> None:
     data = DataFolder(tmp_path / "data")
     data.lock()
     data.jwt_key()
+    data.nats_config()
     (data.nats_dir / "jetstream").mkdir(parents=True)
     relocated = data.relocate_postgres()
     relocated.mkdir()

@@ -13,7 +13,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
 import pytest
+from nats.errors import Error as NatsError
 
 from ticketing_common.testing.helpers import eventually
 from ticketing_local.datafolder import DataFolder, process_start_ticks
@@ -96,6 +98,19 @@ async def test_closing_the_terminal_sighup_stops_everything(small_platform: Smal
     assert "launcher   | stopped" in small_platform.output()
 
 
+async def test_local_nats_admits_only_the_bus_users(small_platform: SmallPlatform) -> None:
+    processes = await small_platform.ready()
+    url = f"nats://127.0.0.1:{processes['nats']['port']}"
+    with pytest.raises(NatsError, match="Authorization Violation"):
+        await nats.connect(url, allow_reconnect=False)
+    # The monitor's credentials, as a tool reads them from the data folder.
+    monitor = DataFolder(small_platform.data.path).monitor_credentials()
+    nc = await nats.connect(
+        url, user=monitor.user, password=monitor.password, allow_reconnect=False
+    )
+    await nc.close()
+
+
 async def test_nats_that_cannot_be_restarted_stops_the_platform_cleanly(
     small_platform: SmallPlatform,
 ) -> None:
@@ -129,6 +144,7 @@ def test_overrides_in_the_environment_reach_every_service(
     monkeypatch.setenv("ORDER_EXPIRATION_SECONDS", "42")
     monkeypatch.setenv("PORT", "9999")
     monkeypatch.setenv("DATABASE_URL", "postgresql://somewhere-else/db")
+    monkeypatch.setenv("NATS_PASSWORD", "not-for-the-edge")
     launcher = Launcher(DataFolder(tmp_path / "data"), 9999, Output())
     launcher.postgres = EmbeddedPostgres(tmp_path / "pg")  # configured, not started
     launcher.nats = EmbeddedNats(tmp_path / "nats")
@@ -142,3 +158,11 @@ def test_overrides_in_the_environment_reach_every_service(
     # The edge's port and a foreign database are not the services' to take.
     assert "PORT" not in env
     assert "DATABASE_URL" not in env
+    # Each service connects to NATS as its own user; nobody else gets a password.
+    assert "NATS_PASSWORD" not in env
+    passwords = launcher.data.nats_passwords()
+    assert launcher._nats_credentials("orders") == {
+        "NATS_USER": "orders",
+        "NATS_PASSWORD": passwords["orders"],
+    }
+    assert launcher._nats_credentials("client") == {}

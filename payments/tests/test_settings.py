@@ -14,6 +14,13 @@ from pydantic import ValidationError
 from payments.settings import PaymentsSettings
 
 STRONG_JWT_KEY = "0f" * 32
+# Everything else production requires, so only the Stripe key is in question.
+PRODUCTION = {
+    "ENVIRONMENT": "production",
+    "JWT_KEY": STRONG_JWT_KEY,
+    "NATS_USER": "payments",
+    "NATS_PASSWORD": "nats-password-0123456789",
+}
 ALPHANUMERIC = string.ascii_letters + string.digits
 
 
@@ -22,7 +29,7 @@ def random_key(prefix: str) -> str:
 
 
 def production(**values: object) -> PaymentsSettings:
-    return PaymentsSettings(environment="production", jwt_key=STRONG_JWT_KEY, **values)
+    return PaymentsSettings(**{k.lower(): v for k, v in PRODUCTION.items()} | values)
 
 
 @pytest.mark.parametrize(
@@ -63,7 +70,7 @@ def test_outside_production_no_key_means_the_sandbox() -> None:
 
 def test_serve_exits_with_a_clear_message_in_production_without_a_key() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("STRIPE_KEY", "DATABASE_URL")}
-    env |= {"ENVIRONMENT": "production", "JWT_KEY": STRONG_JWT_KEY, "STRIPE_KEY": "sk_live_xxx"}
+    env |= PRODUCTION | {"STRIPE_KEY": "sk_live_xxx"}
     result = subprocess.run(
         [sys.executable, "-m", "payments", "serve", "--migrate", "--port", "0"],
         env=env,

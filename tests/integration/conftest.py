@@ -32,9 +32,13 @@ def _settings_class(name: str) -> type[ServiceSettings]:
 
 
 class Platform:
-    def __init__(self, postgres_url: str, nats_url: str) -> None:
+    def __init__(
+        self, postgres_url: str, nats_url: str, nats_passwords: dict[str, str] | None = None
+    ) -> None:
         self._postgres_url = postgres_url
         self._nats_url = nats_url
+        # On a secured server, each service connects as its own user.
+        self._nats_passwords = nats_passwords
         self.databases: dict[str, TestDatabase] = {}
         self.settings: dict[str, ServiceSettings] = {}
         self._running: dict[str, contextlib.AsyncExitStack] = {}
@@ -45,6 +49,12 @@ class Platform:
             self.databases[name] = await TestDatabase.create(
                 self._postgres_url, name, ROOT / name / "src" / name / "migrations"
             )
+        if self._nats_passwords is not None:
+            overrides = {
+                "nats_user": name,
+                "nats_password": self._nats_passwords[name],
+                **overrides,
+            }
         settings = test_settings(
             _settings_class(name), self.databases[name].url, self._nats_url, **overrides
         )

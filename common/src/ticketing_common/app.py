@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from nats.aio.client import Client as NatsClient
@@ -27,11 +26,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ticketing_common.db import make_engine, make_sessionmaker
 from ticketing_common.errors import error_item, error_response, install_error_handlers
 from ticketing_common.messaging import Consumer, ConsumerRunner, OutboxRelay, ensure_stream
+from ticketing_common.messaging.connection import connect_nats
 from ticketing_common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
-NATS_CONNECT_ATTEMPTS = 30
 # The API's bodies are a few hundred bytes; refusing big ones early keeps a flood of them from
 # costing memory and parse time (the edge has its own, larger cap).
 MAX_REQUEST_BODY_BYTES = 64 * 1024
@@ -61,26 +60,6 @@ class Runtime:
         error = task.exception()
         self.failure = f"{task.get_name()} stopped: {error!r}"
         log.critical("background task %s", self.failure, exc_info=error)
-
-
-async def connect_nats(settings: ServiceSettings) -> NatsClient:
-    """Connect, retrying while NATS is not up yet (it may start after us)."""
-    for attempt in range(1, NATS_CONNECT_ATTEMPTS + 1):
-        try:
-            return await nats.connect(
-                settings.nats_url,
-                name=settings.service_name,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=2,
-                drain_timeout=5,
-            )
-        except Exception as exc:
-            if attempt == NATS_CONNECT_ATTEMPTS:
-                raise
-            log.warning("NATS not reachable (%r), retrying", exc)
-            await asyncio.sleep(min(attempt * 0.5, 3.0))
-    raise AssertionError("unreachable")
 
 
 @contextlib.asynccontextmanager

@@ -245,11 +245,18 @@ def nats_server_binary() -> str:
 
 
 class EmbeddedNats:
-    """One NATS server with JetStream on 127.0.0.1, its store in ``store_dir``."""
+    """One NATS server with JetStream on 127.0.0.1, its store in ``store_dir``.
 
-    def __init__(self, store_dir: Path, port: int | None = None) -> None:
+    ``config``, when given, is a server configuration file read at start (the ``authorization``
+    block of ``messaging.permissions``); the command line still sets address, port and store.
+    """
+
+    def __init__(
+        self, store_dir: Path, port: int | None = None, *, config: Path | None = None
+    ) -> None:
         self.store_dir = store_dir.resolve()
         self.port = port or free_port()
+        self.config = config
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -269,6 +276,7 @@ class EmbeddedNats:
                 str(self.port),
                 "-sd",
                 str(self.store_dir),
+                *(["-c", str(self.config)] if self.config else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

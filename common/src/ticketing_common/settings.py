@@ -24,6 +24,9 @@ class ServiceSettings(BaseSettings):
     environment: Literal["development", "test", "production"] = "development"
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
     nats_url: str = "nats://127.0.0.1:4222"
+    # The service's own NATS user (see messaging.permissions); required in production.
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
     # Required everywhere (no default to forget to override); production also refuses weak ones.
     jwt_key: SecretStr
     session_ttl_seconds: int = Field(default=24 * 3600, gt=0)
@@ -55,6 +58,18 @@ class ServiceSettings(BaseSettings):
                     f"JWT_KEY must be set to a random secret of at least {MIN_JWT_KEY_LENGTH} "
                     "characters in production (e.g. `openssl rand -hex 32`)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _require_bus_credentials_in_production(self) -> ServiceSettings:
+        # An anonymous connection could publish any event; production never makes one.
+        if self.environment == "production" and not (self.nats_user and self.nats_password):
+            raise ValueError(
+                "NATS_USER and NATS_PASSWORD must both be set in production "
+                "(the service's own NATS user)"
+            )
+        if bool(self.nats_user) != bool(self.nats_password):
+            raise ValueError("NATS_USER and NATS_PASSWORD are set together or not at all")
         return self
 
 

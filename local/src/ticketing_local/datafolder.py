@@ -1,8 +1,9 @@
 """The one folder local mode keeps its state in (``.data/`` in the repository by default).
 
-It holds the PostgreSQL cluster, the NATS JetStream store, the generated ``JWT_KEY``, a lock
-that tells a second launcher one is already running, and ``status.json``: what is running
-where (pids, ports), for people and for the system tests.
+It holds the PostgreSQL cluster, the NATS JetStream store, the generated ``JWT_KEY`` and NATS
+passwords (one per bus user, ``nats_passwords.json``), a lock that tells a second launcher one
+is already running, and ``status.json``: what is running where (pids, ports), for people and
+for the system tests.
 """
 
 from __future__ import annotations
@@ -20,16 +21,26 @@ import stat
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ticketing_common.embedded import PG_SYSTEM_USER
+from ticketing_common.messaging.permissions import MONITOR_USER, USERS, render_authorization
 
 LOCK_FILE = "launcher.lock"
 STATUS_FILE = "status.json"
 JWT_KEY_FILE = "jwt_key"
+NATS_PASSWORDS_FILE = "nats_passwords.json"
+NATS_CONFIG_FILE = "nats.conf"
 # Where PostgreSQL's data went when it could not live in the data folder (see relocate_postgres).
 POSTGRES_LOCATION_FILE = "postgres.location"
+
+
+@dataclass(frozen=True)
+class NatsCredentials:
+    user: str
+    password: str
 
 
 class AlreadyRunningError(RuntimeError):
@@ -146,6 +157,27 @@ class DataFolder:
             f.write(key + "\n")
         return key
 
+    def nats_passwords(self) -> dict[str, str]:
+        """Each bus user's password, generated on the first start and kept (owner-only)."""
+        path = self.path / NATS_PASSWORDS_FILE
+        kept: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        passwords = {user: kept.get(user) or secrets.token_hex(24) for user in USERS}
+        if passwords != kept:  # first start, or a user added since
+            _write_private(path, json.dumps(passwords, indent=2) + "\n")
+        return passwords
+
+    def monitor_credentials(self) -> NatsCredentials:
+        """The read-only ``monitor`` user, for tools and tests that watch the event stream."""
+        return NatsCredentials(MONITOR_USER, self.nats_passwords()[MONITOR_USER])
+
+    def nats_config(self) -> Path:
+        """The NATS server's configuration: every bus user and its rights, from the catalog.
+
+        Written at every start, so the rights follow the code."""
+        path = self.path / NATS_CONFIG_FILE
+        _write_private(path, render_authorization(self.nats_passwords()))
+        return path
+
     def wipe(self) -> list[Path]:
         """Delete every piece of state (the caller holds the lock); return what was removed."""
         removed = []
@@ -199,6 +231,17 @@ class DataFolder:
                 log(f"stopping {name} (pid {pid}), left by a launcher that did not stop cleanly")
                 terminate(pid, timeout=15)
         self.clear_status()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` readable by its owner only, replacing ``path`` at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.unlink(missing_ok=True)
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    staging.replace(path)
 
 
 def folder_problem(path: Path) -> str | None:

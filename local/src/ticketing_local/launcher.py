@@ -167,7 +167,7 @@ class Launcher:
             upstreams[service.name] = f"http://127.0.0.1:{port}"
             argv = [sys.executable, "-m", service.name, "serve", "--host", "127.0.0.1"]
             argv += ["--port", str(port)]
-            service_env = dict(env)
+            service_env = env | self._nats_credentials(service.name)
             if service.has_migrations:
                 # Migrating in the serving process saves a second interpreter start per service.
                 argv.append("--migrate")
@@ -207,7 +207,7 @@ class Launcher:
         )
 
     async def _start_nats(self) -> None:
-        nats = EmbeddedNats(self.data.nats_dir)
+        nats = EmbeddedNats(self.data.nats_dir, config=self.data.nats_config())
         await self._start_server("NATS", nats, nats.store_dir)
         self.nats = nats
         self.log(f"NATS JetStream on {nats.url} (store and server.log in {nats.store_dir})")
@@ -287,6 +287,8 @@ class Launcher:
         env = dict(os.environ)
         env.pop("PORT", None)  # the edge's; a service's port is its --port
         env.pop("DATABASE_URL", None)  # each service gets its own below
+        for name in ("NATS_USER", "NATS_PASSWORD"):  # likewise its own NATS user
+            env.pop(name, None)
         env.setdefault("LOG_JSON", "false")  # lines for people; JSON is for the cluster
         env |= {
             "ENVIRONMENT": "development",
@@ -296,6 +298,12 @@ class Launcher:
             "PYTHONUNBUFFERED": "1",
         }
         return env
+
+    def _nats_credentials(self, service: str) -> dict[str, str]:
+        """A backend service connects to NATS as its own user (see messaging.permissions)."""
+        if service not in BACKEND_SERVICES:
+            return {}
+        return {"NATS_USER": service, "NATS_PASSWORD": self.data.nats_passwords()[service]}
 
     async def _start_process(
         self, name: str, argv: list[str], env: dict[str, str], port: int

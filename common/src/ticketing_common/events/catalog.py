@@ -16,6 +16,9 @@ from ticketing_common.events.models import Subject
 class ServiceEvents:
     publishes: tuple[Subject, ...]
     consumes: tuple[Subject, ...]
+    # Published through JetStream message schedules (``schedule.<service>.*``): the server
+    # fires the event, the service never publishes it directly.
+    scheduled: bool = False
 
 
 CATALOG: dict[str, ServiceEvents] = {
@@ -33,9 +36,10 @@ CATALOG: dict[str, ServiceEvents] = {
             Subject.PAYMENT_CREATED,
         ),
     ),
-    # Expiration publishes through JetStream message schedules: the server fires the event.
     "expiration": ServiceEvents(
-        publishes=(Subject.EXPIRATION_COMPLETE,), consumes=(Subject.ORDER_CREATED,)
+        publishes=(Subject.EXPIRATION_COMPLETE,),
+        consumes=(Subject.ORDER_CREATED,),
+        scheduled=True,
     ),
     "payments": ServiceEvents(
         publishes=(Subject.PAYMENT_CREATED, Subject.PAYMENT_REFUNDED),

@@ -2,24 +2,34 @@
 
 Set ``DATABASE_URL`` (a server URL whose user may create databases) or ``NATS_URL`` (2.12+) to
 use servers you run yourself; otherwise both are started from their wheels on free ports and
-stopped at the end of the run.
+stopped at the end of the run. That NATS server admits anyone (tests publish on behalf of every
+service); ``secured_nats`` starts one per test that admits only the bus's users.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from ticketing_common.messaging.permissions import (
+    MONITOR_USER,
+    USERS,
+    inbox_prefix,
+    render_authorization,
+)
 from ticketing_common.messaging.streams import STREAM_NAME
 from ticketing_common.testing.helpers import EventProbe
 
@@ -77,6 +87,48 @@ def nats_server(_servers_dir: Path) -> Iterator[NatsServer]:
         yield NatsServer(server.url, server)
     finally:
         server.stop()
+
+
+@dataclass
+class SecuredNats:
+    """A NATS server that admits only the bus's users (``messaging.permissions``)."""
+
+    url: str
+    passwords: dict[str, str]
+
+    def credentials(self, user: str) -> dict[str, Any]:
+        """Settings overrides that make a service connect as ``user``."""
+        return {"nats_user": user, "nats_password": self.passwords[user]}
+
+    async def connect(self, user: str, **options: Any) -> NatsClient:
+        """A client connection as ``user``, with the reply prefix its rights allow."""
+        prefix = "_INBOX" if user == MONITOR_USER else inbox_prefix(user)
+        return await nats.connect(
+            self.url,
+            user=user,
+            password=self.passwords[user],
+            inbox_prefix=prefix,
+            allow_reconnect=False,
+            **options,
+        )
+
+
+@pytest.fixture
+def secured_nats(_servers_dir: Path) -> Iterator[SecuredNats]:
+    """A NATS server of its own for one test, every bus user on it with a fresh password."""
+    from ticketing_common.embedded import EmbeddedNats
+
+    folder = Path(tempfile.mkdtemp(prefix="nats-secured-", dir=_servers_dir))
+    passwords = {user: secrets.token_hex(16) for user in USERS}
+    config = folder / "auth.conf"
+    config.write_text(render_authorization(passwords))
+    server = EmbeddedNats(folder / "store", config=config)
+    server.start()
+    try:
+        yield SecuredNats(server.url, passwords)
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
