@@ -6,6 +6,7 @@ nothing sleeps for a fixed time: a step that waits polls with a timeout (``wait_
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -112,13 +113,11 @@ class LocalPlatform:
         return httpx.Client(base_url=self.url, timeout=10, trust_env=False)
 
 
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform]:
-    # tmp_path_factory's folders are private (0700): as root this also exercises PostgreSQL's
-    # data moving somewhere its unprivileged user can reach.
-    base = tmp_path_factory.mktemp("local-mode")
+@contextlib.contextmanager
+def running_platform(base: Path, **env: str) -> Iterator[LocalPlatform]:
+    """A platform on a data folder under ``base``, stopped and its data deleted after."""
     platform = LocalPlatform(base / "data", base)
-    platform.start(ORDER_EXPIRATION_SECONDS="60")
+    platform.start(**env)
     try:
         yield platform
     finally:
@@ -137,3 +136,13 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform
             capture_output=True,
             check=False,
         )
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform]:
+    # tmp_path_factory's folders are private (0700): as root this also exercises PostgreSQL's
+    # data moving somewhere its unprivileged user can reach.
+    with running_platform(
+        tmp_path_factory.mktemp("local-mode"), ORDER_EXPIRATION_SECONDS="60"
+    ) as platform:
+        yield platform

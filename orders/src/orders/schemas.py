@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Literal
 
 from ticketing_common.events import OrderStatus
 from ticketing_common.models import CamelModel, Money
@@ -24,3 +25,10 @@ class OrderOut(CamelModel):
     expires_at: datetime
     version: int
     ticket: OrderTicketOut
+
+
+class SaleOut(CamelModel):
+    """One of the caller's tickets, as a seller sees it: its state follows its live order."""
+
+    ticket: OrderTicketOut
+    state: Literal["available", "reserved", "sold"]
