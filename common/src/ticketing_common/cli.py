@@ -13,6 +13,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import uvicorn
 from fastapi import FastAPI
@@ -24,6 +25,8 @@ from ticketing_common.messaging.consumer import list_parked, replay_parked
 from ticketing_common.migrations import upgrade
 from ticketing_common.observability import configure_logging
 from ticketing_common.settings import S, ServiceSettings, W, WebSettings
+
+T = TypeVar("T")
 
 # Kubernetes gives 30s between SIGTERM and SIGKILL; finish in-flight work well inside that.
 GRACEFUL_SHUTDOWN_SECONDS = 20
@@ -51,11 +54,8 @@ def service_main(
     replay.add_argument("event_id", type=uuid.UUID)
     args = parser.parse_args(argv)
 
-    try:
-        settings = settings_factory()
-    except ValidationError as exc:
-        # A configuration mistake: say which setting and why, without a traceback.
-        print(f"refusing to start: {settings_problems(exc)}", file=sys.stderr)
+    settings = load_settings(settings_factory)
+    if settings is None:
         return 2
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
     if args.command == "migrate" or (args.command == "serve" and args.migrate):
@@ -71,6 +71,16 @@ def service_main(
             _parked(settings, consumer, args.parked_command, getattr(args, "event_id", None))
         )
     return 0
+
+
+def load_settings(settings_factory: Callable[[], T]) -> T | None:
+    """The settings, or None once stderr says which setting is wrong and why (a configuration
+    mistake, not a traceback)."""
+    try:
+        return settings_factory()
+    except ValidationError as exc:
+        print(f"refusing to start: {settings_problems(exc)}", file=sys.stderr)
+        return None
 
 
 def settings_problems(exc: ValidationError) -> str:
@@ -94,7 +104,9 @@ def web_main(
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve_command(commands, "run the HTTP server")
     args = parser.parse_args(argv)
-    settings = settings_factory()
+    settings = load_settings(settings_factory)
+    if settings is None:
+        return 2
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
     serve(app_factory(settings), settings, args.host, args.port)
     return 0
