@@ -248,8 +248,10 @@ async def test_failures_older_than_the_window_are_deleted(
     await signup(client)
     client.cookies.clear()
     await db.fetch(
-        "INSERT INTO signin_failures (email, failed_at) SELECT 'ada@example.com', "
-        "now() - make_interval(secs => $1) FROM generate_series(1, 10)",
+        # This client's, and those of a client that never came back.
+        "INSERT INTO signin_failures (email, client, failed_at) SELECT 'ada@example.com', "
+        "client, now() - make_interval(secs => $1) FROM generate_series(1, 10), "
+        "unnest(ARRAY['127.0.0.1', '198.51.100.99']) AS client",
         settings.signin_failure_window_seconds + 60,
     )
     response = await client.post(SIGNIN, json={"email": "ada@example.com", "password": "nopenope"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 from sqlalchemy import insert
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ticketing_common.app import Runtime, create_service_app
+from ticketing_common.app import MAX_REQUEST_BODY_BYTES, Runtime, create_service_app
 from ticketing_common.db import SessionDep
 from ticketing_common.errors import BadRequestError
 from ticketing_common.events import TicketCreated
@@ -37,20 +37,19 @@ async def create(session: SessionDep) -> dict[str, str]:
     return {"eventId": str(envelope.id)}
 
 
-class KeptRefusalError(BadRequestError):
-    keeps_changes = True
-
-
 @router.post("/effects/{outcome}", status_code=201)
 async def write_effect(outcome: str, session: SessionDep) -> dict[str, str]:
     await session.execute(insert(effects).values(note=outcome))
     if outcome == "refused":
         raise BadRequestError("refused")
-    if outcome == "refused-but-kept":
-        raise KeptRefusalError("refused, and the attempt counts")
     if outcome == "crash":
         raise RuntimeError("unexpected")
     return {"note": outcome}
+
+
+@router.post("/echo")
+async def echo(body: dict[str, Any]) -> dict[str, Any]:
+    return body
 
 
 @router.post("/break-background-work")
@@ -110,15 +109,6 @@ async def test_a_failed_request_leaves_nothing_behind(
     assert await common_db.fetch("SELECT note FROM effects") == []
 
 
-async def test_a_refusal_that_keeps_changes_commits_them(
-    client: httpx.AsyncClient, common_db: TestDatabase
-) -> None:
-    response = await client.post("/effects/refused-but-kept")
-    assert response.status_code == 400
-    rows = await common_db.fetch("SELECT note FROM effects")
-    assert [row["note"] for row in rows] == ["refused-but-kept"]
-
-
 async def test_a_request_id_travels_into_the_event(
     client: httpx.AsyncClient, event_probe: EventProbe, jetstream: JetStreamContext
 ) -> None:
@@ -140,3 +130,52 @@ async def test_dead_background_work_fails_the_liveness_check(client: httpx.Async
     await eventually(unhealthy, timeout=5)
     message = (await client.get("/healthz")).json()["errors"][0]["message"]
     assert "outbox-relay stopped" in message and "relay lost its mind" in message
+
+
+def json_of_size(size: int) -> bytes:
+    """A JSON object of exactly ``size`` bytes."""
+    body = b'{"note": ""}'
+    return body[:-2] + b"x" * (size - len(body)) + body[-2:]
+
+
+async def test_a_body_up_to_the_limit_is_read(client: httpx.AsyncClient) -> None:
+    body = json_of_size(MAX_REQUEST_BODY_BYTES)
+    response = await client.post(
+        "/echo", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 200
+    assert len(response.json()["note"]) == MAX_REQUEST_BODY_BYTES - len(b'{"note": ""}')
+
+
+async def test_a_declared_oversized_body_is_413_before_it_is_read(
+    client: httpx.AsyncClient,
+) -> None:
+    body = json_of_size(9 * 1024 * 1024)
+    response = await client.post(
+        "/echo", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json() == {"errors": [{"message": "Request body too large"}]}
+    assert response.headers["x-request-id"]
+
+
+async def test_a_chunked_oversized_body_is_413_as_soon_as_it_passes_the_limit(
+    client: httpx.AsyncClient,
+) -> None:
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        # No Content-Length: the service learns the size only by reading.
+        nonlocal sent
+        yield b'{"note": "'
+        for _ in range(1000):
+            sent += 16 * 1024
+            yield b"x" * 16 * 1024
+        yield b'"}'
+
+    response = await client.post(
+        "/echo", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json() == {"errors": [{"message": "Request body too large"}]}
+    assert sent < 1000 * 16 * 1024, "the service read the whole body"

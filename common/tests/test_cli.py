@@ -91,3 +91,24 @@ def test_parked_list_and_replay(
         assert run(common_db, consumer, "parked", "replay", str(uuid.uuid4())) == 1
     finally:
         asyncio.run(common_db.truncate())
+
+
+def test_bad_settings_stop_the_command_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("JWT_KEY", raising=False)
+    monkeypatch.setenv("LOG_LEVEL", "chatty")
+
+    def no_app(_: ServiceSettings) -> FastAPI:
+        raise AssertionError("no app is built with bad settings")
+
+    code = service_main(
+        settings_factory=ServiceSettings,
+        app_factory=no_app,
+        argv=["serve", "--migrate"],
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("refusing to start: ")
+    assert "JWT_KEY: Field required" in err and "LOG_LEVEL: Input should be" in err
+    assert "Traceback" not in err

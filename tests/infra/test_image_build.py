@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, WORKLOADS
+from .manifests import ROOT, WORKLOADS
 
 RELEASE_STAGE = "release"
 FAST_OFFLINE_UV = {"UV_OFFLINE": "1", "UV_LINK_MODE": "hardlink", "UV_COMPILE_BYTECODE": "0"}

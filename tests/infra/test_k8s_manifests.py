@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from ticketing_common.settings import ServiceSettings
 
-from .conftest import (
+from .manifests import (
     K8S,
     ROOT,
     SERVICES,

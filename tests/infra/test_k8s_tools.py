@@ -21,7 +21,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
-from .conftest import OVERLAYS, ROOT, SERVICES, render, tool
+from .manifests import OVERLAYS, ROOT, SERVICES, render, tool
 
 # preStop.sleep (the services' graceful shutdown) is Kubernetes 1.30 and newer: the floor.
 OLDEST_KUBERNETES = "1.30.0"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import SERVICES, Overlay, render
+from .manifests import SERVICES, Overlay, render
 
 NAMESPACE = "ticketing"
 API_SERVICES = [s for s in SERVICES if s != "expiration"]

@@ -19,7 +19,7 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from .conftest import ROOT, WORKLOADS, Overlay, render, unhashed
+from .manifests import ROOT, WORKLOADS, Overlay, render, unhashed
 
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 

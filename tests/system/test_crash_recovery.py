@@ -17,7 +17,7 @@ import pytest
 
 from ticketing_local.datafolder import running_processes
 
-from .conftest import LocalPlatform, User, available_ids, live_processes
+from .local_platform import LocalPlatform, User, available_ids, live_processes
 
 pytestmark = pytest.mark.timeout(420)
 

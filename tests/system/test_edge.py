@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import LocalPlatform, User
+from .local_platform import LocalPlatform, User
 
 pytestmark = pytest.mark.timeout(300)
 

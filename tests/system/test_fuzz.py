@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 
 from ticketing_local.routing import RoutingTable
 
-from .conftest import LocalPlatform, User
+from .local_platform import LocalPlatform, User
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -51,7 +51,7 @@ def public_operations(platform: LocalPlatform, service: str) -> list[Any]:
     port = platform.status()["processes"][service]["port"]
     schema = schemathesis.openapi.from_url(f"http://127.0.0.1:{port}/openapi.json")
     table = RoutingTable.load()
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
     return [
         op
         for op in operations
@@ -94,4 +94,4 @@ def fuzz(operation: Any, call: Callable[[Any], Any]) -> Callable[[], None]:
     def run(case: Any) -> None:
         call(case)
 
-    return run  # type: ignore[no-any-return]
+    return run

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (
+from .local_platform import (
     EVENTUAL,
     LocalPlatform,
     User,

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import EVENTUAL, LocalPlatform, running_platform, wait_until
+from .local_platform import EVENTUAL, LocalPlatform, running_platform, wait_until
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 from axe_playwright_python.sync_playwright import Axe  # noqa: E402

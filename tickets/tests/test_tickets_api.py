@@ -62,6 +62,16 @@ async def test_create_accepts_price_bounds(
     assert Decimal(ticket["price"]) == Decimal(str(price))
 
 
+@pytest.mark.parametrize(
+    "title", ["Café crème", "日本語のコンサート", "Rock 🎸", "👩\u200d👩\u200d👧"]
+)
+async def test_create_accepts_real_text_in_any_script(
+    client: httpx.AsyncClient, users: Users, title: str
+) -> None:
+    ticket = await create(client, users, uuid.uuid4(), title=title)
+    assert ticket["title"] == title
+
+
 async def test_create_accepts_a_120_character_title(
     client: httpx.AsyncClient, users: Users
 ) -> None:
@@ -78,6 +88,12 @@ async def test_create_accepts_a_120_character_title(
         ({"title": 12, "price": "10"}, "title"),
         ({"title": "nul\x00byte", "price": "10"}, "title"),
         ({"title": "two\nlines", "price": "10"}, "title"),
+        ({"title": "next\u0085line", "price": "10"}, "title"),
+        ({"title": "\u0085", "price": "10"}, "title"),
+        ({"title": "\u202eevil.exe", "price": "10"}, "title"),
+        ({"title": "a\u2066b", "price": "10"}, "title"),
+        ({"title": "\u200b", "price": "10"}, "title"),
+        ({"title": "\u200b\u200d\ufeff", "price": "10"}, "title"),
         ({"price": "10"}, "title"),
         ({"title": "A", "price": "0"}, "price"),
         ({"title": "A", "price": -5}, "price"),
@@ -87,6 +103,13 @@ async def test_create_accepts_a_120_character_title(
         ({"title": "A", "price": "ten"}, "price"),
         ({"title": "A", "price": "NaN"}, "price"),
         ({"title": "A", "price": "Infinity"}, "price"),
+        ({"title": "A", "price": "1_000"}, "price"),
+        ({"title": "A", "price": "\uff11\uff12"}, "price"),
+        ({"title": "A", "price": "\u0663"}, "price"),
+        ({"title": "A", "price": " 12"}, "price"),
+        ({"title": "A", "price": "1e3"}, "price"),
+        ({"title": "A", "price": "+12"}, "price"),
+        ({"title": "A", "price": True}, "price"),
         ({"title": "A", "price": None}, "price"),
         ({"title": "A"}, "price"),
     ],
@@ -334,6 +357,8 @@ async def test_update_unknown_ticket_is_404(client: httpx.AsyncClient, users: Us
         {"title": "", "price": "1"},
         {"title": "A", "price": "0"},
         {"title": "A", "price": "1.001"},
+        {"title": "A", "price": "1_000"},
+        {"title": "\u202eA", "price": "1"},
         {},
     ],
 )

@@ -24,12 +24,17 @@ class User(Base):
 
 
 class SigninFailure(Base):
-    """One failed sign-in; recent ones for an email throttle further attempts (any replica)."""
+    """One failed sign-in from one client; recent ones throttle that client (any replica)."""
 
     __tablename__ = "signin_failures"
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     email: Mapped[str] = mapped_column(String(320))
+    # The client's address, as the edge or Ingress reported it ("" from an older release).
+    client: Mapped[str] = mapped_column(String(64), server_default="")
     failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
-    __table_args__ = (Index("ix_signin_failures_email_failed_at", "email", "failed_at"),)
+    __table_args__ = (
+        Index("ix_signin_failures_client_email_failed_at", "client", "email", "failed_at"),
+        Index("ix_signin_failures_failed_at", "failed_at"),  # clearing stale ones
+    )

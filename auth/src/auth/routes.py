@@ -14,7 +14,7 @@ from ticketing_common.auth import (
     create_session_token,
     set_session_cookie,
 )
-from ticketing_common.db import SessionDep
+from ticketing_common.db import SessionDep, SessionmakerDep
 from ticketing_common.errors import error_responses
 from ticketing_common.settings import settings_dependency
 
@@ -26,8 +26,16 @@ def _passwords(request: Request) -> Passwords:
     return passwords
 
 
+def _client_address(request: Request) -> str:
+    # uvicorn has already chosen it: the peer, or what a proxy it trusts (FORWARDED_ALLOW_IPS:
+    # the edge, the Ingress) put in X-Forwarded-For. Never read that header here: any client
+    # can send one.
+    return request.client.host[:64] if request.client else "unknown"
+
+
 SettingsDep = Annotated[AuthSettings, Depends(settings_dependency(AuthSettings))]
 PasswordsDep = Annotated[Passwords, Depends(_passwords)]
+ClientAddressDep = Annotated[str, Depends(_client_address)]
 
 
 def _start_session(response: Response, user: UserOut, settings: AuthSettings) -> None:
@@ -56,12 +64,13 @@ async def signup(
 async def signin(
     body: SigninCredentials,
     response: Response,
-    session: SessionDep,
+    sessionmaker: SessionmakerDep,
     passwords: PasswordsDep,
     settings: SettingsDep,
+    client: ClientAddressDep,
 ) -> UserOut:
     user = UserOut.model_validate(
-        await sign_in(session, passwords, settings, body.email, body.password)
+        await sign_in(sessionmaker, passwords, settings, body.email, body.password, client)
     )
     _start_session(response, user, settings)
     return user

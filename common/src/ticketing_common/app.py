@@ -20,6 +20,8 @@ from fastapi.responses import JSONResponse
 from nats.aio.client import Client as NatsClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ticketing_common.db import make_engine, make_sessionmaker
 from ticketing_common.errors import error_item, error_response, install_error_handlers
@@ -29,6 +31,11 @@ from ticketing_common.observability import RequestIdMiddleware
 from ticketing_common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+
+# The API's bodies are a few hundred bytes; refusing big ones early keeps a flood of them from
+# costing memory and parse time (the edge has its own, larger cap).
+MAX_REQUEST_BODY_BYTES = 64 * 1024
+BODY_TOO_LARGE = "Request body too large"
 
 
 @dataclass
@@ -102,6 +109,37 @@ async def run_service(
         await engine.dispose()
 
 
+class RequestBodyLimit:
+    """Answers 413 to a body over ``max_bytes``: at once when ``Content-Length`` says so, else
+    (a chunked body) as soon as the bytes read so far pass it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await error_response(413, [error_item(BODY_TOO_LARGE)])(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                # Raised inside the route's body read: FastAPI passes HTTPException through to
+                # the error handler, which answers in the common shape.
+                raise HTTPException(413, BODY_TOO_LARGE)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
 async def _ping(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
@@ -115,6 +153,7 @@ def create_service_app(
     consumer: Consumer | None = None,
     description: str = "",
     configure: Callable[[FastAPI], None] | None = None,
+    max_body_bytes: int = MAX_REQUEST_BODY_BYTES,
 ) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -127,6 +166,8 @@ def create_service_app(
 
     app = FastAPI(title=title, description=description, lifespan=lifespan)
     app.state.settings = settings
+    # Inside the request-id middleware (added next), so a refused body is logged with its id.
+    app.add_middleware(RequestBodyLimit, max_bytes=max_body_bytes)
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
     for router in routers:

@@ -12,9 +12,11 @@ import json
 import sys
 import uuid
 from collections.abc import Callable
+from typing import TypeVar
 
 import uvicorn
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from ticketing_common.db import make_engine, make_sessionmaker
 from ticketing_common.messaging import Consumer
@@ -22,6 +24,8 @@ from ticketing_common.messaging.consumer import list_parked, replay_parked
 from ticketing_common.migrations import migrations_dir, upgrade
 from ticketing_common.observability import configure_logging
 from ticketing_common.settings import S, ServiceSettings, W, WebSettings
+
+T = TypeVar("T")
 
 # Kubernetes gives 30s between SIGTERM and SIGKILL; finish in-flight work well inside that.
 GRACEFUL_SHUTDOWN_SECONDS = 20
@@ -48,7 +52,9 @@ def service_main(
     replay.add_argument("event_id", type=uuid.UUID)
     args = parser.parse_args(argv)
 
-    settings = settings_factory()
+    settings = load_settings(settings_factory)
+    if settings is None:
+        return 2
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
     if args.command == "migrate" or (args.command == "serve" and args.migrate):
         upgrade(migrations_dir(app_factory.__module__), settings.database_url)
@@ -65,6 +71,26 @@ def service_main(
     return 0
 
 
+def load_settings(settings_factory: Callable[[], T]) -> T | None:
+    """The settings, or None once stderr says which setting is wrong and why (a configuration
+    mistake, not a traceback)."""
+    try:
+        return settings_factory()
+    except ValidationError as exc:
+        print(f"refusing to start: {settings_problems(exc)}", file=sys.stderr)
+        return None
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """``JWT_KEY: Field required; ...``: each problem under the variable that sets it."""
+    problems = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        variable = "_".join(str(part) for part in error["loc"]).upper()
+        problems.append(f"{variable}: {message}" if variable else message)
+    return "; ".join(problems)
+
+
 def web_main(
     *,
     settings_factory: Callable[[], W],
@@ -76,7 +102,9 @@ def web_main(
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve_command(commands, "run the HTTP server")
     args = parser.parse_args(argv)
-    settings = settings_factory()
+    settings = load_settings(settings_factory)
+    if settings is None:
+        return 2
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
     serve(app_factory(settings), settings, args.host, args.port)
     return 0

@@ -21,8 +21,6 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from ticketing_common.errors import AppError
-
 # Stable constraint names, so migrations can refer to them and errors can be matched on them.
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -51,18 +49,9 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 async def transaction(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> AsyncIterator[AsyncSession]:
-    """One unit of work: committed when the block ends, rolled back if it raises.
-
-    An error that keeps changes (``AppError.keeps_changes``, say a failed sign-in that must
-    count) commits first, then propagates.
-    """
+    """One unit of work: committed when the block ends, rolled back if it raises."""
     async with sessionmaker() as session:
-        try:
-            yield session
-        except AppError as exc:
-            if exc.keeps_changes:
-                await session.commit()
-            raise
+        yield session
         await session.commit()
 
 
@@ -71,8 +60,8 @@ def request_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
     return sessionmaker
 
 
-# For a route whose work must span several units (payments: never a transaction held open
-# while a payment provider is called); every other route takes SessionDep.
+# For a route whose work must span several units (never a transaction held open across a slow
+# step: a payment provider's call, a password hash); every other route takes SessionDep.
 SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(request_sessionmaker)]
 
 

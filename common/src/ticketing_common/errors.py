@@ -19,9 +19,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 class AppError(Exception):
     status_code = 500
     message = "Something went wrong"
-    # A refusal is normally all or nothing: the unit of work rolls back. True for one that is
-    # itself a fact to keep (a failed sign-in counts toward the throttle): it commits first.
-    keeps_changes = False
 
     def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
         self.message = message or type(self).message

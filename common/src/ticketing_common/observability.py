@@ -1,5 +1,9 @@
 """Structured JSON logs carrying a request id.
 
+One record is one line: JSON escapes every control character, and text lines escape what a
+request could use to end a line early or disguise one (a ``%0a`` in a path must not forge an
+entry).
+
 The id comes from the ``X-Request-Id`` header (the edge sets one) or is made here, is echoed
 back, travels in the headers of every event the request causes (see ``messaging.outbox``) and is
 restored by the consumer that handles them, so one id follows a purchase through every service.
@@ -20,6 +24,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ticketing_common.errors import error_item, error_response
+from ticketing_common.models import BIDI_CONTROLS
 
 REQUEST_ID_HEADER = "X-Request-Id"
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -28,6 +33,24 @@ service_name_var: ContextVar[str] = ContextVar("service_name", default="-")
 access_log = logging.getLogger("ticketing.access")
 error_log = logging.getLogger("ticketing.errors")
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# C0 controls (CR, LF...), DEL, C1 controls (NEL...), line and paragraph separators, and the
+# bidi controls that make a line read differently from what it holds.
+UNSAFE_IN_A_LINE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u2028\u2029" + "".join(sorted(BIDI_CONTROLS)) + "]"
+)
+ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every character that could break or disguise a log line escaped."""
+
+    def escaped(match: re.Match[str]) -> str:
+        char = match.group()
+        return ESCAPES.get(char) or (
+            f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+        )
+
+    return UNSAFE_IN_A_LINE.sub(escaped, text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,18 +67,25 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        # ensure_ascii (the default) escapes every control character and line separator.
+        return json.dumps(entry, default=str, ensure_ascii=True)
 
 
 class TextFormatter(logging.Formatter):
+    """One line per record for people; a traceback follows on lines marked ``|`` so that no
+    text from an exception's message can pass for a record of its own."""
+
     def format(self, record: logging.LogRecord) -> str:
         request_id = request_id_var.get()
         prefix = f"[{request_id[:8]}] " if request_id else ""
         fields = getattr(record, "fields", {})
         extra = " " + " ".join(f"{k}={v}" for k, v in fields.items()) if fields else ""
-        line = f"{record.levelname:<7} {record.name}: {prefix}{record.getMessage()}{extra}"
+        line = escape_controls(
+            f"{record.levelname:<7} {record.name}: {prefix}{record.getMessage()}{extra}"
+        )
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            traceback_lines = self.formatException(record.exc_info).splitlines()
+            line += "".join(f"\n    | {escape_controls(t)}" for t in traceback_lines)
         return line
 
 

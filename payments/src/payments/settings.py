@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from typing import Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -35,10 +36,26 @@ NOT_TWO_DECIMAL_CURRENCIES = frozenset(
     ]
 )
 
+# A Stripe secret (sk_) or restricted (rk_) key; real ones carry dozens of random characters.
+STRIPE_KEY_PATTERN = re.compile(r"(sk|rk)_(live|test)_[0-9A-Za-z]{24,}")
+# The key printed in Stripe's own documentation, pasted into many a manifest.
+STRIPE_DOCUMENTATION_KEY = "sk_test_4eC39HqLyjWDarjtT1zdp7dc"
+
+
+def looks_like_a_real_stripe_key(key: str) -> bool:
+    # No word list: any word could turn up in a real key's random characters.
+    random_part = key.split("_", 2)[-1]
+    return (
+        STRIPE_KEY_PATTERN.fullmatch(key) is not None
+        and key != STRIPE_DOCUMENTATION_KEY
+        and len(set(random_part)) >= 12  # not sk_live_xxxxxxxx... nor sk_live_12345678...
+    )
+
 
 class PaymentsSettings(ServiceSettings):
     service_name: str = "payments"
-    # STRIPE_KEY set: real Stripe through its SDK; unset: the sandbox provider.
+    # STRIPE_KEY set: real Stripe through its SDK; unset: the sandbox provider, where a test
+    # token "pays", so production refuses to start without a real key.
     stripe_key: SecretStr | None = None
     # Where the Stripe SDK sends requests (tests point it at a local fake of Stripe's API).
     stripe_api_base: str | None = None
@@ -60,6 +77,19 @@ class PaymentsSettings(ServiceSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _real_provider_in_production(self) -> Self:
+        if self.environment != "production":
+            return self
+        key = self.stripe_key.get_secret_value() if self.stripe_key else ""
+        if not looks_like_a_real_stripe_key(key):
+            raise ValueError(
+                "STRIPE_KEY must be a Stripe secret or restricted key (sk_live_..., "
+                "rk_live_...; sk_test_... for a staging site) in production: without one "
+                "payments would use the sandbox, where a test card token pays"
+            )
+        return self
 
     @model_validator(mode="after")
     def _provider_call_fits_a_handler(self) -> Self:

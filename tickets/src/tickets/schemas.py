@@ -1,30 +1,21 @@
 from __future__ import annotations
 
-import re
 import uuid
 from decimal import Decimal
 from typing import Annotated
 
 from pydantic import AfterValidator, Field, StringConstraints
 
-from ticketing_common.models import CamelModel, Money
+from ticketing_common.models import CamelModel, Money, visible_single_line
 
 MAX_PRICE = Decimal("1000000")
 
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _printable(title: str) -> str:
-    # One line of text; PostgreSQL would refuse a NUL (a 500 instead of a 400).
-    if CONTROL_CHARACTERS.search(title):
-        raise ValueError("Title must be one line of printable text")
-    return title
-
-
+# Shown to every buyer: one line that shows what it says (PostgreSQL would also refuse a NUL:
+# a 500 instead of a 400).
 Title = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=120),
-    AfterValidator(_printable),
+    AfterValidator(visible_single_line),
 ]
 # More than two decimals is refused (Money's rule), never rounded.
 Price = Annotated[Money, Field(gt=0, le=MAX_PRICE)]
