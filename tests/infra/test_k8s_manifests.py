@@ -349,6 +349,30 @@ def test_production_refuses_the_dev_jwt_key(dev: Overlay) -> None:
         ServiceSettings(jwt_key=key, environment="production")
 
 
+def test_production_refuses_each_dev_secret_on_its_own(dev: Overlay) -> None:
+    # Any one dev value slipped in among real ones is refused, not only the JWT key.
+    real: dict[str, Any] = {
+        "jwt_key": "0f" * 32,
+        "nats_user": "orders",
+        "nats_password": "a1" * 16,
+        "database_url": "postgresql://orders:real-password@db:5432/orders",
+    }
+    ServiceSettings(environment="production", **real)
+    nats_password = decoded(dev.find("Secret", "nats-users"))["orders"]
+    database_urls = [
+        value
+        for secret in dev.all("Secret")
+        for name, value in decoded(secret).items()
+        if name == "DATABASE_URL"
+    ]
+    assert database_urls
+    for field, value in [("nats_password", nats_password)] + [
+        ("database_url", url) for url in database_urls
+    ]:
+        with pytest.raises(ValidationError, match=field.upper()):
+            ServiceSettings(environment="production", **(real | {field: value}))
+
+
 def quantity_millicores(value: str) -> int:
     return int(value[:-1]) if value.endswith("m") else int(float(value) * 1000)
 

@@ -15,20 +15,17 @@ from starlette.requests import Request
 
 from ticketing_common.database_url import with_driver
 
-# Keys that appear in examples and tutorials, and the cluster's dev overlay key
-# (infra/k8s/overlays/dev); production refuses them.
-KNOWN_WEAK_KEYS = frozenset(
-    {
-        "secret",
-        "changeme",
-        "changethis",
-        "jwt_key",
-        "asdf",
-        "development",
-        "dev-only-jwt-key-do-not-use-in-production",
-    }
-)
+# Keys that appear in examples and tutorials; production refuses them.
+KNOWN_WEAK_KEYS = frozenset({"secret", "changeme", "changethis", "jwt_key", "asdf", "development"})
 MIN_JWT_KEY_LENGTH = 32
+# Every secret the cluster's dev overlay generates (infra/k8s/overlays/dev) carries this mark;
+# production refuses any setting that does, so a dev value cannot reach it by mistake.
+DEV_ONLY_MARK = "dev-only"
+
+
+def _refuse_dev_only(name: str, value: str | None) -> None:
+    if value is not None and DEV_ONLY_MARK in value:
+        raise ValueError(f"{name} is a dev-only value from the repository: never in production")
 
 
 class WebSettings(BaseSettings):
@@ -58,6 +55,7 @@ class WebSettings(BaseSettings):
     def _refuse_weak_key_in_production(self) -> WebSettings:
         if self.environment == "production":
             key = self.jwt_key.get_secret_value()
+            _refuse_dev_only("JWT_KEY", key)
             if key.lower() in KNOWN_WEAK_KEYS or len(key) < MIN_JWT_KEY_LENGTH:
                 raise ValueError(
                     f"JWT_KEY must be set to a random secret of at least {MIN_JWT_KEY_LENGTH} "
@@ -88,12 +86,15 @@ class ServiceSettings(WebSettings):
 
     @model_validator(mode="after")
     def _require_bus_credentials_in_production(self) -> ServiceSettings:
-        # An anonymous connection could publish any event; production never makes one.
-        if self.environment == "production" and not (self.nats_user and self.nats_password):
-            raise ValueError(
-                "NATS_USER and NATS_PASSWORD must both be set in production "
-                "(the service's own NATS user)"
-            )
+        if self.environment == "production":
+            # An anonymous connection could publish any event; production never makes one.
+            if not (self.nats_user and self.nats_password):
+                raise ValueError(
+                    "NATS_USER and NATS_PASSWORD must both be set in production "
+                    "(the service's own NATS user)"
+                )
+            _refuse_dev_only("NATS_PASSWORD", self.nats_password.get_secret_value())
+            _refuse_dev_only("DATABASE_URL", self.database_url)
         if bool(self.nats_user) != bool(self.nats_password):
             raise ValueError("NATS_USER and NATS_PASSWORD are set together or not at all")
         return self
