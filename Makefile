@@ -13,6 +13,7 @@ help:
 	@echo "make up       start the whole platform on http://localhost:8080 (PORT to change)"
 	@echo "make test     run every test (real PostgreSQL and NATS, started from wheels)"
 	@echo "make lint     ruff and mypy"
+	@echo "make contracts  rewrite the event contracts and the docs made from them"
 	@echo "make reset    delete local-mode data"
 
 # uv itself, pinned, in .tools/ (no system-wide install, no curl | sh).

@@ -5,7 +5,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from ticketing_common.clock import utcnow
 from ticketing_common.models import CamelModel, Money
@@ -118,6 +118,9 @@ class EventEnvelope(CamelModel):
     ``id`` is also the ``Nats-Msg-Id`` header (JetStream drops a republished duplicate) and the
     key of every consumer's inbox (a redelivered event has no second effect).
     """
+
+    # On the wire every field is always present: the exported schema says so.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4)
     subject: Subject

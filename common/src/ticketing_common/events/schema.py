@@ -1,23 +1,20 @@
 """Export the event contracts as JSON Schema and an AsyncAPI document.
 
-``ticketing-schemas`` writes ``common/contracts/``; ``ticketing-schemas --check`` fails when the
-committed files differ from the models (a test runs it, so a stale contract cannot land).
+``events.schema.json`` validates a whole envelope: its ``data`` must match the model of its
+``subject``. ``event_schema`` gives one event's schema, self-contained, for the compatibility
+check (``compat``). ``ticketing-schemas`` (``generate``) writes them all, with the docs.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from ticketing_common.events.models import EVENT_TYPES, EventEnvelope
+from ticketing_common.events.models import EVENT_TYPES, EventEnvelope, Subject
 
-CONTRACTS_DIR = Path(__file__).resolve().parents[3] / "contracts"
 STREAM_NAME = "EVENTS"
 
 
@@ -79,6 +76,23 @@ def build_documents() -> dict[str, dict[str, Any]]:
     json_schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "Ticketing event contracts",
+        "description": "One event envelope; its data matches the model of its subject.",
+        "$ref": "#/$defs/EventEnvelope",
+        # One branch per subject: a validator reports the data's errors against its own model.
+        "allOf": [
+            {
+                "if": {
+                    "type": "object",
+                    "properties": {"subject": {"const": subject.value}},
+                    "required": ["subject"],
+                },
+                "then": {
+                    "type": "object",
+                    "properties": {"data": {"$ref": f"#/$defs/{cls.__name__}"}},
+                },
+            }
+            for subject, cls in EVENT_TYPES.items()
+        ],
         "$defs": {
             name: json.loads(json.dumps(s).replace("#/components/schemas/", "#/$defs/"))
             for name, s in components.items()
@@ -91,31 +105,23 @@ def render(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
-def stale_files(directory: Path = CONTRACTS_DIR) -> list[str]:
-    return [
-        name
-        for name, document in build_documents().items()
-        if not (directory / name).exists() or (directory / name).read_text() != render(document)
-    ]
+def event_schema(subject: Subject, documents: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The envelope of ``subject`` with its data, every reference written out in place."""
+    defs = documents["events.schema.json"]["$defs"]
+    envelope: dict[str, Any] = inline_refs(defs["EventEnvelope"], defs)
+    envelope["properties"]["subject"] = {"const": subject.value}
+    envelope["properties"]["data"] = inline_refs(defs[EVENT_TYPES[subject].__name__], defs)
+    envelope["title"] = subject.value
+    return envelope
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail if the files are stale")
-    parser.add_argument("--out", type=Path, default=CONTRACTS_DIR)
-    args = parser.parse_args(argv)
-    if args.check:
-        stale = stale_files(args.out)
-        if stale:
-            print(f"stale contracts in {args.out}: {', '.join(stale)}; run ticketing-schemas")
-            return 1
-        return 0
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, document in build_documents().items():
-        (args.out / name).write_text(render(document))
-        print(f"wrote {args.out / name}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def inline_refs(schema: Any, defs: dict[str, Any]) -> Any:
+    """``schema`` with every ``#/.../Name`` reference replaced by ``defs[Name]``."""
+    if isinstance(schema, list):
+        return [inline_refs(item, defs) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    inlined = {key: inline_refs(value, defs) for key, value in schema.items() if key != "$ref"}
+    if "$ref" in schema:
+        return inline_refs(defs[schema["$ref"].rsplit("/", 1)[-1]], defs) | inlined
+    return inlined
