@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 E = TypeVar("E", bound=Event)
 Handler = Callable[[AsyncSession, Any], Awaitable[None]]
 
+# How long a pull request waits for messages; the server holds it that long.
+FETCH_SECONDS = 5.0
 # Set by JetStream on a message fired from a schedule.
 SCHEDULER_HEADER = "Nats-Scheduler"
 
@@ -244,7 +246,7 @@ class ConsumerRunner:
                 room = self._capacity - len(self._in_hand)
                 if self._stopping.is_set() or room <= 0:
                     continue
-                fetch = asyncio.ensure_future(sub.fetch(min(room, 64), timeout=5))
+                fetch = asyncio.ensure_future(sub.fetch(min(room, 64), timeout=FETCH_SECONDS))
                 if not await self._until(fetch):
                     break
                 try:
@@ -370,7 +372,8 @@ class ConsumerRunner:
             del self._lanes[key]
             for item in lane:  # stopping: hand the rest back for another replica
                 with contextlib.suppress(Exception):
-                    await item.msg.nak()
+                    # Not to this replica's pull request, which the server may still hold.
+                    await item.msg.nak(delay=FETCH_SECONDS)
                 self._release(item.msg)
 
     async def _step(self, key: str, lane: deque[_InHand], item: _InHand) -> bool:
