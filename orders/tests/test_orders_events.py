@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import httpx
+import pytest
 from nats.js import JetStreamContext
 
+from ticketing_common.database_url import PLAIN, with_driver
 from ticketing_common.events import ExpirationComplete, PaymentCreated, TicketCreated, TicketUpdated
 from ticketing_common.testing import EventProbe, TestDatabase, Users, send_event
 from ticketing_common.testing.helpers import eventually
@@ -235,3 +239,64 @@ async def test_event_for_an_unknown_order_is_parked_not_blocking(
         return bool(await db.fetch("SELECT 1 FROM parked_events WHERE event_id = $1", stray.id))
 
     await eventually(parked)
+
+
+async def test_a_row_lock_and_an_early_version_never_park_the_update(
+    tickets: TicketsStandIn,
+    jetstream: JetStreamContext,
+    db: TestDatabase,
+    client: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The issue's scenario: waiting on a lock, then "not yet" far more often than the failures
+    allowed (CONSUMER_MAX_DELIVERIES is 4 here) parks nothing; the replica reaches v2."""
+    caplog.set_level(logging.INFO, logger="ticketing_common.messaging.consumer")
+    ticket = await tickets.create(title="v0")
+    holder = await asyncpg.connect(with_driver(db.url, driver=PLAIN))
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM tickets WHERE id = $1 FOR UPDATE", ticket.id)
+            early = await send_event(jetstream, updated(ticket, 2, "v2"))
+            await eventually(lambda: _waiting_on_a_lock(db))
+        # The lock is gone; v2 is still early, again and again.
+        await eventually(lambda: _not_yet_count(caplog, early.id, 6), timeout=30)
+        assert await db.fetch("SELECT event_id FROM parked_events") == []
+        await send_event(jetstream, updated(ticket, 1, "v1"))
+
+        async def at_v2() -> bool:
+            row = await replica(db, ticket.id)
+            return bool(row["version"] == 2)
+
+        await eventually(at_v2, timeout=20)
+    finally:
+        await holder.close()
+    assert await db.fetch("SELECT event_id FROM parked_events") == []
+    ready = await client.get("/readyz")
+    assert ready.json() == {"status": "ready", "parkedEvents": 0}
+
+
+async def _waiting_on_a_lock(db: TestDatabase) -> bool:
+    rows = await db.fetch(
+        "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND datname = current_database()"
+    )
+    return bool(rows)
+
+
+async def _not_yet_count(caplog: pytest.LogCaptureFixture, event_id: uuid.UUID, count: int) -> bool:
+    lines = [r for r in caplog.records if "not yet" in r.getMessage()]
+    return sum(str(event_id) in r.getMessage() for r in lines) >= count
+
+
+async def test_readiness_shows_how_many_events_are_parked(
+    jetstream: JetStreamContext, client: httpx.AsyncClient
+) -> None:
+    await jetstream.publish(
+        "ticket.updated", b"{not an event", headers={"Nats-Msg-Id": str(uuid.uuid4())}
+    )
+
+    async def one_parked() -> bool:
+        body = (await client.get("/readyz")).json()
+        return bool(body.get("parkedEvents") == 1)
+
+    await eventually(one_parked)

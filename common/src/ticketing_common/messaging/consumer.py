@@ -167,9 +167,60 @@ class _InHand:
     handler: Handler
     headers: dict[str, str]
     failures: int = 0  # of the handler itself: these count toward parking
-    waits: int = 0  # "not yet" and outages in a row: these only pace the retries
-    not_before: float = 0.0
+    waits: int = 0  # "not yet" and outages: these only pace the retries
+    not_before: float = 0.0  # loop time of the next try
+    aside: bool = False  # "not yet": the events behind it may go first
     last_error: str = field(default="")
+
+    def retry_after(self, delay: float, *, counted: bool) -> None:
+        if not counted:
+            self.waits += 1
+        self.not_before = asyncio.get_running_loop().time() + delay
+
+
+class _Lane:
+    """One entity's events in hand, in the order they came, and the wake-up of its worker."""
+
+    def __init__(self) -> None:
+        self.items: deque[_InHand] = deque()
+        self._changed = asyncio.Event()
+
+    def add(self, item: _InHand) -> None:
+        self.items.append(item)
+        self._changed.set()
+
+    def next_ready(self, now: float) -> tuple[_InHand | None, float]:
+        """The first event due a try, passing those set aside as "not yet"; else how long
+        until one is due. An event waiting out a failure or an outage holds those behind it."""
+        due = float("inf")
+        for item in self.items:
+            if item.not_before <= now:
+                return item, 0.0
+            due = min(due, item.not_before - now)
+            if not item.aside:
+                break
+        return None, due
+
+    async def wait(self, seconds: float) -> None:
+        """Until ``seconds`` pass, an event arrives or the runner stops."""
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), seconds)
+
+    def step_aside(self, item: _InHand) -> None:
+        """ "Not yet": behind the others, for what it waits for may be among them."""
+        item.aside = True
+        self.items.remove(item)
+        self.items.append(item)
+
+    def something_applied(self) -> None:
+        """What an event set aside waits for may have come: try them again now."""
+        for item in self.items:
+            if item.aside:
+                item.not_before = 0.0
+
+    def wake(self) -> None:
+        self._changed.set()
 
 
 class ConsumerRunner:
@@ -199,7 +250,7 @@ class ConsumerRunner:
         self._room = asyncio.Event()
         self._room.set()
         self._in_hand: dict[int, Msg] = {}  # by id(): a Msg is not hashable
-        self._lanes: dict[str, deque[_InHand]] = {}
+        self._lanes: dict[str, _Lane] = {}
         self._workers: set[asyncio.Task[None]] = set()
 
     def consumer_config(self) -> ConsumerConfig:
@@ -219,6 +270,8 @@ class ConsumerRunner:
 
     def stop(self) -> None:
         self._stopping.set()
+        for lane in self._lanes.values():
+            lane.wake()
 
     async def run(self) -> None:
         """Fetch and dispatch until stopped, then let the running handlers finish and hand
@@ -228,7 +281,7 @@ class ConsumerRunner:
         try:
             await self._fetch_loop(sub)
         finally:
-            self._stopping.set()
+            self.stop()
             if self._workers:
                 await asyncio.wait(self._workers)
             heartbeat.cancel()
@@ -342,42 +395,41 @@ class ConsumerRunner:
         key = entity_key(event)
         lane = self._lanes.get(key)
         if lane is not None:
-            lane.append(item)
+            lane.add(item)
             return
-        self._lanes[key] = deque([item])
-        worker = asyncio.create_task(self._work(key))
+        self._lanes[key] = lane = _Lane()
+        lane.add(item)
+        worker = asyncio.create_task(self._work(key, lane))
         self._workers.add(worker)
         worker.add_done_callback(self._workers.discard)
 
-    async def _work(self, key: str) -> None:
+    async def _work(self, key: str, lane: _Lane) -> None:
         """Handle one entity's events in order until its lane is empty (or the runner stops)."""
-        lane = self._lanes[key]
         try:
-            while lane and not self._stopping.is_set():
-                item = lane[0]
-                wait = item.not_before - asyncio.get_running_loop().time()
-                if wait > 0:
-                    await self._pause(wait)
+            while lane.items and not self._stopping.is_set():
+                item, wait = lane.next_ready(asyncio.get_running_loop().time())
+                if item is None:
+                    await lane.wait(wait)
                     continue
                 try:
                     settled = await self._step(key, lane, item)
                 except Exception:
                     log.exception("event %s: could not settle it", item.envelope.id)
                     settled = False
-                    self._retry_at_head(item)
+                    item.retry_after(retry_delay(item.waits + 1), counted=False)
                 if settled:
-                    lane.popleft()
+                    lane.items.remove(item)
                     self._release(item.msg)
         finally:
             del self._lanes[key]
-            for item in lane:  # stopping: hand the rest back for another replica
+            for item in lane.items:  # stopping: hand the rest back for another replica
                 with contextlib.suppress(Exception):
                     # Not to this replica's pull request, which the server may still hold.
                     await item.msg.nak(delay=FETCH_SECONDS)
                 self._release(item.msg)
 
-    async def _step(self, key: str, lane: deque[_InHand], item: _InHand) -> bool:
-        """One try at the first event of a lane: True once it is acked or parked."""
+    async def _step(self, key: str, lane: _Lane, item: _InHand) -> bool:
+        """One try at an event of a lane: True once it is acked or parked."""
         if await parking.park_if_held(
             self._sessionmaker,
             event_id=item.envelope.id,
@@ -391,24 +443,19 @@ class ConsumerRunner:
         outcome = await self._attempt(item)
         if outcome is _Outcome.DONE:
             await item.msg.ack()
+            lane.something_applied()
             return True
         if outcome is _Outcome.FAILED and item.failures >= self._max_failures:
             await self._park(item, key)
             return True
         if outcome is _Outcome.NOT_YET:
-            # Step aside: what it waits for may be behind it in this lane.
-            lane.rotate(-1)
-            item.waits += 1
-            item.not_before = asyncio.get_running_loop().time() + retry_delay(item.waits)
+            lane.step_aside(item)
+            item.retry_after(retry_delay(item.waits + 1), counted=False)
         elif outcome is _Outcome.OUTAGE:
-            self._retry_at_head(item)
+            item.retry_after(retry_delay(item.waits + 1), counted=False)
         else:
-            item.not_before = asyncio.get_running_loop().time() + retry_delay(item.failures)
+            item.retry_after(retry_delay(item.failures), counted=True)
         return False
-
-    def _retry_at_head(self, item: _InHand) -> None:
-        item.waits += 1
-        item.not_before = asyncio.get_running_loop().time() + retry_delay(item.waits)
 
     async def _attempt(self, item: _InHand) -> _Outcome:
         """Run the handler once, within its time budget, and say how it went."""
