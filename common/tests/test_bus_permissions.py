@@ -4,8 +4,9 @@ Every test runs against a real NATS server configured by ``render_authorization`
 ``secured_nats`` fixture), attacking it as a stolen or misused connection would: no
 credentials, a wrong password, one service publishing another's events or taking another's
 consumer, expiration publishing an event the scheduler should fire (or scheduling one it must
-not: the consumer drops it), the read-only monitor writing. What each service really does on the bus is shown by the integration test that runs
-every service on a secured server (``tests/integration/test_secured_bus.py``).
+not: the consumer drops it), the read-only monitor writing. What each service really does on
+the bus is shown by the integration test that runs every service on a secured server
+(``tests/integration/test_secured_bus.py``).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from ticketing_common.testing.helpers import error_fields, eventually
 from ticketing_common.testing.plugin import Deliver
 from ticketing_common.testing.stand_ins import TicketsStandIn
 
-from .helpers import order, place_order
+from .helpers import order, place_order, reserved
 
 # --- POST /api/orders ----------------------------------------------------------------------
 
@@ -47,6 +47,7 @@ async def test_create_order_reserves_and_publishes(
         "expiresAt": created["expiresAt"],
         "version": 0,
         "ticket": {"id": str(ticket.id), "title": "Jazz", "price": "42.50"},
+        "cancelReason": None,
     }
 
     event = await event_probe.wait_for("order.created")
@@ -446,7 +447,9 @@ async def test_complete_order_cannot_be_cancelled(
     deliver: Deliver,
 ) -> None:
     buyer = uuid.uuid4()
-    created = await order(client, users, buyer, await tickets.create())
+    ticket = await tickets.create()
+    created = await order(client, users, buyer, ticket)
+    await reserved(deliver, ticket, created["id"])
     await deliver(PaymentCreated(id=uuid.uuid4(), order_id=created["id"], provider_ref="ch_1"))
 
     r = await client.delete(f"/api/orders/{created['id']}", headers=users.headers(buyer))

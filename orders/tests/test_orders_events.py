@@ -19,7 +19,7 @@ from ticketing_common.testing.helpers import eventually
 from ticketing_common.testing.plugin import Deliver
 from ticketing_common.testing.stand_ins import TicketsStandIn
 
-from .helpers import order
+from .helpers import order, reserved
 
 
 def updated(
@@ -50,6 +50,7 @@ async def test_ticket_created_fills_the_replica(tickets: TicketsStandIn, db: Tes
         "price": Decimal("99.99"),
         "user_id": seller,
         "version": 0,
+        "order_id": None,
     }
 
 
@@ -197,6 +198,7 @@ async def test_expiration_leaves_a_complete_order(
 ) -> None:
     ticket = await tickets.create()
     order_id = (await order(client, users, uuid.uuid4(), ticket))["id"]
+    await reserved(deliver, ticket, order_id)
     await deliver(PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p"))
     await deliver(ExpirationComplete(order_id=order_id))
 
