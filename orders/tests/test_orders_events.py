@@ -302,3 +302,51 @@ async def test_readiness_shows_how_many_events_are_parked(
         return bool(body.get("parkedEvents") == 1)
 
     await eventually(one_parked)
+
+
+async def test_an_order_tickets_refused_is_cancelled_with_a_reason_the_buyer_reads(
+    client: httpx.AsyncClient,
+    users: Users,
+    tickets: TicketsStandIn,
+    db: TestDatabase,
+    deliver: Deliver,
+    event_probe: EventProbe,
+) -> None:
+    buyer = uuid.uuid4()
+    ticket = await tickets.create(title="v0")
+    created = await order(client, users, buyer, ticket)
+    # Tickets had a new price when the order reached it: it refused the reservation.
+    changed = updated(ticket, 1, "v1")
+    await deliver(changed.model_copy(update={"refused_order_id": uuid.UUID(created["id"])}))
+
+    shown = (await client.get(f"/api/orders/{created['id']}", headers=users.headers(buyer))).json()
+    assert shown["status"] == "cancelled"
+    assert shown["cancelReason"] == "ticket changed, order again"
+    cancelled = await event_probe.wait_for("order.cancelled")
+    assert cancelled.data["id"] == created["id"]
+    # A payment made meanwhile does not complete it (payments refunds it).
+    await deliver(PaymentCreated(id=uuid.uuid4(), order_id=created["id"], provider_ref="p"))
+    [row] = await db.fetch("SELECT status FROM orders")
+    assert row["status"] == "cancelled"
+    # The buyer may order again, at today's price.
+    again = await order(client, users, buyer, ticket)
+    assert again["ticket"]["price"] == "11.00" and again["cancelReason"] is None
+
+
+async def test_a_payment_waits_for_the_reservation(
+    client: httpx.AsyncClient,
+    users: Users,
+    tickets: TicketsStandIn,
+    db: TestDatabase,
+    jetstream: JetStreamContext,
+    deliver: Deliver,
+) -> None:
+    ticket = await tickets.create()
+    order_id = (await order(client, users, uuid.uuid4(), ticket))["id"]
+    payment = await send_event(
+        jetstream, PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p")
+    )
+    await reserved(deliver, ticket, order_id)
+    await db.wait_handled(payment.id)
+    [row] = await db.fetch("SELECT status FROM orders")
+    assert row["status"] == "complete"
