@@ -15,8 +15,8 @@ handed to another replica meanwhile.
 Retries are counted honestly, in the runner: only failures of the handler itself count toward
 parking, a handler that runs past its time budget included. After ``max_deliveries`` of them
 the event is parked in ``parked_events`` (and acked), and the later events of its entity are
-parked behind it (see ``parking``). Two other outcomes are retried with backoff, uncounted,
-for as long as their cause lasts:
+parked behind it (see ``messaging.parking``). Two other outcomes are retried with backoff,
+uncounted, for as long as their cause lasts:
 
 - "not yet" (:class:`RetryLater`, say a version from the future): the event steps aside, so
   the entity's events behind it (maybe the missing version) are tried first;
@@ -56,7 +56,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ticketing_common.db import transaction
 from ticketing_common.events import Event, EventEnvelope, Subject
 from ticketing_common.events.catalog import entity_key, scheduled_subjects
-from ticketing_common.messaging import parking
+from ticketing_common.messaging.parking import Parkable, park, park_if_held, replay_parked
 from ticketing_common.messaging.streams import STREAM_NAME, ensure_stream
 from ticketing_common.messaging.tables import inbox
 from ticketing_common.observability import REQUEST_ID_HEADER, request_id_var
@@ -142,7 +142,7 @@ class Consumer:
             envelope, event, handler = self.read(raw)
             await apply_once(sessionmaker, envelope, event, handler)
 
-        return await parking.replay_parked(sessionmaker, event_id, apply)
+        return await replay_parked(sessionmaker, event_id, apply)
 
 
 def retry_delay(attempts: int) -> float:
@@ -171,6 +171,15 @@ class _InHand:
     not_before: float = 0.0  # loop time of the next try
     aside: bool = False  # "not yet": the events behind it may go first
     last_error: str = field(default="")
+
+    def parkable(self, key: str) -> Parkable:
+        return Parkable(
+            self.envelope.id,
+            self.envelope.subject.value,
+            json.loads(self.msg.data),
+            self.headers,
+            key,
+        )
 
     def retry_after(self, delay: float, *, counted: bool) -> None:
         if not counted:
@@ -430,14 +439,7 @@ class ConsumerRunner:
 
     async def _step(self, key: str, lane: _Lane, item: _InHand) -> bool:
         """One try at an event of a lane: True once it is acked or parked."""
-        if await parking.park_if_held(
-            self._sessionmaker,
-            event_id=item.envelope.id,
-            subject=item.envelope.subject.value,
-            envelope=json.loads(item.msg.data),
-            headers=item.headers,
-            entity_key=key,
-        ):
+        if await park_if_held(self._sessionmaker, item.parkable(key)):
             await item.msg.ack()
             return True
         outcome = await self._attempt(item)
@@ -499,15 +501,8 @@ class ConsumerRunner:
             request_id_var.reset(token)
 
     async def _park(self, item: _InHand, key: str) -> None:
-        await parking.park(
-            self._sessionmaker,
-            event_id=item.envelope.id,
-            subject=item.envelope.subject.value,
-            envelope=json.loads(item.msg.data),
-            headers=item.headers,
-            error=item.last_error,
-            failures=item.failures,
-            entity_key=key,
+        await park(
+            self._sessionmaker, item.parkable(key), error=item.last_error, failures=item.failures
         )
         await item.msg.ack()
 
@@ -516,16 +511,8 @@ class ConsumerRunner:
             raw: dict[str, Any] = json.loads(msg.data)
         except ValueError:
             raw = {"raw": msg.data.decode("utf-8", "replace")}
-        await parking.park(
-            self._sessionmaker,
-            event_id=_event_id_of(headers),
-            subject=msg.subject,
-            envelope=raw,
-            headers=headers,
-            error=error,
-            failures=1,
-            entity_key=None,
-        )
+        unreadable = Parkable(_event_id_of(headers), msg.subject, raw, headers, None)
+        await park(self._sessionmaker, unreadable, error=error, failures=1)
         await msg.ack()
 
     def _release(self, msg: Msg) -> None:

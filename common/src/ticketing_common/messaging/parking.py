@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Row, case, delete, func, literal, select
@@ -44,79 +45,68 @@ async def _first_parked(session: AsyncSession, entity_key: str) -> Row[Any] | No
     ).first()
 
 
+@dataclass(frozen=True)
+class Parkable:
+    """An event as the parked table keeps it."""
+
+    event_id: uuid.UUID
+    subject: str
+    envelope: dict[str, Any]  # as it arrived
+    headers: dict[str, str]
+    entity_key: str | None  # None for a malformed event: nothing can wait behind it
+
+    def row(self, *, error: str, failures: int, waiting_behind: uuid.UUID | None = None) -> Any:
+        return insert(parked_events).values(
+            event_id=self.event_id,
+            subject=self.subject,
+            envelope=self.envelope,
+            headers=self.headers,
+            entity_key=self.entity_key,
+            error=error[:4000],
+            deliveries=failures,
+            waiting_behind=waiting_behind,
+        )
+
+
 async def park(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    *,
-    event_id: uuid.UUID,
-    subject: str,
-    envelope: dict[str, Any],
-    headers: dict[str, str],
-    error: str,
-    failures: int,
-    entity_key: str | None,
+    sessionmaker: async_sessionmaker[AsyncSession], event: Parkable, *, error: str, failures: int
 ) -> None:
     """Park an event whose handler failed (or that cannot be read), and say so at error level."""
     async with transaction(sessionmaker) as session:
         await session.execute(
-            insert(parked_events)
-            .values(
-                event_id=event_id,
-                subject=subject,
-                envelope=envelope,
-                headers=headers,
-                error=error[:4000],
-                deliveries=failures,
-                entity_key=entity_key,
-            )
-            .on_conflict_do_update(
+            event.row(error=error, failures=failures).on_conflict_do_update(
                 index_elements=[parked_events.c.event_id],
                 set_={"error": error[:4000], "deliveries": failures},
             )
         )
     log.error(
         "parked event %s on %s (%s) after %d failures: %s",
-        event_id,
-        subject,
-        entity_key,
+        event.event_id,
+        event.subject,
+        event.entity_key,
         failures,
         error,
     )
 
 
-async def park_if_held(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    *,
-    event_id: uuid.UUID,
-    subject: str,
-    envelope: dict[str, Any],
-    headers: dict[str, str],
-    entity_key: str,
-) -> bool:
+async def park_if_held(sessionmaker: async_sessionmaker[AsyncSession], event: Parkable) -> bool:
     """Park the event behind its entity's first parked event, if it has one: True if parked."""
+    assert event.entity_key is not None
     async with transaction(sessionmaker) as session:
-        await _lock_entity(session, entity_key)
-        first = await _first_parked(session, entity_key)
-        if first is None or first.event_id == event_id:
+        await _lock_entity(session, event.entity_key)
+        first = await _first_parked(session, event.entity_key)
+        if first is None or first.event_id == event.event_id:
             return False
         await session.execute(
-            insert(parked_events)
-            .values(
-                event_id=event_id,
-                subject=subject,
-                envelope=envelope,
-                headers=headers,
-                error=f"waiting behind {first.event_id}",
-                deliveries=0,
-                entity_key=entity_key,
-                waiting_behind=first.event_id,
-            )
-            .on_conflict_do_nothing()
+            event.row(
+                error=f"waiting behind {first.event_id}", failures=0, waiting_behind=first.event_id
+            ).on_conflict_do_nothing()
         )
     log.error(
         "parked event %s on %s: %s is waiting behind parked event %s",
-        event_id,
-        subject,
-        entity_key,
+        event.event_id,
+        event.subject,
+        event.entity_key,
         first.event_id,
     )
     return True
