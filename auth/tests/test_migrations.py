@@ -26,4 +26,4 @@ async def test_replicas_migrating_at_once_take_turns(postgres_url: str) -> None:
     assert [p.returncode for p in processes] == [0] * 4, [err for _, err in results]
     assert await database.schema_drift(Base.metadata) == []
     (row,) = await database.fetch("SELECT version_num FROM alembic_version")
-    assert row["version_num"] == "0001"
+    assert row["version_num"] == "0002"
