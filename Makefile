@@ -7,7 +7,7 @@ VENV := .venv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help install test lint format contracts nats-auth up reset clean
+.PHONY: help install test lint format contracts nats-auth up reset bench chaos clean
 
 help:
 	@echo "make up       start the whole platform on http://localhost:8080 (PORT to change)"
@@ -15,6 +15,8 @@ help:
 	@echo "make lint     ruff and mypy"
 	@echo "make contracts  rewrite the event contracts and the docs made from them"
 	@echo "make reset    delete local-mode data"
+	@echo "make bench    measure the platform against its performance targets (docs/bench/)"
+	@echo "make chaos    load the platform while killing its processes, then check every invariant (CHAOS_ARGS=--help)"
 
 # uv itself, pinned, in .tools/ (no system-wide install, no curl | sh).
 $(UV):
@@ -43,6 +45,13 @@ up: install
 
 reset: install
 	$(VENV)/bin/python -m ticketing_local reset
+
+bench: install
+	$(VENV)/bin/python bench/run.py
+
+# A few minutes by default; CHAOS_ARGS="--seed 42 --seconds 600" for a longer, repeatable run.
+chaos: install
+	$(VENV)/bin/python -m ticketing_chaos $(CHAOS_ARGS)
 
 contracts: install
 	$(VENV)/bin/ticketing-schemas

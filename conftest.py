@@ -4,6 +4,6 @@
 import importlib
 import importlib.util
 
-for _package in ("auth", "tickets", "orders", "expiration", "payments"):
+for _package in ("auth", "tickets", "orders", "expiration", "payments", "client"):
     if importlib.util.find_spec(_package) is not None:
         importlib.import_module(_package)

@@ -1,8 +1,10 @@
 """Benchmark: how fast events go through the outbox relay and the consumer runner.
 
-Starts its own PostgreSQL and NATS (from the wheels), commits N events through ``publish()``,
-measures how long the relay takes to get them all into JetStream, then how long a consumer takes
-to handle them all (handler + inbox row per event), and the process's peak memory.
+Starts its own PostgreSQL and NATS (from the wheels), publishes N messages to JetStream with
+nats-py alone (the reference: one publish awaited at a time, with a ``Nats-Msg-Id``, as the
+relay does), commits N events through ``publish()``, measures how long the relay takes to get
+them all into JetStream, then how long a consumer takes to handle them all (handler + inbox row
+per event), and the process's peak memory. ``make bench`` runs it as one of its phases.
 
     .venv/bin/python bench/event_pipeline.py --events 5000
 """
@@ -16,10 +18,12 @@ import shutil
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
 import nats
+from nats.js import JetStreamContext
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -31,8 +35,32 @@ from ticketing_common.messaging.streams import STREAM_NAME
 from ticketing_common.messaging.tables import inbox, messaging_metadata, outbox
 from ticketing_common.testing import TestDatabase
 
+# Not a subject of the catalog: no consumer of the platform's would ever read it.
+BARE_SUBJECT = "ticket.bench"
 
-async def run(events: int, per_transaction: int, folder: Path) -> None:
+
+@dataclass(frozen=True)
+class PipelineRates:
+    """Events per second through each stage, and the bench process's peak memory."""
+
+    events: int
+    bare_publish: float
+    commit: float
+    relay: float
+    consume: float
+    peak_rss_mib: float
+
+
+async def bare_publish(js: JetStreamContext, count: int) -> float:
+    """Messages per second nats-py alone gets into the stream, one awaited at a time."""
+    started = time.perf_counter()
+    for _ in range(count):
+        event_id = str(uuid.uuid4())
+        await js.publish(BARE_SUBJECT, b"{}", headers={"Nats-Msg-Id": event_id})
+    return count / (time.perf_counter() - started)
+
+
+async def measure(events: int, per_transaction: int, folder: Path) -> PipelineRates:
     postgres, nats_server = (
         EmbeddedPostgres(folder / "pg", durable=False),
         EmbeddedNats(folder / "nats"),
@@ -48,6 +76,7 @@ async def run(events: int, per_transaction: int, folder: Path) -> None:
         nc = await nats.connect(nats_server.url)
         js = nc.jetstream()
         await ensure_stream(js)
+        bare = await bare_publish(js, events)
 
         started = time.perf_counter()
         for start in range(0, events, per_transaction):
@@ -67,7 +96,8 @@ async def run(events: int, per_transaction: int, folder: Path) -> None:
         committed = time.perf_counter()
         published = await OutboxRelay(engine, sessionmaker, js).flush()
         relayed = time.perf_counter()
-        assert published == events
+        if published != events:
+            raise RuntimeError(f"the relay published {published} of {events} events")
 
         consumer = Consumer("bench")
 
@@ -87,31 +117,34 @@ async def run(events: int, per_transaction: int, folder: Path) -> None:
         runner.stop()
         await task
         async with sessionmaker() as session:
-            assert (
-                await session.scalar(
-                    select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
-                )
-                == 0
+            unsent = await session.scalar(
+                select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
             )
+        if unsent:
+            raise RuntimeError(f"{unsent} events are still in the outbox")
         info = await js.stream_info(STREAM_NAME)
+        if info.state.messages != 2 * events:
+            raise RuntimeError(f"the stream holds {info.state.messages} messages, not {2 * events}")
         await nc.close()
         await engine.dispose()
-
-        def rate(seconds: float) -> str:
-            return f"{seconds:7.2f}s  {events / seconds:9.0f} events/s"
-
-        print(
-            f"events: {events} ({per_transaction} per transaction), stream: {info.state.messages}"
+        return PipelineRates(
+            events=events,
+            bare_publish=bare,
+            commit=events / (committed - started),
+            relay=events / (relayed - committed),
+            consume=events / (consumed - consume_started),
+            peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         )
-        print(f"commit to outbox : {rate(committed - started)}")
-        print(f"relay to NATS    : {rate(relayed - committed)}")
-        print(f"consume + inbox  : {rate(consumed - consume_started)}")
-        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"peak RSS         : {peak_mib:.0f} MiB")
     finally:
         nats_server.stop()
         postgres.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def temporary_folder() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="ticketing-bench-"))
+    folder.chmod(0o755)  # PostgreSQL's unprivileged user must reach it when run as root
+    return folder
 
 
 def main() -> None:
@@ -121,9 +154,13 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--per-transaction", type=int, default=1)
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="ticketing-bench-"))
-    folder.chmod(0o755)  # PostgreSQL's unprivileged user must reach it when run as root
-    asyncio.run(run(args.events, args.per_transaction, folder))
+    rates = asyncio.run(measure(args.events, args.per_transaction, temporary_folder()))
+    print(f"events: {rates.events} ({args.per_transaction} per transaction)")
+    print(f"bare JetStream publish : {rates.bare_publish:9.0f} messages/s")
+    print(f"commit to outbox       : {rates.commit:9.0f} events/s")
+    print(f"relay to NATS          : {rates.relay:9.0f} events/s")
+    print(f"consume + inbox        : {rates.consume:9.0f} events/s")
+    print(f"peak RSS               : {rates.peak_rss_mib:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -462,6 +462,40 @@ async def test_complete_order_cannot_be_cancelled(
     assert (await db.outbox_subjects()).count("order.cancelled") == 0
 
 
+async def test_sales_show_each_of_my_tickets_with_its_state(
+    client: httpx.AsyncClient,
+    users: Users,
+    tickets: TicketsStandIn,
+    deliver: Deliver,
+) -> None:
+    seller, buyer = uuid.uuid4(), uuid.uuid4()
+    unsold = await tickets.create(owner=seller, title="A unsold")
+    held = await tickets.create(owner=seller, title="B reserved")
+    sold = await tickets.create(owner=seller, title="C sold")
+    released = await tickets.create(owner=seller, title="D released")
+    await tickets.create(title="Someone else's")
+    await order(client, users, buyer, held)
+    paid_order = await order(client, users, buyer, sold)
+    await reserved(deliver, sold, paid_order["id"])
+    await deliver(PaymentCreated(id=uuid.uuid4(), order_id=paid_order["id"], provider_ref="ch_2"))
+    cancelled = await order(client, users, buyer, released)
+    r = await client.delete(f"/api/orders/{cancelled['id']}", headers=users.headers(buyer))
+    assert r.status_code == 204
+
+    r = await client.get("/api/orders/sales", headers=users.headers(seller))
+    assert r.status_code == 200, r.text
+    assert [(s["ticket"]["id"], s["state"]) for s in r.json()] == [
+        (str(unsold.id), "available"),
+        (str(held.id), "reserved"),
+        (str(sold.id), "sold"),
+        (str(released.id), "available"),
+    ]
+    assert r.json()[0]["ticket"] == {"id": str(unsold.id), "title": "A unsold", "price": "30.00"}
+    # The buyer sells nothing; a stranger sees nothing; signed out is 401.
+    assert (await client.get("/api/orders/sales", headers=users.headers(buyer))).json() == []
+    assert (await client.get("/api/orders/sales")).status_code == 401
+
+
 async def test_openapi_documents_the_routes(client: httpx.AsyncClient) -> None:
     paths = (await client.get("/openapi.json")).json()["paths"]
     assert set(paths["/api/orders"]) == {"get", "post"}

@@ -83,6 +83,22 @@ async def test_pays_with_a_payment_intent(
     assert event.data["providerRef"] == intent_id
 
 
+async def test_a_payment_method_made_in_the_browser_is_used_as_it_is(
+    stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, orders: OrdersStandIn
+) -> None:
+    # Stripe's Payment Element created it from the card the buyer typed in Stripe's frame.
+    stripe_fake.methods["pm_from_the_browser"] = "tok_visa"
+    order_id, cookies = await orders.create()
+
+    r = await pay(stripe_client, order_id, cookies, token="pm_from_the_browser")
+
+    assert r.status_code == 201, r.text
+    assert stripe_fake.calls("POST", "/v1/payment_methods") == []
+    [confirm] = [c for c in stripe_fake.requests if c.path.endswith("/confirm")]
+    assert confirm.form == {"payment_method": "pm_from_the_browser"}
+    assert len(stripe_fake.captures) == 1
+
+
 async def test_declined_is_402_then_another_card_pays_the_same_intent(
     stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, orders: OrdersStandIn
 ) -> None:

@@ -18,7 +18,7 @@ import yaml
 
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / "infra" / "k8s"
-NOT_SERVICES = {"common", "local"}
+NOT_SERVICES = {"common", "local", "chaos"}
 # After a 5s preStop pause: in-flight requests (20s, ticketing_common.cli), the event in hand
 # (ack_wait/2, payments 30s), the outbox flush (5s) and the NATS drain (5s).
 MIN_GRACE_SECONDS = 5 + 20 + 30 + 5 + 5

@@ -12,6 +12,7 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -148,13 +149,11 @@ def processes_mentioning(path: Path) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform]:
-    # tmp_path_factory's folders are private (0700): as root this also exercises PostgreSQL's
-    # data moving somewhere its unprivileged user can reach.
-    base = tmp_path_factory.mktemp("local-mode")
+@contextlib.contextmanager
+def running_platform(base: Path, **env: str) -> Iterator[LocalPlatform]:
+    """A platform on a data folder under ``base``, stopped and its data deleted after."""
     platform = LocalPlatform(base / "data", base)
-    platform.start(ORDER_EXPIRATION_SECONDS="60")
+    platform.start(**env)
     try:
         yield platform
     finally:
@@ -173,6 +172,16 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform
             capture_output=True,
             check=False,
         )
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform]:
+    # tmp_path_factory's folders are private (0700): as root this also exercises PostgreSQL's
+    # data moving somewhere its unprivileged user can reach.
+    with running_platform(
+        tmp_path_factory.mktemp("local-mode"), ORDER_EXPIRATION_SECONDS="60"
+    ) as platform:
+        yield platform
 
 
 EVENTUAL = 30.0  # seconds for an event to travel from one service to another

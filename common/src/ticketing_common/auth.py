@@ -14,7 +14,7 @@ from fastapi import Depends, Request, Response
 from pydantic import BaseModel, ConfigDict
 
 from ticketing_common.errors import NotAuthorizedError
-from ticketing_common.settings import ServiceSettings, settings_dependency
+from ticketing_common.settings import WebSettings, settings_dependency
 
 SESSION_COOKIE = "session"
 JWT_ALGORITHM = "HS256"
@@ -30,7 +30,7 @@ class UserClaims(BaseModel):
     email: str
 
 
-def create_session_token(user: UserClaims, settings: ServiceSettings) -> str:
+def create_session_token(user: UserClaims, settings: WebSettings) -> str:
     now = datetime.now(UTC)
     claims = {
         "sub": str(user.id),
@@ -41,7 +41,7 @@ def create_session_token(user: UserClaims, settings: ServiceSettings) -> str:
     return jwt.encode(claims, settings.jwt_key.get_secret_value(), algorithm=JWT_ALGORITHM)
 
 
-def decode_session_token(token: str, settings: ServiceSettings) -> UserClaims | None:
+def decode_session_token(token: str, settings: WebSettings) -> UserClaims | None:
     try:
         claims = jwt.decode(
             token,
@@ -57,7 +57,7 @@ def decode_session_token(token: str, settings: ServiceSettings) -> UserClaims | 
         return None
 
 
-def set_session_cookie(response: Response, token: str, settings: ServiceSettings) -> None:
+def set_session_cookie(response: Response, token: str, settings: WebSettings) -> None:
     response.set_cookie(
         SESSION_COOKIE,
         token,
@@ -69,13 +69,13 @@ def set_session_cookie(response: Response, token: str, settings: ServiceSettings
     )
 
 
-def clear_session_cookie(response: Response, settings: ServiceSettings) -> None:
+def clear_session_cookie(response: Response, settings: WebSettings) -> None:
     response.delete_cookie(
         SESSION_COOKIE, httponly=True, secure=settings.cookie_secure, samesite="lax", path="/"
     )
 
 
-_settings = settings_dependency(ServiceSettings)
+_settings = settings_dependency(WebSettings)
 
 
 def optional_user(request: Request) -> UserClaims | None:

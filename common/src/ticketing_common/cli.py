@@ -1,4 +1,8 @@
-"""The command line every service shares: ``python -m <service> serve|migrate|parked``."""
+"""The command line every service shares: ``python -m <service> serve|migrate|parked``.
+
+The web client, which owns no database and consumes no events, has only ``serve``
+(:func:`web_main`).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from ticketing_common.messaging import Consumer
 from ticketing_common.messaging.parking import list_parked
 from ticketing_common.migrations import migrations_dir, upgrade
 from ticketing_common.observability import configure_logging
-from ticketing_common.settings import S, ServiceSettings
+from ticketing_common.settings import S, ServiceSettings, W, WebSettings
 
 # Kubernetes gives 30s between SIGTERM and SIGKILL; finish in-flight work well inside that.
 GRACEFUL_SHUTDOWN_SECONDS = 20
@@ -34,10 +38,8 @@ def service_main(
     for them: the app builds its own). Migrations are those of the app factory's package."""
     parser = argparse.ArgumentParser()
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the HTTP service, its relay and consumer")
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--migrate", action="store_true", help="apply migrations first")
+    serve_command = _add_serve_command(commands, "run the HTTP service, its relay and consumer")
+    serve_command.add_argument("--migrate", action="store_true", help="apply migrations first")
     commands.add_parser("migrate", help="apply database migrations")
     parked = commands.add_parser("parked", help="events whose handler kept failing")
     parked_commands = parked.add_subparsers(dest="parked_command", required=True)
@@ -51,15 +53,7 @@ def service_main(
     if args.command == "migrate" or (args.command == "serve" and args.migrate):
         upgrade(migrations_dir(app_factory.__module__), settings.database_url)
     if args.command == "serve":
-        uvicorn.run(
-            app_factory(settings),
-            host=args.host,
-            port=args.port,
-            log_config=None,
-            proxy_headers=True,
-            forwarded_allow_ips=settings.forwarded_allow_ips,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        )
+        serve(app_factory(settings), settings, args.host, args.port)
     elif args.command == "parked":
         if consumer_factory is None:
             print("this service consumes no events")
@@ -69,6 +63,44 @@ def service_main(
             _parked(settings, consumer, args.parked_command, getattr(args, "event_id", None))
         )
     return 0
+
+
+def web_main(
+    *,
+    settings_factory: Callable[[], W],
+    app_factory: Callable[[W], FastAPI],
+    argv: list[str] | None = None,
+) -> int:
+    """``python -m <server> serve`` for a web server with no database and no events."""
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve_command(commands, "run the HTTP server")
+    args = parser.parse_args(argv)
+    settings = settings_factory()
+    configure_logging(settings.service_name, settings.log_level, settings.log_json)
+    serve(app_factory(settings), settings, args.host, args.port)
+    return 0
+
+
+def _add_serve_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], help: str
+) -> argparse.ArgumentParser:
+    serve_command = commands.add_parser("serve", help=help)
+    serve_command.add_argument("--host", default="0.0.0.0")
+    serve_command.add_argument("--port", type=int, default=8000)
+    return serve_command
+
+
+def serve(app: FastAPI, settings: WebSettings, host: str, port: int) -> None:
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
 
 
 async def _parked(

@@ -1,6 +1,7 @@
 """Settings read from the environment, shared by every service.
 
-A service subclasses :class:`ServiceSettings` to add its own fields.
+A service subclasses :class:`ServiceSettings` to add its own fields. A web server that owns no
+database and no NATS connection (the web client) subclasses :class:`WebSettings`.
 """
 
 from __future__ import annotations
@@ -19,16 +20,13 @@ KNOWN_WEAK_KEYS = frozenset({"secret", "changeme", "changethis", "jwt_key", "asd
 MIN_JWT_KEY_LENGTH = 32
 
 
-class ServiceSettings(BaseSettings):
+class WebSettings(BaseSettings):
+    """What every server of the platform reads: sessions, cookies, logs, proxies."""
+
     model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
 
     service_name: str = "service"
     environment: Literal["development", "test", "production"] = "development"
-    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-    nats_url: str = "nats://127.0.0.1:4222"
-    # The service's own NATS user (see messaging.permissions); required in production.
-    nats_user: str | None = None
-    nats_password: SecretStr | None = None
     # Required everywhere (no default to forget to override); production also refuses weak ones.
     jwt_key: SecretStr
     session_ttl_seconds: int = Field(default=24 * 3600, gt=0)
@@ -39,6 +37,32 @@ class ServiceSettings(BaseSettings):
     # Peers whose X-Forwarded-* headers are believed: the local edge by default; "*" in the
     # cluster, where only the ingress controller reaches the pods.
     forwarded_allow_ips: str = "127.0.0.1"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _refuse_weak_key_in_production(self) -> WebSettings:
+        if self.environment == "production":
+            key = self.jwt_key.get_secret_value()
+            if key.lower() in KNOWN_WEAK_KEYS or len(key) < MIN_JWT_KEY_LENGTH:
+                raise ValueError(
+                    f"JWT_KEY must be set to a random secret of at least {MIN_JWT_KEY_LENGTH} "
+                    "characters in production (e.g. `openssl rand -hex 32`)"
+                )
+        return self
+
+
+class ServiceSettings(WebSettings):
+    """A backend service: its own database and the NATS bus."""
+
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+    nats_url: str = "nats://127.0.0.1:4222"
+    # The service's own NATS user (see messaging.permissions); required in production.
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
     # Event machinery.
     # Copies of the stream JetStream keeps: 1 for a single server, 3 for a 3-node cluster.
     nats_stream_replicas: int = Field(default=1, ge=1, le=5)
@@ -52,22 +76,6 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _for_sqlalchemy(cls, value: str) -> str:
         return with_driver(value)  # DATABASE_URL may come as postgresql:// (libpq's form)
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _refuse_weak_key_in_production(self) -> ServiceSettings:
-        if self.environment == "production":
-            key = self.jwt_key.get_secret_value()
-            if key.lower() in KNOWN_WEAK_KEYS or len(key) < MIN_JWT_KEY_LENGTH:
-                raise ValueError(
-                    f"JWT_KEY must be set to a random secret of at least {MIN_JWT_KEY_LENGTH} "
-                    "characters in production (e.g. `openssl rand -hex 32`)"
-                )
-        return self
 
     @model_validator(mode="after")
     def _require_bus_credentials_in_production(self) -> ServiceSettings:
@@ -83,12 +91,13 @@ class ServiceSettings(BaseSettings):
 
 
 S = TypeVar("S", bound=ServiceSettings)
+W = TypeVar("W", bound=WebSettings)
 
 
-def settings_dependency(settings_cls: type[S]) -> Callable[[Request], S]:
+def settings_dependency(settings_cls: type[W]) -> Callable[[Request], W]:
     """A FastAPI dependency giving a route its service's settings (set by the app factory)."""
 
-    def dependency(request: Request) -> S:
+    def dependency(request: Request) -> W:
         settings = request.app.state.settings
         assert isinstance(settings, settings_cls)
         return settings

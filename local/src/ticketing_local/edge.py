@@ -27,6 +27,7 @@ import httpx
 import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
+from ticketing_common.http import outbound_client
 from ticketing_local.routing import RoutingTable
 
 UPSTREAMS_ENV = "TICKETING_UPSTREAMS"
@@ -79,11 +80,9 @@ class Edge:
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            # trust_env=False: a proxy configured for the outside world must not catch
-            # requests to 127.0.0.1.
-            self._client = httpx.AsyncClient(
-                timeout=TIMEOUT, trust_env=False, transport=self._transport
-            )
+            # No cookie jar: it would keep one person's session (from a Set-Cookie passing
+            # through) and send it with everyone's requests.
+            self._client = outbound_client(timeout=TIMEOUT, transport=self._transport)
         return self._client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

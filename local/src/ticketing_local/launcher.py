@@ -79,6 +79,13 @@ def discover_services() -> list[Service]:
     return services
 
 
+def client_env(upstreams: dict[str, str]) -> dict[str, str]:
+    """The web client calls the services straight, at their own addresses (never through the
+    edge): ``AUTH_URL``, ``TICKETS_URL``, ``ORDERS_URL``, ``PAYMENTS_URL``."""
+    called = ("auth", "tickets", "orders", "payments")
+    return {f"{name.upper()}_URL": upstreams[name] for name in called}
+
+
 def _port_is_free(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -173,6 +180,8 @@ class Launcher:
                 # Migrating in the serving process saves a second interpreter start per service.
                 argv.append("--migrate")
                 service_env["DATABASE_URL"] = self.postgres.database_url(service.name)
+            if service.name == "client":
+                service_env |= client_env(upstreams)
             await self._start_process(service.name, argv, service_env, port)
         edge_env = dict(env) | {"TICKETING_UPSTREAMS": json.dumps(upstreams)}
         await self._start_process(

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Response, status
 from fastapi.responses import JSONResponse
 
 from orders import service
-from orders.schemas import OrderIn, OrderOut
+from orders.schemas import OrderIn, OrderOut, SaleOut
 from orders.settings import OrdersSettings
 from ticketing_common.auth import CurrentUser
 from ticketing_common.db import SessionDep
@@ -68,6 +68,13 @@ async def create_order(
 @router.get("", responses=error_responses(401))
 async def list_orders(user: CurrentUser, session: SessionDep) -> list[OrderOut]:
     return await service.list_orders(session, user.id)
+
+
+@router.get("/sales", responses=error_responses(401))
+async def list_sales(user: CurrentUser, session: SessionDep) -> list[SaleOut]:
+    """The tickets the caller sells, each available, reserved or sold (declared before
+    ``/{order_id}`` so that "sales" is not read as an order id)."""
+    return await service.list_sales(session, user.id)
 
 
 @router.get("/{order_id}", responses=error_responses(400, 401, 403, 404))

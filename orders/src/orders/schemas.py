@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Literal
 
 from ticketing_common.events import OrderStatus
 from ticketing_common.models import CamelModel, Money
@@ -26,3 +27,10 @@ class OrderOut(CamelModel):
     ticket: OrderTicketOut
     # Why the order was cancelled, when it was not the buyer's doing or an expiry.
     cancel_reason: str | None = None
+
+
+class SaleOut(CamelModel):
+    """One of the caller's tickets, as a seller sees it: its state follows its live order."""
+
+    ticket: OrderTicketOut
+    state: Literal["available", "reserved", "sold"]

@@ -12,13 +12,13 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orders.models import LIVE_ORDER_INDEX, IdempotencyKey, Order, Ticket
-from orders.schemas import OrderIn, OrderOut, OrderTicketOut
+from orders.schemas import OrderIn, OrderOut, OrderTicketOut, SaleOut
 from ticketing_common.clock import utcnow
 from ticketing_common.db import constraint_name
 from ticketing_common.errors import BadRequestError, ForbiddenError, NotFoundError
@@ -206,6 +206,29 @@ async def list_orders(session: AsyncSession, user_id: uuid.UUID) -> list[OrderOu
         .order_by(Order.created_at.desc(), Order.id.desc())
     )
     return [order_out(order) for order in orders]
+
+
+async def list_sales(session: AsyncSession, seller_id: uuid.UUID) -> list[SaleOut]:
+    """The seller's tickets (from our replica) with the state their one live order gives them."""
+    rows = await session.execute(
+        select(Ticket, Order.status)
+        .outerjoin(Order, and_(Order.ticket_id == Ticket.id, Order.status != OrderStatus.CANCELLED))
+        .where(Ticket.user_id == seller_id)
+        .order_by(Ticket.title, Ticket.id)
+    )
+    return [
+        SaleOut(
+            ticket=OrderTicketOut(id=ticket.id, title=ticket.title, price=ticket.price),
+            state=(
+                "available"
+                if status is None
+                else "sold"
+                if status == OrderStatus.COMPLETE
+                else "reserved"
+            ),
+        )
+        for ticket, status in rows
+    ]
 
 
 async def _order(

@@ -5,10 +5,10 @@ order gives the same intent), and an intent takes money at most once. That is wh
 retried or double-clicked payment safe even before our own database has a say:
 
 - ``prepare``: the order's intent (created on first call, the same one afterwards);
-- ``confirm``: charge the intent with a card token; returns when the intent is paid (by this call
-  or an earlier one: never a second capture); raises :class:`PaymentDeclinedError`,
-  :class:`InvalidPaymentTokenError`, :class:`IntentClosedError` (released meanwhile) or
-  :class:`ProviderUnavailableError`;
+- ``confirm``: charge the intent with a card token (or, at Stripe, a PaymentMethod id); returns
+  when the intent is paid (by this call or an earlier one: never a second capture); raises
+  :class:`PaymentDeclinedError`, :class:`InvalidPaymentTokenError`, :class:`IntentClosedError`
+  (released meanwhile) or :class:`ProviderUnavailableError`;
 - ``release``: make sure nothing is kept: refund a paid intent (returns the refund's reference)
   or cancel an unpaid one so it can never be paid (returns None). Idempotent. ``paid`` says
   whether our own record has the payment as succeeded (the sandbox, which forgets its intents
@@ -95,6 +95,8 @@ def to_minor_units(amount: Decimal) -> int:
     return int((amount * 100).to_integral_value())
 
 
+# A PaymentMethod id (the web client's Payment Element makes one), rather than a card token.
+PAYMENT_METHOD_PREFIX = "pm_"
 # Stripe's test tokens that pay (https://docs.stripe.com/testing#cards).
 SANDBOX_PAYING_TOKENS = frozenset(
     {
@@ -226,14 +228,19 @@ class StripeProvider:
             # A card token becomes a PaymentMethod, which can pay one intent only. The key is
             # per intent and token: a retry of this attempt gets the same PaymentMethod back,
             # another order paid with the same (test) token gets a new one.
-            method = await self._client.v1.payment_methods.create_async(
-                {"type": "card", "card": {"token": token}},
-                {"idempotency_key": f"payment-method-{intent_ref}-{token_digest}"},
-            )
+            if token.startswith(PAYMENT_METHOD_PREFIX):
+                # Made in the browser by Stripe's Payment Element: used as it is.
+                method_id = token
+            else:
+                method = await self._client.v1.payment_methods.create_async(
+                    {"type": "card", "card": {"token": token}},
+                    {"idempotency_key": f"payment-method-{intent_ref}-{token_digest}"},
+                )
+                method_id = method.id
             intent = await self._client.v1.payment_intents.confirm_async(
                 intent_ref,
-                {"payment_method": method.id},
-                {"idempotency_key": f"confirm-{intent_ref}-{method.id}"},
+                {"payment_method": method_id},
+                {"idempotency_key": f"confirm-{intent_ref}-{method_id}"},
             )
         except stripe.CardError as exc:
             raise PaymentDeclinedError() from exc

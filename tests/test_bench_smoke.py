@@ -1,0 +1,73 @@
+"""``make bench`` in quick mode: the instrument works from end to end.
+
+It starts the platform as ``make up`` does, runs every phase with small counts, and must produce
+the table (every row well-formed), the raw figures and the plots. Nothing here judges speed:
+the figures of a quick run on a busy machine mean nothing, and the bench only measures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Variables of the test process that must not point the platform under test elsewhere.
+SCRUBBED_ENV = ("DATABASE_URL", "NATS_URL", "JWT_KEY", "TICKETING_DATA_DIR", "STRIPE_KEY", "PORT")
+
+
+@pytest.mark.timeout(900)
+def test_quick_bench_writes_a_well_formed_table_and_the_plots(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=840,
+        check=False,
+    )
+    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
+
+    table = (tmp_path / "results.md").read_text()
+    assert table in run.stdout  # the table printed is the one written
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    header = ["what", "ours", "reference", "ours / reference", "target", "met"]
+    assert [cell.strip() for cell in lines[0].strip("|").split("|")] == header
+    for line in lines[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert len(cells) == len(header), line
+        assert cells[5] in {"yes", "**no**", "-"}, line
+    assert "Quick run" in table and "load average" in table  # the conditions it ran in
+
+    document = json.loads((tmp_path / "results.json").read_text())
+    rows = {row["what"]: row for row in document["rows"]}
+    assert len(rows) == len(lines) - 2
+    for what in (
+        "`POST /api/orders` at saturation, orders process directly",
+        "`POST /api/orders` at saturation, through the edge",
+        "CPU per purchase fully propagated, every process",
+        "relay: outbox to JetStream, one process",
+        "consumer: handler + inbox row, one process",
+        "RSS of the largest service, idle",
+    ):
+        assert rows[what]["ours"] > 0, rows[what]
+        assert rows[what]["reference"] > 0, rows[what]
+    flash = next(row for what, row in rows.items() if what.startswith("flash sale"))
+    assert not math.isnan(flash["ours"]), "the flash sale's tickets never all showed their order"
+
+    raw = document["raw"]
+    assert raw["failures"] == []  # every purchase propagated, every phase settled
+    processes = raw["cpuMsPerPurchase"]
+    assert {"postgres", "nats", "edge", "orders", "tickets"} <= processes.keys()
+    assert processes["orders"] > 0 and processes["postgres"] > 0
+    assert raw["sweep"] and raw["sweep"][0]["offered"] > 0
+
+    for plot in ("latency.png", "throughput.png", "cpu.png"):
+        assert (tmp_path / plot).read_bytes().startswith(PNG_SIGNATURE), plot
