@@ -7,6 +7,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,3 +178,40 @@ def test_a_relocated_folder_replaced_since_the_last_start_is_not_used(
     assert messages[0] == (
         f"warning: {usual} is a symbolic link; PostgreSQL's data there is not used"
     )
+
+
+def postgres_folder_with_lock(tmp_path: Path, owner_pid: int) -> tuple[DataFolder, Path]:
+    data = DataFolder(tmp_path / "data")
+    data.postgres_dir.mkdir(parents=True)
+    lock = data.postgres_dir / "postmaster.pid"
+    lock.write_text(f"{owner_pid}\n{data.postgres_dir}\n")
+    return data, lock
+
+
+def test_a_lock_whose_owner_is_a_zombie_is_cleared(tmp_path: Path) -> None:
+    # Killed, but not yet reaped by its parent: the pid still exists, the server does not.
+    owner = subprocess.Popen([sys.executable, "-c", "pass"])
+    while Path(f"/proc/{owner.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        pass  # until it has exited (a zombie, as we never wait for it here)
+    data, lock = postgres_folder_with_lock(tmp_path, owner.pid)
+    try:
+        data.clear_stale_postgres_lock(lambda _: None)
+        assert not lock.exists()
+    finally:
+        owner.wait()
+
+
+def test_a_lock_is_kept_while_a_process_of_its_server_lives(tmp_path: Path) -> None:
+    data, lock = postgres_folder_with_lock(tmp_path, os.getpid())
+    # A backend of the old server, still working in its data folder.
+    backend = subprocess.Popen(["sleep", "60"], cwd=data.postgres_dir)
+    clearing = threading.Thread(target=data.clear_stale_postgres_lock, args=(lambda _: None,))
+    try:
+        clearing.start()
+        clearing.join(timeout=1)
+        assert clearing.is_alive() and lock.exists()
+    finally:
+        backend.kill()
+        backend.wait()
+    clearing.join(timeout=30)
+    assert not clearing.is_alive() and not lock.exists()

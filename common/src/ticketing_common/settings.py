@@ -15,8 +15,19 @@ from starlette.requests import Request
 
 from ticketing_common.database_url import with_driver
 
-# Keys that appear in examples and tutorials; production refuses them.
-KNOWN_WEAK_KEYS = frozenset({"secret", "changeme", "changethis", "jwt_key", "asdf", "development"})
+# Keys that appear in examples and tutorials, and the cluster's dev overlay key
+# (infra/k8s/overlays/dev); production refuses them.
+KNOWN_WEAK_KEYS = frozenset(
+    {
+        "secret",
+        "changeme",
+        "changethis",
+        "jwt_key",
+        "asdf",
+        "development",
+        "dev-only-jwt-key-do-not-use-in-production",
+    }
+)
 MIN_JWT_KEY_LENGTH = 32
 
 
@@ -34,8 +45,8 @@ class WebSettings(BaseSettings):
     cookie_secure: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_json: bool = True
-    # Peers whose X-Forwarded-* headers are believed: the local edge by default; "*" in the
-    # cluster, where only the ingress controller reaches the pods.
+    # Peers whose X-Forwarded-* headers are believed (addresses or networks): the local edge
+    # by default; in the cluster, the pod network where the ingress controller runs.
     forwarded_allow_ips: str = "127.0.0.1"
 
     @field_validator("log_level", mode="before")

@@ -2,5 +2,5 @@
 
 ``python -m ticketing_local`` starts an embedded PostgreSQL (one database per service) and NATS
 JetStream server, migrates and starts every service as its own process, and serves them all on
-one origin through a small edge that routes by the same table as the Kubernetes Ingress.
+one origin through an edge (Caddy) that routes by the same table as the Kubernetes Ingress.
 """

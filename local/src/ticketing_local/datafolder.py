@@ -20,7 +20,7 @@ import signal
 import stat
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,10 @@ from ticketing_common.embedded import PG_SYSTEM_USER
 from ticketing_common.messaging.permissions import MONITOR_USER, USERS, render_authorization
 
 LOCK_FILE = "launcher.lock"
+# Leftovers are stopped in this order (the rest, services and the edge, before these) ...
+SERVER_ORDER = {"nats": 1, "postgres": 2}
+# ... PostgreSQL with a fast shutdown (SIGTERM would wait for its clients to leave).
+STOP_SIGNAL = {"postgres": signal.SIGINT}
 STATUS_FILE = "status.json"
 JWT_KEY_FILE = "jwt_key"
 NATS_PASSWORDS_FILE = "nats_passwords.json"
@@ -100,6 +104,11 @@ class DataFolder:
     @property
     def nats_dir(self) -> Path:
         return self.path / "nats"
+
+    @property
+    def edge_dir(self) -> Path:
+        """Caddy's configuration and the only folder it may write to."""
+        return self.path / "edge"
 
     @property
     def postgres_dir(self) -> Path:
@@ -214,23 +223,67 @@ class DataFolder:
         with contextlib.suppress(FileNotFoundError):
             (self.path / STATUS_FILE).unlink()
 
-    def stop_leftovers(self, log: Any) -> None:
-        """Stop what a launcher that was killed outright (SIGKILL) left running.
+    def stop_leftovers(self, log: Callable[[str], None]) -> None:
+        """Stop what a launcher that did not stop cleanly left running on this folder.
 
-        Its status file outlives it; every process it lists that is still the same process
-        (same start time) is stopped: services first, PostgreSQL last.
+        A launcher killed outright (SIGKILL) leaves its servers orphaned: its status file lists
+        them, and each that is still the same process (same start time) is stopped, services
+        and the edge first, PostgreSQL last. Servers of this folder the status file does not
+        know (it was lost, or written before they started) are found by what they use: the
+        edge's configuration, NATS's store, PostgreSQL's data folder. Then PostgreSQL's lock
+        file, once nothing of the old server lives, is cleared.
         """
-        status = self.read_status()
-        if not status:
-            return
+        status = self.read_status() or {}
         processes = status.get("processes", {})
-        for name in sorted(processes, key=lambda n: {"nats": 1, "postgres": 2}.get(n, 0)):
+        for name in sorted(processes, key=lambda n: SERVER_ORDER.get(n, 0)):
             info = processes[name]
             pid, ticks = info.get("pid"), info.get("startTicks")
             if pid and ticks is not None and process_start_ticks(pid) == ticks:
                 log(f"stopping {name} (pid {pid}), left by a launcher that did not stop cleanly")
-                terminate(pid, timeout=15)
+                terminate(pid, timeout=15, sig=STOP_SIGNAL.get(name, signal.SIGTERM))
+        for name, pid in self._unlisted_servers():
+            log(f"stopping {name} (pid {pid}), a server of {self.path} nobody was managing")
+            terminate(pid, timeout=15, sig=STOP_SIGNAL.get(name, signal.SIGTERM))
+        self.clear_stale_postgres_lock(log)
         self.clear_status()
+
+    def _unlisted_servers(self) -> list[tuple[str, int]]:
+        """Running servers of this folder, found by the paths they were started with."""
+        postgres = str(self.postgres_dir.resolve())
+        found = []
+        for pid, cmdline, cwd in running_processes():
+            if str(self.edge_dir / "caddy.json") in cmdline:
+                found.append(("edge", pid))
+            elif str(self.nats_dir) in cmdline:
+                found.append(("nats", pid))
+            elif postgres in cmdline and cwd == postgres:  # the postmaster, not its children
+                found.append(("postgres", pid))
+        return sorted(found, key=lambda item: SERVER_ORDER.get(item[0], 0))
+
+    def clear_stale_postgres_lock(self, log: Callable[[str], None], timeout: float = 30.0) -> None:
+        """Remove ``postmaster.pid`` once no process of the server that wrote it is left.
+
+        A server killed outright leaves the file behind, and its backends live on for a moment
+        (they exit when they notice); PostgreSQL refuses to start while it believes the file's
+        owner may still be there. Every process of a PostgreSQL server works in its data
+        folder, so "nothing runs in the folder" is "the owner is gone". While any does, the
+        file stays; backends still there after ``timeout`` are orphans of a dead server and
+        are killed.
+        """
+        folder = self.postgres_dir.resolve()
+        lock = folder / "postmaster.pid"
+        deadline = time.monotonic() + timeout
+        while remaining := [pid for pid, _, cwd in running_processes() if cwd == str(folder)]:
+            if time.monotonic() > deadline:
+                log(f"killing processes of a PostgreSQL that is gone: {remaining}")
+                for pid in remaining:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + timeout
+            time.sleep(0.1)
+        if lock.exists():
+            log(f"removing {lock}: the PostgreSQL that wrote it is gone")
+            lock.unlink(missing_ok=True)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -281,10 +334,26 @@ def process_start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
-def terminate(pid: int, timeout: float) -> None:
-    """SIGTERM, then SIGKILL if the process is still there after ``timeout`` seconds."""
+def running_processes() -> Iterator[tuple[int, str, str | None]]:
+    """(pid, command line, working folder) of every live process we may look at."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or process_start_ticks(int(entry.name)) is None:
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        try:
+            cwd: str | None = os.readlink(entry / "cwd")
+        except OSError:  # another user's process, or gone meanwhile
+            cwd = None
+        yield int(entry.name), cmdline, cwd
+
+
+def terminate(pid: int, timeout: float, sig: int = signal.SIGTERM) -> None:
+    """``sig`` (SIGTERM), then SIGKILL if the process is still there after ``timeout`` seconds."""
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
     deadline = time.monotonic() + timeout
     while process_start_ticks(pid) is not None:
         if time.monotonic() > deadline:

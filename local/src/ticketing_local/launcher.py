@@ -1,7 +1,7 @@
 """Brings the whole platform up on one machine, keeps it up, and takes it all down again.
 
 Order: PostgreSQL and NATS (embedded, from wheels) -> one database per service -> every
-service as its own process on a free port, migrating its database first -> the edge on
+service as its own process on a free port, migrating its database first -> the edge (Caddy) on
 ``PORT`` (8080) -> wait until every service answers ``/readyz`` -> print the URL. A crashed
 service is restarted, and so are PostgreSQL and NATS (the platform stops if they cannot be);
 SIGINT/SIGTERM/SIGHUP stops the services (gracefully), then NATS, then PostgreSQL.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import json
 import os
 import signal
 import socket
@@ -28,8 +27,11 @@ import httpx
 
 from ticketing_common.database_url import PLAIN, with_driver
 from ticketing_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from ticketing_common.http import outbound_client
 from ticketing_local.datafolder import DataFolder, process_start_ticks
+from ticketing_local.edge import caddy_binary, caddy_environment, write_config
 from ticketing_local.processes import ManagedProcess, Output, describe_exit
+from ticketing_local.routing import RoutingTable
 
 T = TypeVar("T")
 
@@ -183,19 +185,20 @@ class Launcher:
             if service.name == "client":
                 service_env |= client_env(upstreams)
             await self._start_process(service.name, argv, service_env, port)
-        edge_env = dict(env) | {"TICKETING_UPSTREAMS": json.dumps(upstreams)}
-        await self._start_process(
-            "edge",
-            [sys.executable, "-m", "ticketing_local.edge", "--port", str(self.port)],
-            edge_env,
-            self.port,
-        )
+        await self._start_edge(upstreams)
         self._write_status()
         await self._until_stopped(self._wait_ready([s.name for s in services]))
         for process in self.processes.values():
             process.restart = True
         self.ready = True
         self._write_status()
+
+    async def _start_edge(self, upstreams: dict[str, str]) -> None:
+        """Caddy on PORT, its configuration generated from infra/routes.json."""
+        state = self.data.edge_dir
+        config = write_config(state, RoutingTable.load(), upstreams, self.port)
+        argv = [caddy_binary(), "run", "--config", str(config)]
+        await self._start_process("edge", argv, caddy_environment(state), self.port)
 
     # -- infrastructure ----------------------------------------------------------------------
 
@@ -356,7 +359,7 @@ class Launcher:
         """Poll the services' ``/readyz``; those not ready within the timeout (or a stop)."""
         pending = [*names]
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        async with httpx.AsyncClient(timeout=2, trust_env=False) as client:
+        async with outbound_client(timeout=2) as client:
             while pending and time.monotonic() < deadline and not self._stop.is_set():
                 if check is not None:
                     check()
