@@ -105,7 +105,7 @@ async def measure(events: int, per_transaction: int, folder: Path) -> PipelineRa
         async def handle(session: AsyncSession, event: TicketCreated) -> None:
             pass
 
-        runner = ConsumerRunner(consumer, js, sessionmaker, batch_size=100)
+        runner = ConsumerRunner(consumer, js, sessionmaker, concurrency=32)
         task = asyncio.create_task(runner.run())
         consume_started = time.perf_counter()
         while True:

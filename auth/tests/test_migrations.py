@@ -32,7 +32,7 @@ async def test_replicas_migrating_at_once_take_turns(postgres_url: str) -> None:
     assert [p.returncode for p in processes] == [0] * 4, [err for _, err in results]
     assert await database.schema_drift(Base.metadata) == []
     (row,) = await database.fetch("SELECT version_num FROM alembic_version")
-    assert row["version_num"] == "0002"
+    assert row["version_num"] == "0003"
 
 
 async def test_failures_by_email_alone_are_dropped_when_counting_by_client_begins(

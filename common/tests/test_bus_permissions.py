@@ -3,13 +3,16 @@
 Every test runs against a real NATS server configured by ``render_authorization`` (the
 ``secured_nats`` fixture), attacking it as a stolen or misused connection would: no
 credentials, a wrong password, one service publishing another's events or taking another's
-consumer, expiration publishing an event the scheduler should fire, the read-only monitor
-writing. What each service really does on the bus is shown by the integration test that runs
-every service on a secured server (``tests/integration/test_secured_bus.py``).
+consumer, expiration publishing an event the scheduler should fire (or scheduling one it must
+not: the consumer drops it), the read-only monitor writing. What each service really does on
+the bus is shown by the integration test that runs every service on a secured server
+(``tests/integration/test_secured_bus.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -21,9 +24,11 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ticketing_common.events import EventEnvelope, ExpirationComplete, PaymentCreated
-from ticketing_common.messaging import ensure_stream
+from ticketing_common.clock import utcnow
+from ticketing_common.events import Event, EventEnvelope, ExpirationComplete, PaymentCreated
+from ticketing_common.messaging import Consumer, ConsumerRunner, ensure_stream
 from ticketing_common.messaging.connection import BusCredentialsRefusedError, connect_nats
 from ticketing_common.messaging.permissions import SERVICE_USERS, render_authorization
 from ticketing_common.messaging.streams import DUPLICATE_WINDOW_SECONDS, STREAM_NAME, stream_config
@@ -222,3 +227,55 @@ def test_a_password_cannot_inject_configuration() -> None:
         render_authorization({"orders": 'x" }, {user: "root"'})
     with pytest.raises(ValueError, match="no such NATS user"):
         render_authorization({"root": "0123456789abcdef0123"})
+
+
+async def test_a_fired_message_on_a_subject_never_scheduled_is_dropped(
+    bus: Connections,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server does not check a schedule's target against the publisher's rights: expiration
+    may schedule a payment.created. The consumer refuses it; a real timer still fires."""
+    caplog.set_level(logging.WARNING, logger="ticketing_common.messaging.consumer")
+    expiration = await bus.jetstream("expiration")
+    forged, timer = payment(), ExpirationComplete(order_id=uuid.uuid4())
+    for event in (forged, timer):
+        await expiration.publish(
+            f"schedule.expiration.{uuid.uuid4()}",
+            EventEnvelope.wrap(event).model_dump_json(by_alias=True).encode(),
+            headers={
+                "Nats-Schedule": utcnow().strftime("@at %Y-%m-%dT%H:%M:%S.%fZ"),  # due now
+                "Nats-Schedule-Target": event.subject.value,
+            },
+        )
+
+    handled: list[Event] = []
+    consumer = Consumer("orders")  # orders consumes both subjects, with its own rights
+
+    @consumer.on(PaymentCreated)
+    async def paid(session: AsyncSession, event: PaymentCreated) -> None:
+        handled.append(event)
+
+    @consumer.on(ExpirationComplete)
+    async def expired(session: AsyncSession, event: ExpirationComplete) -> None:
+        handled.append(event)
+
+    runner = ConsumerRunner(consumer, await bus.jetstream("orders"), sessionmaker)
+    task = asyncio.create_task(runner.run())
+    try:
+        await eventually(lambda: _contains(handled, timer))
+
+        async def dropped() -> bool:
+            return any("dropped payment.created" in r.getMessage() for r in caplog.records)
+
+        await eventually(dropped)
+    finally:
+        runner.stop()
+        await asyncio.wait_for(task, 10)
+    assert handled == [timer]
+    info = await (await bus.jetstream("monitor")).consumer_info(STREAM_NAME, "orders")
+    assert info.num_ack_pending == 0  # acknowledged: it never comes back
+
+
+async def _contains(items: list[Event], item: Event) -> bool:
+    return item in items

@@ -7,8 +7,9 @@ from typing import Any
 
 import httpx
 
-from ticketing_common.events import TicketCreated
+from ticketing_common.events import TicketCreated, TicketUpdated
 from ticketing_common.testing import Users
+from ticketing_common.testing.plugin import Deliver
 
 
 async def place_order(
@@ -37,3 +38,18 @@ async def order(
     assert r.status_code == 201, r.text
     body: dict[str, Any] = r.json()
     return body
+
+
+async def reserved(deliver: Deliver, ticket: TicketCreated, order_id: uuid.UUID | str) -> None:
+    """Tickets' answer to an order: the ticket (at version 0) reserved for it, which a payment
+    waits for."""
+    await deliver(
+        TicketUpdated(
+            id=ticket.id,
+            version=ticket.version + 1,
+            title=ticket.title,
+            price=ticket.price,
+            user_id=ticket.user_id,
+            order_id=uuid.UUID(str(order_id)),
+        )
+    )

@@ -23,7 +23,7 @@ from ticketing_common.testing.helpers import error_fields, eventually
 from ticketing_common.testing.plugin import Deliver
 from ticketing_common.testing.stand_ins import TicketsStandIn
 
-from .helpers import order, place_order
+from .helpers import order, place_order, reserved
 
 # --- POST /api/orders ----------------------------------------------------------------------
 
@@ -47,6 +47,7 @@ async def test_create_order_reserves_and_publishes(
         "expiresAt": created["expiresAt"],
         "version": 0,
         "ticket": {"id": str(ticket.id), "title": "Jazz", "price": "42.50"},
+        "cancelReason": None,
     }
 
     event = await event_probe.wait_for("order.created")
@@ -446,7 +447,9 @@ async def test_complete_order_cannot_be_cancelled(
     deliver: Deliver,
 ) -> None:
     buyer = uuid.uuid4()
-    created = await order(client, users, buyer, await tickets.create())
+    ticket = await tickets.create()
+    created = await order(client, users, buyer, ticket)
+    await reserved(deliver, ticket, created["id"])
     await deliver(PaymentCreated(id=uuid.uuid4(), order_id=created["id"], provider_ref="ch_1"))
 
     r = await client.delete(f"/api/orders/{created['id']}", headers=users.headers(buyer))
@@ -467,12 +470,13 @@ async def test_sales_show_each_of_my_tickets_with_its_state(
 ) -> None:
     seller, buyer = uuid.uuid4(), uuid.uuid4()
     unsold = await tickets.create(owner=seller, title="A unsold")
-    reserved = await tickets.create(owner=seller, title="B reserved")
+    held = await tickets.create(owner=seller, title="B reserved")
     sold = await tickets.create(owner=seller, title="C sold")
     released = await tickets.create(owner=seller, title="D released")
     await tickets.create(title="Someone else's")
-    await order(client, users, buyer, reserved)
+    await order(client, users, buyer, held)
     paid_order = await order(client, users, buyer, sold)
+    await reserved(deliver, sold, paid_order["id"])
     await deliver(PaymentCreated(id=uuid.uuid4(), order_id=paid_order["id"], provider_ref="ch_2"))
     cancelled = await order(client, users, buyer, released)
     r = await client.delete(f"/api/orders/{cancelled['id']}", headers=users.headers(buyer))
@@ -482,7 +486,7 @@ async def test_sales_show_each_of_my_tickets_with_its_state(
     assert r.status_code == 200, r.text
     assert [(s["ticket"]["id"], s["state"]) for s in r.json()] == [
         (str(unsold.id), "available"),
-        (str(reserved.id), "reserved"),
+        (str(held.id), "reserved"),
         (str(sold.id), "sold"),
         (str(released.id), "available"),
     ]

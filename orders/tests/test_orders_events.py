@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import httpx
+import pytest
 from nats.js import JetStreamContext
 
+from ticketing_common.database_url import PLAIN, with_driver
 from ticketing_common.events import ExpirationComplete, PaymentCreated, TicketCreated, TicketUpdated
 from ticketing_common.testing import EventProbe, TestDatabase, Users, send_event
 from ticketing_common.testing.helpers import eventually
 from ticketing_common.testing.plugin import Deliver
 from ticketing_common.testing.stand_ins import TicketsStandIn
 
-from .helpers import order
+from .helpers import order, reserved
 
 
 def updated(
@@ -46,6 +50,7 @@ async def test_ticket_created_fills_the_replica(tickets: TicketsStandIn, db: Tes
         "price": Decimal("99.99"),
         "user_id": seller,
         "version": 0,
+        "order_id": None,
     }
 
 
@@ -193,6 +198,7 @@ async def test_expiration_leaves_a_complete_order(
 ) -> None:
     ticket = await tickets.create()
     order_id = (await order(client, users, uuid.uuid4(), ticket))["id"]
+    await reserved(deliver, ticket, order_id)
     await deliver(PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p"))
     await deliver(ExpirationComplete(order_id=order_id))
 
@@ -235,3 +241,112 @@ async def test_event_for_an_unknown_order_is_parked_not_blocking(
         return bool(await db.fetch("SELECT 1 FROM parked_events WHERE event_id = $1", stray.id))
 
     await eventually(parked)
+
+
+async def test_a_row_lock_and_an_early_version_never_park_the_update(
+    tickets: TicketsStandIn,
+    jetstream: JetStreamContext,
+    db: TestDatabase,
+    client: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The issue's scenario: waiting on a lock, then "not yet" far more often than the failures
+    allowed (CONSUMER_MAX_DELIVERIES is 4 here) parks nothing; the replica reaches v2."""
+    caplog.set_level(logging.INFO, logger="ticketing_common.messaging.consumer")
+    ticket = await tickets.create(title="v0")
+    holder = await asyncpg.connect(with_driver(db.url, driver=PLAIN))
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM tickets WHERE id = $1 FOR UPDATE", ticket.id)
+            early = await send_event(jetstream, updated(ticket, 2, "v2"))
+            await eventually(lambda: _waiting_on_a_lock(db))
+        # The lock is gone; v2 is still early, again and again.
+        await eventually(lambda: _not_yet_count(caplog, early.id, 6), timeout=30)
+        assert await db.fetch("SELECT event_id FROM parked_events") == []
+        await send_event(jetstream, updated(ticket, 1, "v1"))
+
+        async def at_v2() -> bool:
+            row = await replica(db, ticket.id)
+            return bool(row["version"] == 2)
+
+        await eventually(at_v2, timeout=20)
+    finally:
+        await holder.close()
+    assert await db.fetch("SELECT event_id FROM parked_events") == []
+    ready = await client.get("/readyz")
+    assert ready.json() == {"status": "ready", "parkedEvents": 0}
+
+
+async def _waiting_on_a_lock(db: TestDatabase) -> bool:
+    rows = await db.fetch(
+        "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND datname = current_database()"
+    )
+    return bool(rows)
+
+
+async def _not_yet_count(caplog: pytest.LogCaptureFixture, event_id: uuid.UUID, count: int) -> bool:
+    lines = [r for r in caplog.records if "not yet" in r.getMessage()]
+    return sum(str(event_id) in r.getMessage() for r in lines) >= count
+
+
+async def test_readiness_shows_how_many_events_are_parked(
+    jetstream: JetStreamContext, client: httpx.AsyncClient
+) -> None:
+    await jetstream.publish(
+        "ticket.updated", b"{not an event", headers={"Nats-Msg-Id": str(uuid.uuid4())}
+    )
+
+    async def one_parked() -> bool:
+        body = (await client.get("/readyz")).json()
+        return bool(body.get("parkedEvents") == 1)
+
+    await eventually(one_parked)
+
+
+async def test_an_order_tickets_refused_is_cancelled_with_a_reason_the_buyer_reads(
+    client: httpx.AsyncClient,
+    users: Users,
+    tickets: TicketsStandIn,
+    db: TestDatabase,
+    deliver: Deliver,
+    event_probe: EventProbe,
+) -> None:
+    buyer = uuid.uuid4()
+    ticket = await tickets.create(title="v0")
+    created = await order(client, users, buyer, ticket)
+    # Tickets had a new price when the order reached it: it refused the reservation.
+    changed = updated(ticket, 1, "v1")
+    await deliver(changed.model_copy(update={"refused_order_id": uuid.UUID(created["id"])}))
+
+    shown = (await client.get(f"/api/orders/{created['id']}", headers=users.headers(buyer))).json()
+    assert shown["status"] == "cancelled"
+    assert shown["cancelReason"] == "ticket changed, order again"
+    cancelled = await event_probe.wait_for("order.cancelled")
+    assert cancelled.data["id"] == created["id"]
+    # A payment made meanwhile does not complete it (payments refunds it).
+    await deliver(PaymentCreated(id=uuid.uuid4(), order_id=created["id"], provider_ref="p"))
+    [row] = await db.fetch("SELECT status FROM orders")
+    assert row["status"] == "cancelled"
+    # The buyer may order again, at today's price.
+    again = await order(client, users, buyer, ticket)
+    assert again["ticket"]["price"] == "11.00" and again["cancelReason"] is None
+
+
+async def test_a_payment_waits_for_the_reservation(
+    client: httpx.AsyncClient,
+    users: Users,
+    tickets: TicketsStandIn,
+    db: TestDatabase,
+    jetstream: JetStreamContext,
+    deliver: Deliver,
+) -> None:
+    ticket = await tickets.create()
+    order_id = (await order(client, users, uuid.uuid4(), ticket))["id"]
+    payment = await send_event(
+        jetstream, PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p")
+    )
+    await reserved(deliver, ticket, order_id)
+    await db.wait_handled(payment.id)
+    [row] = await db.fetch("SELECT status FROM orders")
+    assert row["status"] == "complete"

@@ -319,6 +319,7 @@ async def test_owner_updates_ticket_and_version_bumps(
         "price": "25.25",
         "userId": str(owner),
         "orderId": None,
+        "refusedOrderId": None,
     }
 
 

@@ -135,7 +135,8 @@ async def test_update_racing_a_reservation_loses_nothing(
     async def put(i: int) -> httpx.Response:
         return await client.put(
             f"/api/tickets/{ticket['id']}",
-            json={"title": f"v{i}", "price": "2"},
+            # The price stays: an order at the ticket's price is reserved, whatever the title.
+            json={"title": f"v{i}", "price": ticket["price"]},
             headers=users.headers(owner),
         )
 
@@ -163,3 +164,29 @@ async def test_update_racing_a_reservation_loses_nothing(
     assert [e.data["orderId"] for e in events if e.data["version"] == row["version"]] == [
         str(order_id)
     ]
+
+
+async def test_an_order_priced_before_a_price_change_is_refused(
+    client: httpx.AsyncClient,
+    users: Users,
+    jetstream: JetStreamContext,
+    event_probe: EventProbe,
+    db: TestDatabase,
+) -> None:
+    owner = uuid.uuid4()
+    ticket = await create(client, users, owner)
+    r = await client.put(
+        f"/api/tickets/{ticket['id']}",
+        json={"title": ticket["title"], "price": "99.00"},
+        headers=users.headers(owner),
+    )
+    assert r.status_code == 200, r.text
+    stale = order_created(ticket)  # priced before the change, at the old price
+    reservation = await send_event(jetstream, stale)
+    await db.wait_handled(reservation.id)
+
+    row = await ticket_row(db)
+    assert (row["order_id"], row["version"]) == (None, 2)  # still for sale
+    refusal = await event_probe.wait_for("ticket.updated", lambda e: e.data["version"] == 2)
+    assert refusal.data["refusedOrderId"] == str(stale.id)
+    assert refusal.data["orderId"] is None and refusal.data["price"] == "99.00"

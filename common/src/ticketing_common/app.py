@@ -27,6 +27,7 @@ from ticketing_common.db import make_engine, make_sessionmaker
 from ticketing_common.errors import error_item, error_response, install_error_handlers
 from ticketing_common.messaging import Consumer, ConsumerRunner, OutboxRelay, ensure_stream
 from ticketing_common.messaging.connection import connect_nats
+from ticketing_common.messaging.parking import count_parked
 from ticketing_common.observability import RequestIdMiddleware
 from ticketing_common.settings import ServiceSettings
 
@@ -86,6 +87,7 @@ async def run_service(
             sessionmaker,
             max_deliveries=settings.consumer_max_deliveries,
             ack_wait_seconds=settings.consumer_ack_wait_seconds,
+            concurrency=settings.consumer_concurrency,
             stream_replicas=settings.nats_stream_replicas,
         )
         if consumer
@@ -140,9 +142,14 @@ class RequestBodyLimit:
         await self.app(scope, counting_receive, send)
 
 
-async def _ping(engine: AsyncEngine) -> None:
+async def _ping(engine: AsyncEngine, consumer: Consumer | None) -> dict[str, int]:
+    """Reach the database; a consuming service also counts its parked events (the figure an
+    operator watches: above zero, an entity's events are held until a replay)."""
     async with engine.connect() as conn:
-        await conn.execute(text("SELECT 1"))
+        if consumer is None:
+            await conn.execute(text("SELECT 1"))
+            return {}
+        return {"parkedEvents": await count_parked(conn)}
 
 
 def create_service_app(
@@ -184,18 +191,19 @@ def create_service_app(
     async def readyz(request: Request) -> JSONResponse:
         runtime: Runtime | None = getattr(request.app.state, "runtime", None)
         problems = []
+        figures: dict[str, int] = {}
         if runtime is None:
             problems.append(error_item("Service is starting"))
         else:
             try:
-                await asyncio.wait_for(_ping(runtime.engine), 2)
+                figures = await asyncio.wait_for(_ping(runtime.engine, consumer), 2)
             except Exception:
                 problems.append(error_item("Database unreachable"))
             if not runtime.nc.is_connected:
                 problems.append(error_item("NATS unreachable"))
         if problems:
             return error_response(503, problems)
-        return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "ready", **figures})
 
     if configure:
         configure(app)

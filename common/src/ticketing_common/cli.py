@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from ticketing_common.db import make_engine, make_sessionmaker
 from ticketing_common.messaging import Consumer
-from ticketing_common.messaging.consumer import list_parked, replay_parked
+from ticketing_common.messaging.parking import list_parked
 from ticketing_common.migrations import migrations_dir, upgrade
 from ticketing_common.observability import configure_logging
 from ticketing_common.settings import S, ServiceSettings, W, WebSettings
@@ -142,7 +142,7 @@ async def _parked(
                 print(json.dumps(row, default=str))
             return 0
         assert event_id is not None
-        replayed = await replay_parked(sessionmaker, consumer, event_id)
+        replayed = await consumer.replay(sessionmaker, event_id)
         print("replayed" if replayed else "failed again; see `parked list`")
         return 0 if replayed else 1
     except LookupError as exc:

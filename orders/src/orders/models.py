@@ -27,6 +27,8 @@ class Ticket(Base):
     price: Mapped[Decimal] = mapped_column(Numeric(9, 2))
     user_id: Mapped[uuid.UUID]
     version: Mapped[int]
+    # The order tickets reserved it for, as last announced (None: free).
+    order_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
 
 
 LIVE_ORDER_INDEX = "uq_orders_live_ticket"
@@ -55,6 +57,8 @@ class Order(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # Bumped by every status change.
     version: Mapped[int] = mapped_column(default=0)
+    # Why it was cancelled, when the buyer should know (say the ticket's price changed).
+    cancel_reason: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (

@@ -25,6 +25,8 @@ class OrderOut(CamelModel):
     expires_at: datetime
     version: int
     ticket: OrderTicketOut
+    # Why the order was cancelled, when it was not the buyer's doing or an expiry.
+    cancel_reason: str | None = None
 
 
 class SaleOut(CamelModel):

@@ -67,6 +67,10 @@ class NotOrderOwnerError(ForbiddenError):
     message = "This order is not yours"
 
 
+# Told to the buyer when tickets refused the reservation: the price changed as they ordered.
+TICKET_CHANGED = "ticket changed, order again"
+
+
 class OrderCompleteError(BadRequestError):
     message = "Order is already complete and cannot be cancelled"
 
@@ -82,6 +86,7 @@ def order_out(order: Order) -> OrderOut:
         ticket=OrderTicketOut(
             id=order.ticket_id, title=order.ticket_title, price=order.ticket_price
         ),
+        cancel_reason=order.cancel_reason,
     )
 
 
@@ -245,12 +250,18 @@ async def get_order(session: AsyncSession, user_id: uuid.UUID, order_id: uuid.UU
 
 
 async def cancel_order(
-    session: AsyncSession, order_id: uuid.UUID, *, buyer: uuid.UUID | None = None
+    session: AsyncSession,
+    order_id: uuid.UUID,
+    *,
+    buyer: uuid.UUID | None = None,
+    reason: str | None = None,
 ) -> None:
-    """Cancel a live order and announce it: by its ``buyer``, or (no buyer) when it expires.
+    """Cancel a live order and announce it: by its ``buyer``, or (no buyer) when it expires or
+    tickets refused it (``reason`` says why, to the buyer).
 
     Cancelling a cancelled order changes nothing and publishes nothing. A complete order stays
-    complete: its buyer is told so; an expiry that lost the race to a payment does nothing.
+    complete: its buyer is told so; an expiry that lost the race to a payment does nothing (a
+    payment completes an order only once tickets reserved the ticket for it).
     """
     order = await _order(session, order_id, lock=True, buyer=buyer)
     if order.status == OrderStatus.COMPLETE and buyer is not None:
@@ -258,6 +269,7 @@ async def cancel_order(
     if order.status in (OrderStatus.COMPLETE, OrderStatus.CANCELLED):
         return
     order.status = OrderStatus.CANCELLED
+    order.cancel_reason = reason
     order.version += 1
     await publish(
         session,
@@ -268,13 +280,18 @@ async def cancel_order(
 
 
 async def complete_order(session: AsyncSession, order_id: uuid.UUID, payment_id: uuid.UUID) -> None:
-    """The order is paid. One cancelled meanwhile stays cancelled: payments refunds it."""
+    """The order is paid. One cancelled meanwhile stays cancelled: payments refunds it. Until
+    tickets has answered the order (reserved the ticket for it, or refused it) the payment
+    waits: an order tickets refuses is cancelled, never complete."""
     order = await _order(session, order_id, lock=True, buyer=None)
     if order.status == OrderStatus.CANCELLED:
         log.warning("payment %s for cancelled order %s; not completing", payment_id, order.id)
         return
     if order.status == OrderStatus.COMPLETE:
         return
+    ticket = await session.get(Ticket, order.ticket_id)
+    if ticket is None or ticket.order_id != order.id:
+        raise RetryLater(f"order {order.id}: tickets has not reserved its ticket yet")
     order.status = OrderStatus.COMPLETE
     order.version += 1
 
@@ -314,4 +331,7 @@ async def update_ticket(session: AsyncSession, update: TicketUpdated) -> None:
         raise RetryLater(f"ticket {update.id} v{update.version} is ahead of our v{ticket.version}")
     ticket.title = update.title
     ticket.price = update.price
+    ticket.order_id = update.order_id
     ticket.version = update.version
+    if update.refused_order_id is not None:
+        await cancel_order(session, update.refused_order_id, reason=TICKET_CHANGED)

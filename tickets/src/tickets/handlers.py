@@ -13,7 +13,7 @@ consumer = Consumer("tickets")
 
 @consumer.on(OrderCreated)
 async def on_order_created(session: AsyncSession, event: OrderCreated) -> None:
-    await service.reserve(session, event.ticket.id, order_id=event.id)
+    await service.reserve(session, event.ticket.id, order_id=event.id, price=event.ticket.price)
 
 
 @consumer.on(OrderCancelled)

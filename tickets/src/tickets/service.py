@@ -45,7 +45,7 @@ class InvalidCursorError(BadRequestError):
         super().__init__(field="cursor")
 
 
-def _updated_event(ticket: Ticket) -> TicketUpdated:
+def _updated_event(ticket: Ticket, refused_order_id: uuid.UUID | None = None) -> TicketUpdated:
     return TicketUpdated(
         id=ticket.id,
         version=ticket.version,
@@ -53,6 +53,7 @@ def _updated_event(ticket: Ticket) -> TicketUpdated:
         price=ticket.price,
         user_id=ticket.user_id,
         order_id=ticket.order_id,
+        refused_order_id=refused_order_id,
     )
 
 
@@ -111,10 +112,13 @@ async def _ticket_of_order(
     return ticket
 
 
-async def reserve(session: AsyncSession, ticket_id: uuid.UUID, *, order_id: uuid.UUID) -> None:
+async def reserve(
+    session: AsyncSession, ticket_id: uuid.UUID, *, order_id: uuid.UUID, price: Decimal
+) -> None:
     """Hold the ticket for an order, and announce it. An order cancelled before it reached us
     (its tombstone is here) reserves nothing; a ticket still held by an earlier order waits for
-    that order's cancellation."""
+    that order's cancellation. An order priced before the ticket's last price change is
+    refused, and the refusal announced (orders cancels it): the buyer pays today's price."""
     ticket = await _ticket_of_order(session, ticket_id, order_id)
     if ticket.order_id == order_id:
         return
@@ -126,8 +130,18 @@ async def reserve(session: AsyncSession, ticket_id: uuid.UUID, *, order_id: uuid
         return
     if ticket.order_id is not None:
         raise RetryLater(f"ticket {ticket.id} is still held by order {ticket.order_id}")
-    ticket.order_id = order_id
     ticket.version += 1
+    if ticket.price != price:
+        log.info(
+            "order %s priced at %s, ticket %s costs %s: refused",
+            order_id,
+            price,
+            ticket.id,
+            ticket.price,
+        )
+        await publish(session, _updated_event(ticket, refused_order_id=order_id))
+        return
+    ticket.order_id = order_id
     await publish(session, _updated_event(ticket))
 
 

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ticketing_common.events.models import Subject
+from ticketing_common.events.models import (
+    Event,
+    ExpirationComplete,
+    OrderCancelled,
+    OrderCreated,
+    PaymentCreated,
+    PaymentRefunded,
+    Subject,
+    TicketCreated,
+    TicketUpdated,
+)
 
 
 @dataclass(frozen=True)
@@ -52,3 +62,28 @@ def publisher_of(subject: Subject) -> str:
     """The one service that publishes ``subject``."""
     (service,) = (name for name, events in CATALOG.items() if subject in events.publishes)
     return service
+
+
+def scheduled_subjects() -> frozenset[Subject]:
+    """The subjects JetStream fires from a message schedule: only these may arrive fired."""
+    return frozenset(
+        subject for events in CATALOG.values() if events.scheduled for subject in events.publishes
+    )
+
+
+def entity_key(event: Event) -> str:
+    """The entity an event changes: a consumer applies the events of one key in stream order,
+    those of different keys concurrently.
+
+    An order's events are keyed by its ticket, not by the order: tickets applies them to the
+    ticket, and a cancelled order must release it before the next order of it reserves it.
+    Expirations and payments are keyed by their order (orders applies both to it).
+    """
+    match event:
+        case TicketCreated() | TicketUpdated():
+            return f"ticket:{event.id}"
+        case OrderCreated() | OrderCancelled():
+            return f"ticket:{event.ticket.id}"
+        case ExpirationComplete() | PaymentCreated() | PaymentRefunded():
+            return f"order:{event.order_id}"
+    raise TypeError(f"no entity key for {type(event).__name__}")

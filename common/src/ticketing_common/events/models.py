@@ -51,6 +51,9 @@ class TicketUpdated(Event):
     price: Money
     user_id: uuid.UUID
     order_id: uuid.UUID | None
+    # Set when tickets refused this order's reservation: the ticket's price had changed since
+    # the order was priced. Orders cancels that order ("ticket changed, order again").
+    refused_order_id: uuid.UUID | None = None
 
 
 class OrderCreatedTicket(CamelModel):

@@ -1,30 +1,46 @@
-"""Durable JetStream pull consumers with idempotent handlers.
+"""Durable JetStream pull consumers with idempotent handlers, in entity order.
 
 A service declares one :class:`Consumer` (its durable name) and registers a handler per event
 type. The :class:`ConsumerRunner` fetches, and for each message runs the handler and writes the
 event id to the ``inbox`` in one transaction, then acks: an event id seen before is acked
-without effect. A handler may raise :class:`RetryLater` ("not yet", e.g. a version from the
-future): the message is nacked with a delay. Any other failure of the handler is retried with
-backoff; after ``max_deliveries`` the event is parked in ``parked_events`` (and acked) so it
-never blocks the stream, where ``parked`` commands list and replay it.
+without effect.
 
-A failure of what the handler depends on (the database, or a :class:`TemporaryFailure` such as a
-payment provider that is down) says nothing about the event: it is retried with backoff for as
-long as it takes and never parked, so an outage does not turn healthy events into parked ones.
-A message is marked in progress before its handler runs and the handler is given at most
-``ack_wait / 2``, so JetStream does not hand it to another replica meanwhile. If the stream or
-the consumer vanishes (a NATS store rebuilt), the runner creates them again.
+Order: each event has an entity key (``events.catalog.entity_key``). The events of one key are
+handled one at a time, in the order they were fetched (stream order); those of different keys
+concurrently, at most ``concurrency`` handlers at once. So a handler stuck on one ticket holds
+up that ticket's later events only. The runner keeps the messages in hand (up to
+``4 * concurrency``) and tells JetStream they are in progress while it does, so none is
+handed to another replica meanwhile.
+
+Retries are counted honestly, in the runner: only failures of the handler itself count toward
+parking, a handler that runs past its time budget included. After ``max_deliveries`` of them
+the event is parked in ``parked_events`` (and acked), and the later events of its entity are
+parked behind it (see ``messaging.parking``). Two other outcomes are retried with backoff,
+uncounted, for as long as their cause lasts:
+
+- "not yet" (:class:`RetryLater`, say a version from the future): the event steps aside, so
+  the entity's events behind it (maybe the missing version) are tried first;
+- an outage of what the handler depends on (the database, or a :class:`TemporaryFailure` such
+  as a payment provider that is down) says nothing about the event: it stays first in line.
+
+The count lives in the runner: a restart starts it again, which may retry a failing event
+longer but never parks one early. A message fired by a JetStream schedule whose subject is
+not a scheduled one in the catalog is dropped (the server does not check what a publisher may
+schedule). If the stream or the consumer vanishes (a NATS store rebuilt), the runner creates
+them again. On stop, the handlers running finish; every other message in hand is handed back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import logging
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
@@ -33,15 +49,16 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 from pydantic import ValidationError
-from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ticketing_common.db import transaction
 from ticketing_common.events import Event, EventEnvelope, Subject
+from ticketing_common.events.catalog import entity_key, scheduled_subjects
+from ticketing_common.messaging.parking import Parkable, park, park_if_held, replay_parked
 from ticketing_common.messaging.streams import STREAM_NAME, ensure_stream
-from ticketing_common.messaging.tables import inbox, parked_events
+from ticketing_common.messaging.tables import inbox
 from ticketing_common.observability import REQUEST_ID_HEADER, request_id_var
 
 log = logging.getLogger(__name__)
@@ -49,16 +66,23 @@ log = logging.getLogger(__name__)
 E = TypeVar("E", bound=Event)
 Handler = Callable[[AsyncSession, Any], Awaitable[None]]
 
+# How long a pull request waits for messages; the server holds it that long.
+FETCH_SECONDS = 5.0
+# Set by JetStream on a message fired from a schedule.
+SCHEDULER_HEADER = "Nats-Scheduler"
+
 
 class RetryLater(Exception):  # noqa: N818 - it is a signal, not an error
-    """Raised by a handler when the event cannot be applied yet; it is redelivered later."""
+    """Raised by a handler when the event cannot be applied yet; it is retried later."""
 
 
 class TemporaryFailure(Exception):  # noqa: N818 - it is a signal, not an error
     """Raised (or subclassed) for a dependency that is down: retried until it is back."""
 
 
-def _is_temporary(exc: BaseException) -> bool:
+def _is_outage(exc: BaseException) -> bool:
+    """A failure of a dependency rather than of the handler (the runner's own time budget is
+    told apart before this is asked)."""
     if isinstance(exc, TemporaryFailure | OperationalError | InterfaceError | OSError):
         return True
     # A connection lost mid-statement, or no pooled connection free in time.
@@ -93,10 +117,119 @@ class Consumer:
     def subjects(self) -> list[str]:
         return sorted(subject.value for subject in self.handlers)
 
+    def read(self, raw: str | bytes | dict[str, Any]) -> tuple[EventEnvelope, Event, Handler]:
+        """The envelope, its event and the handler for it; ValueError if malformed."""
+        try:
+            if isinstance(raw, dict):
+                envelope = EventEnvelope.model_validate(raw)
+            else:
+                envelope = EventEnvelope.model_validate_json(raw)
+            registration = self.handlers[envelope.subject]
+            return (
+                envelope,
+                registration.event_type.model_validate(envelope.data),
+                (registration.handler),
+            )
+        except (ValidationError, KeyError) as exc:
+            raise ValueError(f"malformed event: {exc!r}") from exc
 
-def retry_delay(deliveries: int) -> float:
-    """Backoff between redeliveries: 0.25s, 0.5s, 1s, ... up to 30s."""
-    return float(min(0.25 * 2 ** max(deliveries - 1, 0), 30.0))
+    async def replay(
+        self, sessionmaker: async_sessionmaker[AsyncSession], event_id: uuid.UUID
+    ) -> bool:
+        """Replay a parked event and those of its entity waiting behind it, in order."""
+
+        async def apply(raw: dict[str, Any]) -> None:
+            envelope, event, handler = self.read(raw)
+            await apply_once(sessionmaker, envelope, event, handler)
+
+        return await replay_parked(sessionmaker, event_id, apply)
+
+
+def retry_delay(attempts: int) -> float:
+    """Backoff between retries: 0.25s, 0.5s, 1s, ... up to 30s."""
+    return float(min(0.25 * 2 ** max(attempts - 1, 0), 30.0))
+
+
+class _Outcome(enum.Enum):
+    DONE = enum.auto()
+    NOT_YET = enum.auto()
+    OUTAGE = enum.auto()
+    FAILED = enum.auto()
+
+
+@dataclass
+class _InHand:
+    """A fetched message the runner holds until it is acked, parked or handed back."""
+
+    msg: Msg
+    envelope: EventEnvelope
+    event: Event
+    handler: Handler
+    headers: dict[str, str]
+    failures: int = 0  # of the handler itself: these count toward parking
+    waits: int = 0  # "not yet" and outages: these only pace the retries
+    not_before: float = 0.0  # loop time of the next try
+    aside: bool = False  # "not yet": the events behind it may go first
+    last_error: str = field(default="")
+
+    def parkable(self, key: str) -> Parkable:
+        return Parkable(
+            self.envelope.id,
+            self.envelope.subject.value,
+            json.loads(self.msg.data),
+            self.headers,
+            key,
+        )
+
+    def retry_after(self, delay: float, *, counted: bool) -> None:
+        if not counted:
+            self.waits += 1
+        self.not_before = asyncio.get_running_loop().time() + delay
+
+
+class _Lane:
+    """One entity's events in hand, in the order they came, and the wake-up of its worker."""
+
+    def __init__(self) -> None:
+        self.items: deque[_InHand] = deque()
+        self._changed = asyncio.Event()
+
+    def add(self, item: _InHand) -> None:
+        self.items.append(item)
+        self._changed.set()
+
+    def next_ready(self, now: float) -> tuple[_InHand | None, float]:
+        """The first event due a try, passing those set aside as "not yet"; else how long
+        until one is due. An event waiting out a failure or an outage holds those behind it."""
+        due = float("inf")
+        for item in self.items:
+            if item.not_before <= now:
+                return item, 0.0
+            due = min(due, item.not_before - now)
+            if not item.aside:
+                break
+        return None, due
+
+    async def wait(self, seconds: float) -> None:
+        """Until ``seconds`` pass, an event arrives or the runner stops."""
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), seconds)
+
+    def step_aside(self, item: _InHand) -> None:
+        """ "Not yet": behind the others, for what it waits for may be among them."""
+        item.aside = True
+        self.items.remove(item)
+        self.items.append(item)
+
+    def something_applied(self) -> None:
+        """What an event set aside waits for may have come: try them again now."""
+        for item in self.items:
+            if item.aside:
+                item.not_before = 0.0
+
+    def wake(self) -> None:
+        self._changed.set()
 
 
 class ConsumerRunner:
@@ -108,17 +241,26 @@ class ConsumerRunner:
         *,
         max_deliveries: int = 8,
         ack_wait_seconds: float = 30.0,
-        batch_size: int = 8,
+        concurrency: int = 16,
         stream_replicas: int = 1,
     ) -> None:
         self.consumer = consumer
         self._js = js
         self._sessionmaker = sessionmaker
-        self._max_deliveries = max_deliveries
+        self._max_failures = max_deliveries
         self._ack_wait = ack_wait_seconds
-        self._batch_size = batch_size
+        # A handler's time budget: well inside ack_wait, even if one progress signal is lost.
+        self._handler_timeout = ack_wait_seconds / 2
+        self._handlers = asyncio.Semaphore(concurrency)
+        self._capacity = 4 * concurrency
         self._stream_replicas = stream_replicas
+        self._scheduled = {subject.value for subject in scheduled_subjects()}
         self._stopping = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._in_hand: dict[int, Msg] = {}  # by id(): a Msg is not hashable
+        self._lanes: dict[str, _Lane] = {}
+        self._workers: set[asyncio.Task[None]] = set()
 
     def consumer_config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -127,7 +269,7 @@ class ConsumerRunner:
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=self._ack_wait,
-            # Unlimited on the server: the runner parks an event itself after max_deliveries.
+            # Unlimited on the server: the runner counts failures and parks an event itself.
             max_deliver=-1,
             max_ack_pending=1000,
         )
@@ -137,26 +279,37 @@ class ConsumerRunner:
 
     def stop(self) -> None:
         self._stopping.set()
+        for lane in self._lanes.values():
+            lane.wake()
 
     async def run(self) -> None:
-        """Fetch and handle until stopped.
-
-        A stop cancels a waiting fetch and finishes the message in hand; the rest of its batch
-        is handed back at once for another replica (or the next start).
-        """
+        """Fetch and dispatch until stopped, then let the running handlers finish and hand
+        back every other message in hand."""
         sub = await self._subscribe()
+        heartbeat = asyncio.create_task(self._keep_in_progress())
+        try:
+            await self._fetch_loop(sub)
+        finally:
+            self.stop()
+            if self._workers:
+                await asyncio.wait(self._workers)
+            heartbeat.cancel()
+            with contextlib.suppress(BaseException):
+                await heartbeat
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
         stop_wait = asyncio.ensure_future(self._stopping.wait())
         failures = 0
         try:
             while not self._stopping.is_set():
-                fetch = asyncio.ensure_future(sub.fetch(self._batch_size, timeout=5))
-                done, _ = await asyncio.wait(
-                    {fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED
-                )
-                if fetch not in done:
-                    fetch.cancel()
-                    with contextlib.suppress(BaseException):
-                        await fetch
+                await self._until(self._room.wait())
+                room = self._capacity - len(self._in_hand)
+                if self._stopping.is_set() or room <= 0:
+                    continue
+                fetch = asyncio.ensure_future(sub.fetch(min(room, 64), timeout=FETCH_SECONDS))
+                if not await self._until(fetch):
                     break
                 try:
                     messages = fetch.result()
@@ -166,23 +319,36 @@ class ConsumerRunner:
                 except Exception as exc:
                     failures += 1
                     log.warning("fetch failed (%d in a row), retrying: %r", failures, exc)
-                    await asyncio.sleep(min(failures, 5))
+                    await self._pause(min(failures, 5))
                     if isinstance(exc, NotFoundError | ServiceUnavailableError):
                         sub = await self._resubscribe(sub)
                     continue
-                for index, msg in enumerate(messages):
-                    if self._stopping.is_set():
-                        await self._hand_back(messages[index:])
-                        break
+                for msg in messages:
                     try:
-                        await self.handle(msg)
+                        await self._dispatch(msg)
                     except Exception:
                         # Never let one message end the loop; it comes back after ack_wait.
-                        log.exception("could not handle or settle a message")
+                        log.exception("could not dispatch a message")
         finally:
             stop_wait.cancel()
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+
+    async def _until(self, awaitable: Awaitable[Any]) -> bool:
+        """Await ``awaitable`` unless a stop comes first (then cancel it): True if it finished."""
+        task = asyncio.ensure_future(awaitable)
+        stop_wait = asyncio.ensure_future(self._stopping.wait())
+        done, _ = await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        if task in done:
+            return True
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        return False
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, cut short by a stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         await self.ensure_consumer()
@@ -205,103 +371,154 @@ class ConsumerRunner:
             await sub.unsubscribe()
         return new_sub
 
-    @staticmethod
-    async def _hand_back(messages: list[Msg]) -> None:
-        for msg in messages:
-            with contextlib.suppress(Exception):
-                await msg.nak()
+    async def _keep_in_progress(self) -> None:
+        """Restart the ack timer of every message in hand, so JetStream keeps it with us."""
+        while True:
+            await asyncio.sleep(self._ack_wait / 3)
+            for msg in list(self._in_hand.values()):
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
 
-    async def handle(self, msg: Msg) -> None:
+    async def _dispatch(self, msg: Msg) -> None:
+        """Put a fetched message in its entity's lane (starting the lane if it is idle)."""
         headers = dict(msg.headers or {})
-        token = request_id_var.set(headers.get(REQUEST_ID_HEADER))
+        if SCHEDULER_HEADER in headers and msg.subject not in self._scheduled:
+            log.warning(
+                "dropped %s fired by schedule %s: not a scheduled subject",
+                msg.subject,
+                headers[SCHEDULER_HEADER],
+            )
+            await msg.ack()
+            return
         try:
-            await self._handle(msg, headers)
+            envelope, event, handler = self.consumer.read(msg.data)
+        except ValueError as exc:
+            # Nothing will ever make a malformed event valid: park it at once.
+            await self._park_unreadable(msg, headers, str(exc))
+            return
+        item = _InHand(msg, envelope, event, handler, headers)
+        self._in_hand[id(msg)] = msg
+        if len(self._in_hand) >= self._capacity:
+            self._room.clear()
+        await msg.in_progress()  # restart the ack timer: this replica has it now
+        key = entity_key(event)
+        lane = self._lanes.get(key)
+        if lane is not None:
+            lane.add(item)
+            return
+        self._lanes[key] = lane = _Lane()
+        lane.add(item)
+        worker = asyncio.create_task(self._work(key, lane))
+        self._workers.add(worker)
+        worker.add_done_callback(self._workers.discard)
+
+    async def _work(self, key: str, lane: _Lane) -> None:
+        """Handle one entity's events in order until its lane is empty (or the runner stops)."""
+        try:
+            while lane.items and not self._stopping.is_set():
+                item, wait = lane.next_ready(asyncio.get_running_loop().time())
+                if item is None:
+                    await lane.wait(wait)
+                    continue
+                try:
+                    settled = await self._step(key, lane, item)
+                except Exception:
+                    log.exception("event %s: could not settle it", item.envelope.id)
+                    settled = False
+                    item.retry_after(retry_delay(item.waits + 1), counted=False)
+                if settled:
+                    lane.items.remove(item)
+                    self._release(item.msg)
+        finally:
+            del self._lanes[key]
+            for item in lane.items:  # stopping: hand the rest back for another replica
+                with contextlib.suppress(Exception):
+                    # Not to this replica's pull request, which the server may still hold.
+                    await item.msg.nak(delay=FETCH_SECONDS)
+                self._release(item.msg)
+
+    async def _step(self, key: str, lane: _Lane, item: _InHand) -> bool:
+        """One try at an event of a lane: True once it is acked or parked."""
+        if await park_if_held(self._sessionmaker, item.parkable(key)):
+            await item.msg.ack()
+            return True
+        outcome = await self._attempt(item)
+        if outcome is _Outcome.DONE:
+            await item.msg.ack()
+            lane.something_applied()
+            return True
+        if outcome is _Outcome.FAILED and item.failures >= self._max_failures:
+            await self._park(item, key)
+            return True
+        if outcome is _Outcome.NOT_YET:
+            lane.step_aside(item)
+            item.retry_after(retry_delay(item.waits + 1), counted=False)
+        elif outcome is _Outcome.OUTAGE:
+            item.retry_after(retry_delay(item.waits + 1), counted=False)
+        else:
+            item.retry_after(retry_delay(item.failures), counted=True)
+        return False
+
+    async def _attempt(self, item: _InHand) -> _Outcome:
+        """Run the handler once, within its time budget, and say how it went."""
+        envelope = item.envelope
+        token = request_id_var.set(item.headers.get(REQUEST_ID_HEADER))
+        budget = asyncio.timeout(self._handler_timeout)
+        try:
+            async with self._handlers, budget:
+                await apply_once(self._sessionmaker, envelope, item.event, item.handler)
+            item.waits = 0
+            return _Outcome.DONE
+        except RetryLater as exc:
+            log.info("event %s %s not yet: %r", envelope.subject, envelope.id, exc)
+            return _Outcome.NOT_YET
+        except Exception as exc:
+            if not budget.expired() and _is_outage(exc):
+                log.warning(
+                    "event %s %s: dependency unavailable, retrying: %r",
+                    envelope.subject,
+                    envelope.id,
+                    exc,
+                )
+                return _Outcome.OUTAGE
+            item.failures += 1
+            item.last_error = (
+                f"handler ran past its {self._handler_timeout:g}s budget"
+                if budget.expired()
+                else repr(exc)
+            )
+            log.warning(
+                "handler for %s %s failed (%d of %d): %s",
+                envelope.subject,
+                envelope.id,
+                item.failures,
+                self._max_failures,
+                item.last_error,
+                exc_info=not budget.expired(),
+            )
+            return _Outcome.FAILED
         finally:
             request_id_var.reset(token)
 
-    async def _handle(self, msg: Msg, headers: dict[str, str]) -> None:
-        deliveries = msg.metadata.num_delivered
-        try:
-            envelope = EventEnvelope.model_validate_json(msg.data)
-            registration = self.consumer.handlers[envelope.subject]
-            event = registration.event_type.model_validate(envelope.data)
-        except (ValidationError, KeyError, ValueError) as exc:
-            # Nothing will ever make a malformed event valid: park it at once.
-            await self._park(msg, headers, f"malformed event: {exc!r}", deliveries)
-            return
-        try:
-            await msg.in_progress()  # restart the ack timer: this replica has it now
-            async with asyncio.timeout(self._ack_wait / 2):
-                await apply_once(self._sessionmaker, envelope, event, registration.handler)
-            await msg.ack()
-        except RetryLater as exc:
-            await self._retry_or_park(msg, headers, exc, deliveries, envelope)
-        except Exception as exc:
-            if _is_temporary(exc):
-                delay = retry_delay(deliveries)
-                log.warning(
-                    "event %s %s: dependency unavailable, retrying in %.2fs: %r",
-                    envelope.subject,
-                    envelope.id,
-                    delay,
-                    exc,
-                )
-                await msg.nak(delay=delay)
-                return
-            log.exception(
-                "handler for %s %s failed (delivery %d)", envelope.subject, envelope.id, deliveries
-            )
-            await self._retry_or_park(msg, headers, exc, deliveries, envelope)
+    async def _park(self, item: _InHand, key: str) -> None:
+        await park(
+            self._sessionmaker, item.parkable(key), error=item.last_error, failures=item.failures
+        )
+        await item.msg.ack()
 
-    async def _retry_or_park(
-        self,
-        msg: Msg,
-        headers: dict[str, str],
-        exc: Exception,
-        deliveries: int,
-        envelope: EventEnvelope,
-    ) -> None:
-        if deliveries >= self._max_deliveries:
-            await self._park(msg, headers, repr(exc), deliveries, envelope)
-            return
-        delay = retry_delay(deliveries)
-        log.info("event %s %s redelivered in %.2fs: %r", envelope.subject, envelope.id, delay, exc)
-        await msg.nak(delay=delay)
-
-    async def _park(
-        self,
-        msg: Msg,
-        headers: dict[str, str],
-        error: str,
-        deliveries: int,
-        envelope: EventEnvelope | None = None,
-    ) -> None:
+    async def _park_unreadable(self, msg: Msg, headers: dict[str, str], error: str) -> None:
         try:
             raw: dict[str, Any] = json.loads(msg.data)
         except ValueError:
             raw = {"raw": msg.data.decode("utf-8", "replace")}
-        event_id = envelope.id if envelope else _event_id_of(headers)
-        subject = envelope.subject.value if envelope else msg.subject
-        async with transaction(self._sessionmaker) as session:
-            await session.execute(
-                insert(parked_events)
-                .values(
-                    event_id=event_id,
-                    subject=subject,
-                    envelope=raw,
-                    headers=headers,
-                    error=error[:4000],
-                    deliveries=deliveries,
-                )
-                .on_conflict_do_update(
-                    index_elements=[parked_events.c.event_id],
-                    set_={"error": error[:4000], "deliveries": deliveries},
-                )
-            )
-        log.error(
-            "parked event %s on %s after %d deliveries: %s", event_id, subject, deliveries, error
-        )
+        unreadable = Parkable(_event_id_of(headers), msg.subject, raw, headers, None)
+        await park(self._sessionmaker, unreadable, error=error, failures=1)
         await msg.ack()
+
+    def _release(self, msg: Msg) -> None:
+        self._in_hand.pop(id(msg), None)
+        if len(self._in_hand) < self._capacity:
+            self._room.set()
 
 
 async def apply_once(
@@ -325,46 +542,6 @@ async def apply_once(
             log.info("event %s already handled, skipping", envelope.id)
             return
         await handler(session, event)
-
-
-async def list_parked(sessionmaker: async_sessionmaker[AsyncSession]) -> list[dict[str, Any]]:
-    async with sessionmaker() as session:
-        rows = await session.execute(select(parked_events).order_by(parked_events.c.parked_at))
-        return [dict(row._mapping) for row in rows]
-
-
-async def replay_parked(
-    sessionmaker: async_sessionmaker[AsyncSession], consumer: Consumer, event_id: uuid.UUID
-) -> bool:
-    """Run a parked event's handler again; on success it leaves the parked table.
-
-    Returns False if the handler failed again (the new error is recorded).
-    """
-    async with sessionmaker() as session:
-        row = (
-            await session.execute(select(parked_events).where(parked_events.c.event_id == event_id))
-        ).first()
-    if row is None:
-        raise LookupError(f"no parked event {event_id}")
-    token = request_id_var.set(row.headers.get(REQUEST_ID_HEADER))
-    try:
-        envelope = EventEnvelope.model_validate(row.envelope)
-        registration = consumer.handlers[envelope.subject]
-        event = registration.event_type.model_validate(envelope.data)
-        await apply_once(sessionmaker, envelope, event, registration.handler)
-    except Exception as exc:
-        async with transaction(sessionmaker) as session:
-            await session.execute(
-                parked_events.update()
-                .where(parked_events.c.event_id == event_id)
-                .values(error=f"replay failed: {exc!r}"[:4000])
-            )
-        return False
-    finally:
-        request_id_var.reset(token)
-    async with transaction(sessionmaker) as session:
-        await session.execute(delete(parked_events).where(parked_events.c.event_id == event_id))
-    return True
 
 
 def _event_id_of(headers: dict[str, str]) -> uuid.UUID:

@@ -59,7 +59,9 @@ inbox = Table(
     Index("ix_inbox_handled_at", "handled_at"),  # for pruning
 )
 
-# Events whose handler kept failing: kept for an operator to inspect and replay.
+# Events whose handler kept failing, and the later events of the same entity held behind them
+# (``waiting_behind`` names the first parked event of the entity): kept for an operator to
+# inspect and replay, in order.
 parked_events = Table(
     "parked_events",
     messaging_metadata,
@@ -70,6 +72,10 @@ parked_events = Table(
     Column("error", Text, nullable=False),
     Column("deliveries", Integer, nullable=False),
     Column("parked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("entity_key", Text),  # None for a malformed event: nothing can wait behind it
+    Column("waiting_behind", UUID(as_uuid=True)),
+    Column("position", BigInteger, Identity(always=True), nullable=False, unique=True),
+    Index("ix_parked_events_entity_key", "entity_key"),
 )
 
 
@@ -128,6 +134,26 @@ def create_messaging_tables(op: Any) -> None:
         ),
         sa.PrimaryKeyConstraint("event_id", name="pk_parked_events"),
     )
+
+
+def add_parked_event_order(op: Any) -> None:
+    """Version 2: parked events know their entity, so later events of it wait behind them."""
+    import sqlalchemy as sa
+
+    op.add_column("parked_events", sa.Column("entity_key", sa.Text(), nullable=True))
+    op.add_column("parked_events", sa.Column("waiting_behind", UUID(as_uuid=True), nullable=True))
+    op.add_column(
+        "parked_events",
+        sa.Column("position", sa.BigInteger(), sa.Identity(always=True), nullable=False),
+    )
+    op.create_unique_constraint("uq_parked_events_position", "parked_events", ["position"])
+    op.create_index("ix_parked_events_entity_key", "parked_events", ["entity_key"])
+
+
+def drop_parked_event_order(op: Any) -> None:
+    op.drop_index("ix_parked_events_entity_key", "parked_events")
+    for column in ("position", "waiting_behind", "entity_key"):
+        op.drop_column("parked_events", column)
 
 
 def drop_messaging_tables(op: Any) -> None:

@@ -1,0 +1,24 @@
+"""an order's cancel reason; the replica knows which order holds each ticket
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-26
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("orders", sa.Column("cancel_reason", sa.String(length=200), nullable=True))
+    op.add_column("tickets", sa.Column("order_id", sa.Uuid(), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("tickets", "order_id")
+    op.drop_column("orders", "cancel_reason")
