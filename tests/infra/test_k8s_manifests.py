@@ -45,6 +45,7 @@ PROVIDED_IN_PROD = {
     "nats-users",
     *(f"{s}-db-secret" for s in SERVICES),
     "ticketing-tls",
+    "stripe-secret",  # production takes no payment without a real payment provider
 }
 # The volume types the restricted Pod Security level allows (not hostPath, for one).
 RESTRICTED_VOLUME_TYPES = {

@@ -58,6 +58,8 @@ def stand_in(secret: str, key: str) -> str:
         return (
             f"postgresql+asyncpg://{service}:{secrets.token_hex(24)}@{service}-postgres/{service}"
         )
+    if key == "STRIPE_KEY":
+        return "sk_live_" + secrets.token_hex(24)
     return secrets.token_hex(32)
 
 
