@@ -215,6 +215,12 @@ def test_a_path_cannot_forge_a_line_in_the_logs(platform: LocalPlatform, breaker
     def lines_with_marker() -> list[str]:
         return [line for line in platform.output().splitlines() if marker in line]
 
+    if "normal form" in response.text:
+        # The edge refused the path (a line break is not a normal path): it reached no service,
+        # and nothing it carried became a line of its own in any log.
+        for line in lines_with_marker():
+            assert not line.split(" ", 1)[-1].lstrip().startswith("INFO"), line
+        return
     [line] = wait_until(lines_with_marker, 30, "the request in the tickets service's log")
     # One record: the access line itself, with the line break escaped inside it.
     assert line.startswith("tickets ") and "ticketing.access:" in line
