@@ -12,7 +12,12 @@ import pytest
 from fastapi import FastAPI
 
 from ticketing_common.errors import install_error_handlers
-from ticketing_common.observability import JsonFormatter, TextFormatter, escape_controls
+from ticketing_common.observability import (
+    JsonFormatter,
+    RequestIdMiddleware,
+    TextFormatter,
+    escape_controls,
+)
 
 # What an attacker puts in a path: a line break and a line that looks like ours.
 FORGED = "INFO    ticketing.access: GET /api/users/currentuser status=200"
@@ -27,8 +32,11 @@ NASTY_PATHS = [
 
 
 def make_app() -> FastAPI:
+    # As the app factory wires them: the error handlers, and the middleware that logs access
+    # lines and unhandled errors.
     app = FastAPI()
     install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
 
     @app.get("/boom")
     async def boom() -> None:
