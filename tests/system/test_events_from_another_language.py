@@ -14,71 +14,35 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from ticketing_common.embedded import free_port
 from ticketing_common.events import Subject
 from ticketing_common.testing import eventually
-from ticketing_local.datafolder import DataFolder
+
+from .local_platform import LocalPlatform, running_platform
 
 pytestmark = pytest.mark.timeout(420)
 
 EXPIRATION_SECONDS = 15  # long enough to pay in time, short enough to wait for an expiry
 EVENTUAL = 30.0  # seconds for an event to travel from one service to another
-# Servers and keys of the test process must not leak into the platform under test.
-SCRUBBED_ENV = ("DATABASE_URL", "NATS_URL", "JWT_KEY", "TICKETING_DATA_DIR", "STRIPE_KEY", "PORT")
 
 
-class RunningPlatform:
-    def __init__(self, data: DataFolder, port: int) -> None:
-        self.data = data
-        self.url = f"http://127.0.0.1:{port}"
-
-    @property
-    def nats_url(self) -> str:
-        status = self.data.read_status()
-        assert status is not None, "the platform is not running"
-        return f"nats://127.0.0.1:{status['processes']['nats']['port']}"
+def nats_url(platform: LocalPlatform) -> str:
+    return f"nats://127.0.0.1:{platform.status()['processes']['nats']['port']}"
 
 
 @pytest.fixture(scope="module")
-async def running_platform(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[RunningPlatform]:
-    base = tmp_path_factory.mktemp("events-platform")
-    data, port = DataFolder(base / "data"), free_port()
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV} | {
-        "PORT": str(port),
-        "ORDER_EXPIRATION_SECONDS": str(EXPIRATION_SECONDS),
-    }
-    command = [sys.executable, "-m", "ticketing_local", "--data-dir", str(data.path)]
-    with (base / "launcher.log").open("wb") as log:
-        launcher = await asyncio.create_subprocess_exec(
-            *command, env=env, stdout=log, stderr=log, start_new_session=True
-        )
-
-    async def ready() -> bool:
-        assert launcher.returncode is None, (base / "launcher.log").read_text()
-        status = data.read_status()
-        return bool(status and status.get("ready"))
-
-    try:
-        await eventually(ready, timeout=180, interval=0.2)
-        yield RunningPlatform(data, port)
-    finally:
-        if launcher.returncode is None:
-            launcher.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(launcher.wait(), 60)
-        reset = await asyncio.create_subprocess_exec(*command, "reset", env=env)
-        await reset.wait()
+def events_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform]:
+    with running_platform(
+        tmp_path_factory.mktemp("events-platform"),
+        ORDER_EXPIRATION_SECONDS=str(EXPIRATION_SECONDS),
+    ) as platform:
+        yield platform
 
 
 class Person:
@@ -126,11 +90,11 @@ class Person:
 
 
 async def test_every_event_of_a_purchase_and_an_expiry_keeps_the_contract(
-    running_platform: RunningPlatform, node_consumer: Any
+    events_platform: LocalPlatform, node_consumer: Any
 ) -> None:
     async with (
-        httpx.AsyncClient(base_url=running_platform.url, timeout=10, trust_env=False) as s,
-        httpx.AsyncClient(base_url=running_platform.url, timeout=10, trust_env=False) as b,
+        httpx.AsyncClient(base_url=events_platform.url, timeout=10, trust_env=False) as s,
+        httpx.AsyncClient(base_url=events_platform.url, timeout=10, trust_env=False) as b,
     ):
         seller, buyer = Person(s), Person(b)
         await seller.sign_up()
@@ -147,10 +111,10 @@ async def test_every_event_of_a_purchase_and_an_expiry_keeps_the_contract(
         await buyer.order_reaches(left, "cancelled", EXPIRATION_SECONDS + EVENTUAL)
 
     # The bus admits only its users: the consumer reads as the read-only monitor.
-    monitor = running_platform.data.monitor_credentials()
+    monitor = events_platform.data.monitor_credentials()
     result = await asyncio.to_thread(
         node_consumer,
-        running_platform.nats_url,
+        nats_url(events_platform),
         NATS_USER=monitor.user,
         NATS_PASSWORD=monitor.password,
     )
