@@ -1,9 +1,4 @@
-"""orders, the tickets replica, idempotency keys and the messaging tables
-
-Revision ID: 0001
-Revises:
-Create Date: 2026-11-26
-"""
+"""orders, the tickets replica, idempotency keys and the messaging tables"""
 
 import sqlalchemy as sa
 from alembic import op
@@ -13,8 +8,6 @@ from ticketing_common.messaging.tables import create_messaging_tables, drop_mess
 
 revision = "0001"
 down_revision = None
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -1,17 +1,10 @@
-"""an order's cancel reason; the replica knows which order holds each ticket
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-26
-"""
+"""an order's cancel reason; the replica knows which order holds each ticket"""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
