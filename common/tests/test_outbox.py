@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
@@ -29,20 +31,35 @@ def ticket_created(title: str = "Concert") -> TicketCreated:
     )
 
 
-@contextlib.asynccontextmanager
-async def running_relay(
-    engine: AsyncEngine,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    js: JetStreamContext,
-    poll_seconds: float = 60.0,
-) -> AsyncIterator[OutboxRelay]:
-    relay = OutboxRelay(engine, sessionmaker, js, poll_seconds=poll_seconds, publish_timeout=1.0)
-    task = asyncio.create_task(relay.run())
-    try:
-        yield relay
-    finally:
-        relay.stop()
-        await task
+@dataclass
+class Pipeline:
+    """The database a service writes its outbox to and the JetStream a relay sends it to."""
+
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    jetstream: JetStreamContext
+
+    def relay(self, **options: Any) -> OutboxRelay:
+        return OutboxRelay(self.engine, self.sessionmaker, self.jetstream, **options)
+
+    @contextlib.asynccontextmanager
+    async def running_relay(self, poll_seconds: float = 60.0) -> AsyncIterator[OutboxRelay]:
+        relay = self.relay(poll_seconds=poll_seconds, publish_timeout=1.0)
+        task = asyncio.create_task(relay.run())
+        try:
+            yield relay
+        finally:
+            relay.stop()
+            await task
+
+
+@pytest.fixture
+async def pipeline(
+    engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
+) -> Pipeline:
+    """Its stream made, as a service makes it at start."""
+    await ensure_stream(jetstream)
+    return Pipeline(engine, sessionmaker, jetstream)
 
 
 async def unpublished(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
@@ -56,42 +73,34 @@ async def unpublished(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
 
 
 async def test_committed_event_is_published_promptly_with_its_id(
-    engine: AsyncEngine,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    jetstream: JetStreamContext,
-    event_probe: EventProbe,
+    pipeline: Pipeline, event_probe: EventProbe
 ) -> None:
-    await ensure_stream(jetstream)
     # A 60s poll: only the commit's NOTIFY can wake the relay within the probe's timeout.
-    async with running_relay(engine, sessionmaker, jetstream, poll_seconds=60):
+    async with pipeline.running_relay(poll_seconds=60):
         event = ticket_created()
         request_id_var.set("req-123")
-        async with transaction(sessionmaker) as session:
+        async with transaction(pipeline.sessionmaker) as session:
             envelope = await publish(session, event)
         request_id_var.set(None)
         received = await event_probe.wait_for("ticket.created", timeout=5)
 
     assert received.id == envelope.id
     assert received.event() == event
-    msg = await jetstream.get_last_msg("EVENTS", "ticket.created")
+    msg = await pipeline.jetstream.get_last_msg("EVENTS", "ticket.created")
     assert msg.headers is not None
     assert msg.headers["Nats-Msg-Id"] == str(envelope.id)
     assert msg.headers["X-Request-Id"] == "req-123"
-    assert await unpublished(sessionmaker) == 0
+    assert await unpublished(pipeline.sessionmaker) == 0
 
 
 async def test_rolled_back_transaction_publishes_nothing(
-    engine: AsyncEngine,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    jetstream: JetStreamContext,
-    event_probe: EventProbe,
+    pipeline: Pipeline, event_probe: EventProbe
 ) -> None:
-    await ensure_stream(jetstream)
-    async with running_relay(engine, sessionmaker, jetstream, poll_seconds=0.1) as relay:
-        async with sessionmaker() as session:
+    async with pipeline.running_relay(poll_seconds=0.1) as relay:
+        async with pipeline.sessionmaker() as session:
             await publish(session, ticket_created("rolled back"))
             await session.rollback()
-        async with transaction(sessionmaker) as session:
+        async with transaction(pipeline.sessionmaker) as session:
             await publish(session, ticket_created("committed"))
         await event_probe.wait_for("ticket.created", lambda e: e.data["title"] == "committed")
         await relay.flush()
@@ -100,36 +109,31 @@ async def test_rolled_back_transaction_publishes_nothing(
 
 
 async def test_nats_outage_loses_nothing_and_duplicates_nothing(
-    engine: AsyncEngine,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    jetstream: JetStreamContext,
-    nats_server: NatsServer,
-    event_probe: EventProbe,
+    pipeline: Pipeline, nats_server: NatsServer, event_probe: EventProbe
 ) -> None:
-    await ensure_stream(jetstream)
     # Two relays, as two replicas of a service would run.
     async with (
-        running_relay(engine, sessionmaker, jetstream, poll_seconds=0.2) as first,
-        running_relay(engine, sessionmaker, jetstream, poll_seconds=0.2) as second,
+        pipeline.running_relay(poll_seconds=0.2) as first,
+        pipeline.running_relay(poll_seconds=0.2) as second,
     ):
         nats_server.stop()
         committed = []
         for i in range(20):
-            async with transaction(sessionmaker) as session:
+            async with transaction(pipeline.sessionmaker) as session:
                 committed.append((await publish(session, ticket_created(f"t{i}"))).id)
 
         async def both_relays_tried_and_failed() -> bool:
             return first.consecutive_failures > 0 and second.consecutive_failures > 0
 
         await eventually(both_relays_tried_and_failed, timeout=15)
-        assert await unpublished(sessionmaker) == 20
+        assert await unpublished(pipeline.sessionmaker) == 20
 
         nats_server.start()
-        await eventually(lambda: _none_left(sessionmaker), timeout=30)
+        await eventually(lambda: _none_left(pipeline.sessionmaker), timeout=30)
 
     seen = [e.id for e in await event_probe.all("ticket.created")]
     assert sorted(seen) == sorted(committed)  # every one, and each exactly once
-    info = await jetstream.stream_info("EVENTS")
+    info = await pipeline.jetstream.stream_info("EVENTS")
     assert info.state.messages == 20
 
 
@@ -138,18 +142,14 @@ async def _none_left(sessionmaker: async_sessionmaker[AsyncSession]) -> bool:
 
 
 async def test_republished_row_is_dropped_by_the_duplicate_window(
-    engine: AsyncEngine,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    jetstream: JetStreamContext,
-    event_probe: EventProbe,
+    pipeline: Pipeline, event_probe: EventProbe
 ) -> None:
     """A relay that crashed after publishing but before marking the row sends it again."""
-    await ensure_stream(jetstream)
-    relay = OutboxRelay(engine, sessionmaker, jetstream)
-    async with transaction(sessionmaker) as session:
+    relay = pipeline.relay()
+    async with transaction(pipeline.sessionmaker) as session:
         await publish(session, ticket_created())
     assert await relay.flush() == 1
-    async with transaction(sessionmaker) as session:  # as if the mark had never committed
+    async with transaction(pipeline.sessionmaker) as session:  # as if the mark had never committed
         await session.execute(outbox.update().values(published_at=None))
     assert await relay.flush() == 1
     assert len(await event_probe.all("ticket.created")) == 1
@@ -157,44 +157,31 @@ async def test_republished_row_is_dropped_by_the_duplicate_window(
 
 @pytest.mark.parametrize("count", [250])
 async def test_large_backlog_is_published_in_order(
-    engine: AsyncEngine,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    jetstream: JetStreamContext,
-    event_probe: EventProbe,
-    count: int,
+    pipeline: Pipeline, event_probe: EventProbe, count: int
 ) -> None:
-    await ensure_stream(jetstream)
-    async with transaction(sessionmaker) as session:
+    async with transaction(pipeline.sessionmaker) as session:
         for i in range(count):
             await publish(session, ticket_created(f"t{i:03}"))
-    assert await OutboxRelay(engine, sessionmaker, jetstream).flush() == count
+    assert await pipeline.relay().flush() == count
     titles = [e.data["title"] for e in await event_probe.all("ticket.created")]
     assert titles == [f"t{i:03}" for i in range(count)]
 
 
 async def test_rows_left_by_a_crashed_service_go_out_when_a_relay_starts(
-    engine: AsyncEngine,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    jetstream: JetStreamContext,
-    event_probe: EventProbe,
+    pipeline: Pipeline, event_probe: EventProbe
 ) -> None:
     """Committed, then the process died before its relay sent anything."""
-    await ensure_stream(jetstream)
-    async with transaction(sessionmaker) as session:
+    async with transaction(pipeline.sessionmaker) as session:
         envelope = await publish(session, ticket_created("orphan"))
-    async with running_relay(engine, sessionmaker, jetstream, poll_seconds=60):
+    async with pipeline.running_relay(poll_seconds=60):
         received = await event_probe.wait_for("ticket.created", timeout=5)
     assert received.id == envelope.id
 
 
 async def test_a_row_jetstream_refuses_is_set_aside_and_later_rows_flow(
-    engine: AsyncEngine,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    jetstream: JetStreamContext,
-    event_probe: EventProbe,
+    pipeline: Pipeline, event_probe: EventProbe
 ) -> None:
-    await ensure_stream(jetstream)
-    async with transaction(sessionmaker) as session:
+    async with transaction(pipeline.sessionmaker) as session:
         # A schedule JetStream cannot parse: refused on every try.
         refused = await publish(
             session,
@@ -203,12 +190,12 @@ async def test_a_row_jetstream_refuses_is_set_aside_and_later_rows_flow(
             headers={"Nats-Schedule": "@at not-a-time", "Nats-Schedule-Target": "ticket.created"},
         )
         await publish(session, ticket_created("after it"))
-    relay = OutboxRelay(engine, sessionmaker, jetstream, max_attempts=3)
+    relay = pipeline.relay(max_attempts=3)
     for _ in range(3):
         await relay.flush()
     titles = [e.data["title"] for e in await event_probe.all("ticket.created")]
     assert titles == ["after it"]
-    async with sessionmaker() as session:
+    async with pipeline.sessionmaker() as session:
         row = (await session.execute(select(outbox).where(outbox.c.id == refused.id))).one()
     assert row.attempts == 3
     assert row.failed_at is not None and row.published_at is None
@@ -217,15 +204,11 @@ async def test_a_row_jetstream_refuses_is_set_aside_and_later_rows_flow(
 
 
 async def test_relay_recreates_a_deleted_stream(
-    engine: AsyncEngine,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    jetstream: JetStreamContext,
-    event_probe: EventProbe,
+    pipeline: Pipeline, event_probe: EventProbe
 ) -> None:
-    await ensure_stream(jetstream)
-    await jetstream.delete_stream("EVENTS")  # a NATS store rebuilt under a running service
-    async with transaction(sessionmaker) as session:
+    await pipeline.jetstream.delete_stream("EVENTS")  # a NATS store rebuilt under a running service
+    async with transaction(pipeline.sessionmaker) as session:
         envelope = await publish(session, ticket_created("survivor"))
-    assert await OutboxRelay(engine, sessionmaker, jetstream).flush() == 1
+    assert await pipeline.relay().flush() == 1
     received = await event_probe.wait_for("ticket.created", timeout=5)
     assert received.id == envelope.id
