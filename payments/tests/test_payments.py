@@ -206,6 +206,21 @@ async def test_declined_and_good_card_at_once_keep_the_good_payment(
     assert len(provider.captures) == 5
 
 
+async def refunded_payment(
+    orders: OrdersStandIn, event_probe: EventProbe, order_id: uuid.UUID, payment_id: str
+) -> dict[str, object]:
+    """The order's one payment, refunded, once the payment.refunded event names its refund."""
+    refunded = await event_probe.wait_for("payment.refunded")
+    [payment] = await orders.payments(order_id)
+    assert payment["status"] == "refunded"
+    assert refunded.data == {
+        "id": payment_id,
+        "orderId": str(order_id),
+        "providerRef": payment["refund_ref"],
+    }
+    return payment
+
+
 async def test_cancel_after_payment_refunds(
     client: httpx.AsyncClient,
     orders: OrdersStandIn,
@@ -218,14 +233,7 @@ async def test_cancel_after_payment_refunds(
     assert r.status_code == 201
     await orders.cancel(order_id)
 
-    refunded = await event_probe.wait_for("payment.refunded")
-    [payment] = await orders.payments(order_id)
-    assert payment["status"] == "refunded"
-    assert refunded.data == {
-        "id": r.json()["id"],
-        "orderId": str(order_id),
-        "providerRef": payment["refund_ref"],
-    }
+    payment = await refunded_payment(orders, event_probe, order_id, r.json()["id"])
     assert provider.refunds == provider.captures == [payment["intent_ref"]]
 
 
@@ -282,15 +290,7 @@ async def test_a_paid_order_is_refunded_by_a_restarted_service(
     after = SandboxProvider()  # a new process: no intents in memory
     async with ServiceHarness(create_app(settings, after)).client():
         await orders.cancel(order_id)
-        refunded = await event_probe.wait_for("payment.refunded")
-
-    [payment] = await orders.payments(order_id)
-    assert payment["status"] == "refunded"
-    assert refunded.data == {
-        "id": paid.json()["id"],
-        "orderId": str(order_id),
-        "providerRef": payment["refund_ref"],
-    }
+        payment = await refunded_payment(orders, event_probe, order_id, paid.json()["id"])
     assert after.refunds == before.captures == [payment["intent_ref"]]
     # The forgotten intent is closed now: paying again takes nothing.
     with pytest.raises(IntentClosedError):
@@ -338,73 +338,61 @@ class HookedSandbox(SandboxProvider):
             await self.after_capture()
 
 
-async def test_cancelled_while_charging_after_capture_is_refunded(
-    settings: PaymentsSettings,
-    jetstream: JetStreamContext,
-    orders: OrdersStandIn,
-    event_probe: EventProbe,
-) -> None:
-    provider = HookedSandbox()
-    async with ServiceHarness(create_app(settings, provider)).client() as client:
-        order_id, cookies = await orders.create()
-        provider.after_capture = lambda: orders.cancel(order_id)
-
-        r = await pay(client, order_id, cookies)
-
-        assert r.status_code == 400 and message(r) == "Order is cancelled"
-        [payment] = await orders.payments(order_id)
-        assert payment["status"] == "refunded"
-        assert provider.refunds == provider.captures == [payment["intent_ref"]]
-        refunded = await event_probe.wait_for("payment.refunded")
-        assert refunded.data["orderId"] == str(order_id)
-        # Committed with the refund: the outbox holds every event, published or not.
-        assert await orders.db.outbox_subjects() == ["payment.refunded"]
-        assert await event_probe.all("payment.created") == []
+@pytest.fixture
+def provider() -> HookedSandbox:
+    """The sandbox every test here pays with; a test may set its hooks."""
+    return HookedSandbox()
 
 
 async def test_cancelled_while_charging_before_capture_takes_nothing(
-    settings: PaymentsSettings, jetstream: JetStreamContext, orders: OrdersStandIn
+    client: httpx.AsyncClient, orders: OrdersStandIn, provider: HookedSandbox
 ) -> None:
-    provider = HookedSandbox()
-    async with ServiceHarness(create_app(settings, provider)).client() as client:
-        order_id, cookies = await orders.create()
-        provider.before_capture = lambda: orders.cancel(order_id)
+    order_id, cookies = await orders.create()
+    provider.before_capture = lambda: orders.cancel(order_id)
 
-        r = await pay(client, order_id, cookies)
+    r = await pay(client, order_id, cookies)
 
-        assert r.status_code == 400 and message(r) == "Order is cancelled"
-        [payment] = await orders.payments(order_id)
-        assert payment["status"] == "voided"  # the unpaid intent was cancelled first
-        assert payment["attempts_in_flight"] == 0  # the attempt ended, closed intent or not
-        assert provider.captures == [] and provider.refunds == []
+    assert r.status_code == 400 and message(r) == "Order is cancelled"
+    [payment] = await orders.payments(order_id)
+    assert payment["status"] == "voided"  # the unpaid intent was cancelled first
+    assert payment["attempts_in_flight"] == 0  # the attempt ended, closed intent or not
+    assert provider.captures == [] and provider.refunds == []
 
 
-async def test_expiring_while_charging_is_refunded(
-    settings: PaymentsSettings,
-    jetstream: JetStreamContext,
+@pytest.mark.parametrize(
+    ("ending", "answer"), [("cancelled", "Order is cancelled"), ("expired", "Order has expired")]
+)
+async def test_an_order_ending_while_charged_after_capture_is_refunded(
+    client: httpx.AsyncClient,
     orders: OrdersStandIn,
+    provider: HookedSandbox,
     event_probe: EventProbe,
+    ending: str,
+    answer: str,
 ) -> None:
-    provider = HookedSandbox()
-    async with ServiceHarness(create_app(settings, provider)).client() as client:
-        order_id, cookies = await orders.create()
+    order_id, cookies = await orders.create()
 
-        async def expire_now() -> None:
-            # expiresAt passes while the card is charged, before any expiration.complete.
+    async def end_order() -> None:
+        if ending == "cancelled":
+            await orders.cancel(order_id)
+        else:  # expiresAt passes while the card is charged, before any expiration.complete
             await orders.db.fetch(
                 "UPDATE orders SET expires_at = now() - interval '1 second' WHERE id = $1",
                 order_id,
             )
 
-        provider.after_capture = expire_now
-        r = await pay(client, order_id, cookies)
+    provider.after_capture = end_order
+    r = await pay(client, order_id, cookies)
 
-        assert r.status_code == 400 and message(r) == "Order has expired"
-        [payment] = await orders.payments(order_id)
-        assert payment["status"] == "refunded" and payment["attempts_in_flight"] == 0
-        assert provider.refunds == provider.captures == [payment["intent_ref"]]
-        await event_probe.wait_for("payment.refunded")
-        assert await orders.db.outbox_subjects() == ["payment.refunded"]
+    assert r.status_code == 400 and message(r) == answer
+    [payment] = await orders.payments(order_id)
+    assert payment["status"] == "refunded" and payment["attempts_in_flight"] == 0
+    assert provider.refunds == provider.captures == [payment["intent_ref"]]
+    refunded = await event_probe.wait_for("payment.refunded")
+    assert refunded.data["orderId"] == str(order_id)
+    # Committed with the refund: the outbox holds every event, published or not.
+    assert await orders.db.outbox_subjects() == ["payment.refunded"]
+    assert await event_probe.all("payment.created") == []
 
 
 async def test_payment_and_cancellation_racing_never_keep_money(
