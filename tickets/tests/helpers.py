@@ -38,6 +38,21 @@ async def create(
     return body
 
 
+async def update(
+    client: httpx.AsyncClient,
+    users: Users,
+    ticket: dict[str, Any],
+    body: dict[str, Any],
+    user: uuid.UUID | None = None,
+) -> httpx.Response:
+    """PUT ``body`` to the ticket as ``user``: its owner unless given."""
+    return await client.put(
+        f"/api/tickets/{ticket['id']}",
+        json=body,
+        headers=users.headers(user or uuid.UUID(ticket["userId"])),
+    )
+
+
 def order_created(ticket: dict[str, Any], order_id: uuid.UUID | None = None) -> OrderCreated:
     return OrderCreated(
         id=order_id or uuid.uuid4(),

@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from ticketing_common.testing import EventProbe, TestDatabase, Users
 from ticketing_common.testing.helpers import error_fields, eventually
 
-from .helpers import create, reserve
+from .helpers import create, reserve, update
 
 # --- POST /api/tickets ---------------------------------------------------------------------
 
@@ -302,11 +302,7 @@ async def test_owner_updates_ticket_and_version_bumps(
 ) -> None:
     owner = uuid.uuid4()
     ticket = await create(client, users, owner)
-    r = await client.put(
-        f"/api/tickets/{ticket['id']}",
-        json={"title": "Moved", "price": "25.25"},
-        headers=users.headers(owner),
-    )
+    r = await update(client, users, ticket, {"title": "Moved", "price": "25.25"})
     assert r.status_code == 200, r.text
     assert r.json() == ticket | {"title": "Moved", "price": "25.25", "version": 1}
     assert (await client.get(f"/api/tickets/{ticket['id']}")).json()["version"] == 1
@@ -327,11 +323,7 @@ async def test_update_by_another_user_is_403(
     client: httpx.AsyncClient, users: Users, db: TestDatabase
 ) -> None:
     ticket = await create(client, users)
-    r = await client.put(
-        f"/api/tickets/{ticket['id']}",
-        json={"title": "Mine now", "price": "1"},
-        headers=users.headers(uuid.uuid4()),
-    )
+    r = await update(client, users, ticket, {"title": "Mine now", "price": "1"}, uuid.uuid4())
     assert r.status_code == 403
     [row] = await db.fetch("SELECT title, version FROM tickets")
     assert (row["title"], row["version"]) == ("Concert", 0)
@@ -366,9 +358,8 @@ async def test_update_unknown_ticket_is_404(client: httpx.AsyncClient, users: Us
 async def test_update_rejects_invalid_input(
     client: httpx.AsyncClient, users: Users, db: TestDatabase, body: dict[str, Any]
 ) -> None:
-    owner = uuid.uuid4()
-    ticket = await create(client, users, owner)
-    r = await client.put(f"/api/tickets/{ticket['id']}", json=body, headers=users.headers(owner))
+    ticket = await create(client, users)
+    r = await update(client, users, ticket, body)
     assert r.status_code == 400
     error_fields(r)
     [row] = await db.fetch("SELECT version FROM tickets")
@@ -378,14 +369,9 @@ async def test_update_rejects_invalid_input(
 async def test_reserved_ticket_cannot_be_updated(
     client: httpx.AsyncClient, users: Users, jetstream: JetStreamContext, db: TestDatabase
 ) -> None:
-    owner = uuid.uuid4()
-    ticket = await create(client, users, owner)
+    ticket = await create(client, users)
     await reserve(jetstream, client, ticket)
-    r = await client.put(
-        f"/api/tickets/{ticket['id']}",
-        json={"title": "Later", "price": "1"},
-        headers=users.headers(owner),
-    )
+    r = await update(client, users, ticket, {"title": "Later", "price": "1"})
     assert r.status_code == 400
     assert r.json() == {"errors": [{"message": "Ticket is reserved and cannot be edited"}]}
     [row] = await db.fetch("SELECT title, version FROM tickets")
@@ -395,17 +381,9 @@ async def test_reserved_ticket_cannot_be_updated(
 async def test_concurrent_updates_never_lose_a_version(
     client: httpx.AsyncClient, users: Users, event_probe: EventProbe, db: TestDatabase
 ) -> None:
-    owner = uuid.uuid4()
-    ticket = await create(client, users, owner)
+    ticket = await create(client, users)
     responses = await asyncio.gather(
-        *(
-            client.put(
-                f"/api/tickets/{ticket['id']}",
-                json={"title": f"v{i}", "price": "1"},
-                headers=users.headers(owner),
-            )
-            for i in range(20)
-        )
+        *(update(client, users, ticket, {"title": f"v{i}", "price": "1"}) for i in range(20))
     )
     assert [r.status_code for r in responses] == [200] * 20
     assert sorted(r.json()["version"] for r in responses) == list(range(1, 21))

@@ -7,27 +7,34 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 from nats.js import JetStreamContext
 
 from ticketing_common.testing import EventProbe, TestDatabase, Users, send_event
 from ticketing_common.testing.helpers import eventually
 from ticketing_common.testing.plugin import Deliver
 
-from .helpers import create, order_cancelled, order_created
+from .helpers import create, order_cancelled, order_created, update
 
 
-async def ticket_row(db: TestDatabase) -> Any:
+@pytest.fixture
+async def ticket(client: httpx.AsyncClient, users: Users) -> dict[str, Any]:
+    """A ticket listed by a new user."""
+    return await create(client, users)
+
+
+async def holder_and_version(db: TestDatabase) -> tuple[uuid.UUID | None, int]:
+    """The order the one ticket is reserved for (None: for sale), and the ticket's version."""
     [row] = await db.fetch("SELECT order_id, version FROM tickets")
-    return row
+    return row["order_id"], row["version"]
 
 
 async def test_order_created_reserves_and_order_cancelled_releases(
     client: httpx.AsyncClient,
-    users: Users,
+    ticket: dict[str, Any],
     jetstream: JetStreamContext,
     event_probe: EventProbe,
 ) -> None:
-    ticket = await create(client, users)
     order_id = uuid.uuid4()
     await send_event(jetstream, order_created(ticket, order_id))
 
@@ -44,13 +51,8 @@ async def test_order_created_reserves_and_order_cancelled_releases(
 
 
 async def test_redelivered_event_has_no_second_effect(
-    client: httpx.AsyncClient,
-    users: Users,
-    jetstream: JetStreamContext,
-    db: TestDatabase,
-    deliver: Deliver,
+    ticket: dict[str, Any], jetstream: JetStreamContext, db: TestDatabase, deliver: Deliver
 ) -> None:
-    ticket = await create(client, users)
     event = order_created(ticket)
     first = await deliver(event)
     # The same event id again past JetStream's duplicate window (a replay): the inbox drops it.
@@ -60,35 +62,27 @@ async def test_redelivered_event_has_no_second_effect(
         headers={"Nats-Msg-Id": f"{first.id}-replay"},
     )
     await deliver(order_cancelled(ticket, uuid.uuid4()))
-    row = await ticket_row(db)
-    assert (row["order_id"], row["version"]) == (event.id, 1)
+    assert await holder_and_version(db) == (event.id, 1)
     assert len(await db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'ticket.updated'")) == 1
 
 
 async def test_cancellation_of_another_order_leaves_the_reservation(
-    client: httpx.AsyncClient,
-    users: Users,
-    db: TestDatabase,
-    deliver: Deliver,
+    ticket: dict[str, Any], db: TestDatabase, deliver: Deliver
 ) -> None:
-    ticket = await create(client, users)
     holder = uuid.uuid4()
     await deliver(order_created(ticket, holder))
     await deliver(order_cancelled(ticket, uuid.uuid4()))
-    row = await ticket_row(db)
-    assert (row["order_id"], row["version"]) == (holder, 1)
+    assert await holder_and_version(db) == (holder, 1)
 
 
 async def test_next_order_waits_for_the_previous_cancellation(
-    client: httpx.AsyncClient,
-    users: Users,
+    ticket: dict[str, Any],
     jetstream: JetStreamContext,
     event_probe: EventProbe,
     db: TestDatabase,
     deliver: Deliver,
 ) -> None:
     """order.created B can overtake order.cancelled A: B is retried until A has let go."""
-    ticket = await create(client, users)
     first, second = uuid.uuid4(), uuid.uuid4()
     await deliver(order_created(ticket, first))
 
@@ -97,18 +91,12 @@ async def test_next_order_waits_for_the_previous_cancellation(
 
     final = await event_probe.wait_for("ticket.updated", lambda e: e.data["version"] == 3)
     assert final.data["orderId"] == str(second)
-    row = await ticket_row(db)
-    assert (row["order_id"], row["version"]) == (second, 3)
+    assert await holder_and_version(db) == (second, 3)
 
 
 async def test_cancellation_arriving_before_creation_never_reserves(
-    client: httpx.AsyncClient,
-    users: Users,
-    jetstream: JetStreamContext,
-    db: TestDatabase,
-    deliver: Deliver,
+    ticket: dict[str, Any], jetstream: JetStreamContext, db: TestDatabase, deliver: Deliver
 ) -> None:
-    ticket = await create(client, users)
     holder, late = uuid.uuid4(), uuid.uuid4()
     await deliver(order_created(ticket, holder))
     # `late` was created and cancelled while `holder` held the ticket; its cancellation lands first.
@@ -117,8 +105,7 @@ async def test_cancellation_arriving_before_creation_never_reserves(
     await deliver(order_cancelled(ticket, holder))
     await db.wait_handled(late_created.id)
 
-    row = await ticket_row(db)
-    assert (row["order_id"], row["version"]) == (None, 2)
+    assert await holder_and_version(db) == (None, 2)
 
 
 async def test_update_racing_a_reservation_loses_nothing(
@@ -128,17 +115,12 @@ async def test_update_racing_a_reservation_loses_nothing(
     event_probe: EventProbe,
     db: TestDatabase,
 ) -> None:
-    owner = uuid.uuid4()
-    ticket = await create(client, users, owner)
+    ticket = await create(client, users)
     order_id = uuid.uuid4()
 
     async def put(i: int) -> httpx.Response:
-        return await client.put(
-            f"/api/tickets/{ticket['id']}",
-            # The price stays: an order at the ticket's price is reserved, whatever the title.
-            json={"title": f"v{i}", "price": ticket["price"]},
-            headers=users.headers(owner),
-        )
+        # The price stays: an order at the ticket's price is reserved, whatever the title.
+        return await update(client, users, ticket, {"title": f"v{i}", "price": ticket["price"]})
 
     reservation, responses = await asyncio.gather(
         send_event(jetstream, order_created(ticket, order_id)),
@@ -149,9 +131,9 @@ async def test_update_racing_a_reservation_loses_nothing(
     assert all(r.status_code in (200, 400) for r in responses)
     assert all(r.json()["orderId"] is None for r in accepted)
 
-    row = await ticket_row(db)
-    assert row["order_id"] == order_id
-    assert row["version"] == len(accepted) + 1  # every change counted once
+    holder, version = await holder_and_version(db)
+    assert holder == order_id
+    assert version == len(accepted) + 1  # every change counted once
 
     async def published() -> list[Any]:
         events = await event_probe.all("ticket.updated")
@@ -161,9 +143,7 @@ async def test_update_racing_a_reservation_loses_nothing(
     assert sorted(e.data["version"] for e in events) == list(range(1, len(accepted) + 2))
     outbox = await db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'ticket.updated'")
     assert len(outbox) == len(accepted) + 1  # none still waiting to go out
-    assert [e.data["orderId"] for e in events if e.data["version"] == row["version"]] == [
-        str(order_id)
-    ]
+    assert [e.data["orderId"] for e in events if e.data["version"] == version] == [str(order_id)]
 
 
 async def test_an_order_priced_before_a_price_change_is_refused(
@@ -173,20 +153,14 @@ async def test_an_order_priced_before_a_price_change_is_refused(
     event_probe: EventProbe,
     db: TestDatabase,
 ) -> None:
-    owner = uuid.uuid4()
-    ticket = await create(client, users, owner)
-    r = await client.put(
-        f"/api/tickets/{ticket['id']}",
-        json={"title": ticket["title"], "price": "99.00"},
-        headers=users.headers(owner),
-    )
+    ticket = await create(client, users)
+    r = await update(client, users, ticket, {"title": ticket["title"], "price": "99.00"})
     assert r.status_code == 200, r.text
     stale = order_created(ticket)  # priced before the change, at the old price
     reservation = await send_event(jetstream, stale)
     await db.wait_handled(reservation.id)
 
-    row = await ticket_row(db)
-    assert (row["order_id"], row["version"]) == (None, 2)  # still for sale
+    assert await holder_and_version(db) == (None, 2)  # still for sale
     refusal = await event_probe.wait_for("ticket.updated", lambda e: e.data["version"] == 2)
     assert refusal.data["refusedOrderId"] == str(stale.id)
     assert refusal.data["orderId"] is None and refusal.data["price"] == "99.00"
