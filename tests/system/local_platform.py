@@ -65,6 +65,21 @@ class LocalPlatform:
         env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
         return env | {"PORT": str(self.port), "NO_COLOR": "1"} | overrides
 
+    def launcher(
+        self, *command: str, data_dir: Path | None = None, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """``python -m ticketing_local [command]`` on this platform's data folder (or
+        ``data_dir``), run to its end beside the running launcher; its output in ``stdout``."""
+        data = str(data_dir or self.data.path)
+        return subprocess.run(
+            [sys.executable, "-m", "ticketing_local", *command, "--data-dir", data],
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
     def start(self, **env: str) -> None:
         assert self.process is None, "already started"
         self._runs += 1
@@ -151,19 +166,7 @@ def running_platform(base: Path, **env: str) -> Iterator[LocalPlatform]:
     finally:
         if platform.process is not None:
             platform.stop()
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ticketing_local",
-                "reset",
-                "--data-dir",
-                str(platform.data.path),
-            ],
-            env=platform.env(),
-            capture_output=True,
-            check=False,
-        )
+        platform.launcher("reset")
 
 
 EVENTUAL = 30.0  # seconds for an event to travel from one service to another

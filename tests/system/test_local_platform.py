@@ -10,8 +10,6 @@ import json
 import os
 import signal
 import stat
-import subprocess
-import sys
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -81,25 +79,12 @@ def test_postgres_keeps_its_data_where_its_unprivileged_user_can_reach_it(
 
 
 def test_a_second_launcher_on_the_same_data_says_so(platform: LocalPlatform) -> None:
-    second = subprocess.run(
-        [sys.executable, "-m", "ticketing_local", "--data-dir", str(platform.data.path)],
-        env=platform.env(PORT=str(platform.port + 1)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    second = platform.launcher(PORT=str(platform.port + 1))
     assert second.returncode == 1
     assert "already running" in second.stdout
     assert str(platform.status()["pid"]) in second.stdout
-    status = subprocess.run(
-        [sys.executable, "-m", "ticketing_local", "status", "--data-dir", str(platform.data.path)],
-        env=platform.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    status = platform.launcher("status")
+    assert status.returncode == 0, status.stdout
     assert json.loads(status.stdout)["pid"] == platform.status()["pid"]
     # ... and the first one is unharmed.
     with platform.client() as http:
@@ -109,14 +94,8 @@ def test_a_second_launcher_on_the_same_data_says_so(platform: LocalPlatform) -> 
 def test_a_port_in_use_is_reported_before_anything_starts(
     platform: LocalPlatform, tmp_path: Path
 ) -> None:
-    taken = subprocess.run(
-        [sys.executable, "-m", "ticketing_local", "--data-dir", str(tmp_path / "data")],
-        env=platform.env(PORT=str(platform.port)),  # the running platform's port
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    # The running platform's port.
+    taken = platform.launcher(data_dir=tmp_path / "data", PORT=str(platform.port))
     assert taken.returncode == 1
     assert f"port {platform.port} is in use; choose another with PORT=" in taken.stdout
     assert not (tmp_path / "data" / "postgres").exists()
@@ -207,14 +186,7 @@ def test_a_launcher_killed_outright_leaves_nothing_once_reset(platform: LocalPla
     # `reset` (like the next start) stops what the killed launcher left, then wipes the data,
     # wherever PostgreSQL's went.
     postgres_dir = platform.data.postgres_dir
-    reset = subprocess.run(
-        [sys.executable, "-m", "ticketing_local", "reset", "--data-dir", str(platform.data.path)],
-        env=platform.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    reset = platform.launcher("reset")
     assert reset.returncode == 0, reset.stdout
     for name in sorted(servers):
         assert f"stopping {name} (pid {status['processes'][name]['pid']}), left by" in reset.stdout
