@@ -7,6 +7,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -262,6 +263,27 @@ async def test_a_handler_past_its_time_budget_has_failed_and_is_parked(
     assert "budget" in str(row["error"])
 
 
+@dataclass
+class HoldingConsumer:
+    """Notes each event's title (and when it was handled), holding the one titled ``held`` until
+    ``release`` is set; ``entered`` is set once that one is in its handler."""
+
+    consumer: Consumer
+    held: str
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    handled_at: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        @self.consumer.on(TicketCreated)
+        async def record(session: AsyncSession, event: TicketCreated) -> None:
+            if event.title == self.held:
+                self.entered.set()
+                await self.release.wait()
+            await session.execute(effects.insert().values(note=event.title))
+            self.handled_at[event.title] = asyncio.get_running_loop().time()
+
+
 def ticket_event(ticket_id: uuid.UUID, title: str, version: int = 0) -> EventEnvelope:
     """An event of the ticket ``ticket_id`` (its entity key), told apart by its title."""
     return EventEnvelope.wrap(
@@ -275,23 +297,13 @@ async def test_a_stuck_entity_holds_up_only_its_own_events_each_entity_in_order(
     sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
 ) -> None:
     loop = asyncio.get_running_loop()
-    entered, release = asyncio.Event(), asyncio.Event()
-    handled_at: dict[str, float] = {}
-    consumer = Consumer("lanes-test")
-
-    @consumer.on(TicketCreated)
-    async def record(session: AsyncSession, event: TicketCreated) -> None:
-        if event.title == "stuck":
-            entered.set()
-            await release.wait()
-        await session.execute(effects.insert().values(note=event.title))
-        handled_at[event.title] = loop.time()
-
+    holding = HoldingConsumer(Consumer("lanes-test"), held="stuck")
+    consumer, handled_at = holding.consumer, holding.handled_at
     stuck_ticket, busy_ticket = uuid.uuid4(), uuid.uuid4()
     async with running(consumer, jetstream, sessionmaker, ack_wait_seconds=60):
         await send(jetstream, "stuck", envelope=ticket_event(stuck_ticket, "stuck"))
         await send(jetstream, "behind", envelope=ticket_event(stuck_ticket, "behind"))
-        await asyncio.wait_for(entered.wait(), 10)
+        await asyncio.wait_for(holding.entered.wait(), 10)
         # Many events of one ticket, and single events of many others, all at once.
         busy = [f"busy-{n:02d}" for n in range(30)]
         others = [f"other-{n:02d}" for n in range(30)]
@@ -302,7 +314,7 @@ async def test_a_stuck_entity_holds_up_only_its_own_events_each_entity_in_order(
             await send(jetstream, other_title)
         await eventually(lambda: _notes_are(sessionmaker, busy + others))
         assert "behind" not in handled_at  # still behind the stuck one
-        release.set()
+        holding.release.set()
         await eventually(lambda: _notes_are(sessionmaker, [*busy, *others, "stuck", "behind"]))
 
     # The design's bound, not a speed measure: another ticket never waits on a stuck one.
@@ -378,16 +390,8 @@ async def _parked_count(
 async def test_stop_finishes_the_handler_running_and_hands_back_the_rest(
     sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
 ) -> None:
-    entered, release = asyncio.Event(), asyncio.Event()
-    consumer = Consumer("stop-test")
-
-    @consumer.on(TicketCreated)
-    async def record(session: AsyncSession, event: TicketCreated) -> None:
-        if event.title == "slow":
-            entered.set()
-            await release.wait()
-        await session.execute(effects.insert().values(note=event.title))
-
+    holding = HoldingConsumer(Consumer("stop-test"), held="slow")
+    consumer = holding.consumer
     ticket = uuid.uuid4()
     await ensure_stream(jetstream)
     # Both sent first, so the runner has both in hand (one fetch) when it stops.
@@ -395,9 +399,9 @@ async def test_stop_finishes_the_handler_running_and_hands_back_the_rest(
     await send(jetstream, "queued", envelope=ticket_event(ticket, "queued", 1))
     runner = ConsumerRunner(consumer, jetstream, sessionmaker)
     task = asyncio.create_task(runner.run())
-    await asyncio.wait_for(entered.wait(), 10)
+    await asyncio.wait_for(holding.entered.wait(), 10)
     runner.stop()
-    release.set()
+    holding.release.set()
     await asyncio.wait_for(task, 10)
     assert await notes(sessionmaker) == ["slow"]  # finished, not cut off
     # The queued one was handed back: the next runner has it well before ack_wait (30s) ends.
