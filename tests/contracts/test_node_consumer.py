@@ -16,47 +16,33 @@ from typing import Any
 import pytest
 from nats.js import JetStreamContext
 
-from ticketing_common.events import (
-    EVENT_TYPES,
-    Event,
-    EventEnvelope,
-    ExpirationComplete,
-    OrderCancelled,
-    OrderCancelledTicket,
-    OrderCreated,
-    OrderCreatedTicket,
-    OrderStatus,
-    PaymentCreated,
-    PaymentRefunded,
-    TicketCreated,
-    TicketUpdated,
-)
+from ticketing_common import events
 from ticketing_common.events.catalog import publisher_of
 from ticketing_common.messaging import ensure_stream
 from ticketing_common.messaging.permissions import MONITOR_USER
 from ticketing_common.testing.plugin import NatsServer, SecuredNats
 
 
-def one_of_each() -> list[Event]:
+def one_of_each() -> list[events.Event]:
     ticket, order, user = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     price = Decimal("25.50")
     return [
-        TicketCreated(id=ticket, version=0, title="Concert", price=price, user_id=user),
-        TicketUpdated(
+        events.TicketCreated(id=ticket, version=0, title="Concert", price=price, user_id=user),
+        events.TicketUpdated(
             id=ticket, version=1, title="Concert", price=price, user_id=user, order_id=order
         ),
-        OrderCreated(
+        events.OrderCreated(
             id=order,
             version=0,
-            status=OrderStatus.CREATED,
+            status=events.OrderStatus.CREATED,
             user_id=uuid.uuid4(),
             expires_at=datetime.now(UTC),
-            ticket=OrderCreatedTicket(id=ticket, price=price),
+            ticket=events.OrderCreatedTicket(id=ticket, price=price),
         ),
-        OrderCancelled(id=order, version=1, ticket=OrderCancelledTicket(id=ticket)),
-        ExpirationComplete(order_id=order),
-        PaymentCreated(id=uuid.uuid4(), order_id=order, provider_ref="ch_1"),
-        PaymentRefunded(id=uuid.uuid4(), order_id=order, provider_ref="re_1"),
+        events.OrderCancelled(id=order, version=1, ticket=events.OrderCancelledTicket(id=ticket)),
+        events.ExpirationComplete(order_id=order),
+        events.PaymentCreated(id=uuid.uuid4(), order_id=order, provider_ref="ch_1"),
+        events.PaymentRefunded(id=uuid.uuid4(), order_id=order, provider_ref="re_1"),
     ]
 
 
@@ -69,7 +55,7 @@ async def send(js: JetStreamContext, subject: str, envelope: dict[str, Any]) -> 
 async def send_valid_events(js: JetStreamContext) -> None:
     await ensure_stream(js)
     for event in one_of_each():
-        envelope = EventEnvelope.wrap(event).model_dump(mode="json", by_alias=True)
+        envelope = events.EventEnvelope.wrap(event).model_dump(mode="json", by_alias=True)
         await send(js, event.subject.value, envelope)
 
 
@@ -83,7 +69,7 @@ async def test_every_valid_event_passes(
 ) -> None:
     await send_valid_events(jetstream)
     # A timer as expiration sets it: the event it will publish, on its own schedule subject.
-    timer = EventEnvelope.wrap(ExpirationComplete(order_id=uuid.uuid4()))
+    timer = events.EventEnvelope.wrap(events.ExpirationComplete(order_id=uuid.uuid4()))
     await jetstream.publish(
         f"schedule.expiration.{timer.data['orderId']}",
         timer.model_dump_json(by_alias=True).encode(),
@@ -98,7 +84,7 @@ async def test_every_valid_event_passes(
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # not even a warning about the schema (Ajv's strict mode)
     summary = summary_of(result.stdout)
-    assert summary["validated"] == {subject.value: 1 for subject in EVENT_TYPES}
+    assert summary["validated"] == {subject.value: 1 for subject in events.EVENT_TYPES}
     assert summary["schedules"] == 1
     assert summary["mismatches"] == []
 
@@ -141,8 +127,8 @@ async def test_a_malformed_event_fails_the_consumer(
     reported: str,
 ) -> None:
     await send_valid_events(jetstream)
-    order = next(e for e in one_of_each() if isinstance(e, OrderCreated))
-    envelope = EventEnvelope.wrap(order).model_dump(mode="json", by_alias=True)
+    order = next(e for e in one_of_each() if isinstance(e, events.OrderCreated))
+    envelope = events.EventEnvelope.wrap(order).model_dump(mode="json", by_alias=True)
     break_it(envelope)
     await send(jetstream, "order.created", envelope)
 
@@ -158,7 +144,7 @@ async def test_an_event_on_the_wrong_subject_fails_the_consumer(
 ) -> None:
     await ensure_stream(jetstream)
     created = one_of_each()[0]
-    envelope = EventEnvelope.wrap(created).model_dump(mode="json", by_alias=True)
+    envelope = events.EventEnvelope.wrap(created).model_dump(mode="json", by_alias=True)
     await send(jetstream, "ticket.updated", envelope)
 
     result = node_consumer(nats_server.url)
@@ -186,7 +172,9 @@ async def test_the_consumer_reads_a_secured_bus_as_the_monitor(
             await ensure_stream(js)
             for event in one_of_each():
                 if publisher_of(event.subject) == service:
-                    envelope = EventEnvelope.wrap(event).model_dump(mode="json", by_alias=True)
+                    envelope = events.EventEnvelope.wrap(event).model_dump(
+                        mode="json", by_alias=True
+                    )
                     await send(js, event.subject.value, envelope)
         finally:
             await nc.close()
@@ -199,4 +187,4 @@ async def test_the_consumer_reads_a_secured_bus_as_the_monitor(
     result = node_consumer(secured_nats.url, NATS_USER=MONITOR_USER, NATS_PASSWORD=monitor)
     assert result.returncode == 0, result.stderr
     validated = summary_of(result.stdout)["validated"]
-    assert set(validated) == {s.value for s in EVENT_TYPES} - {"expiration.complete"}
+    assert set(validated) == {s.value for s in events.EVENT_TYPES} - {"expiration.complete"}
