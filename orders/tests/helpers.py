@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
-from ticketing_common.events import TicketCreated, TicketUpdated
-from ticketing_common.testing import Users
+from ticketing_common.events import PaymentCreated, TicketCreated, TicketUpdated
+from ticketing_common.testing import TestDatabase, Users
 from ticketing_common.testing.plugin import Deliver
 
 
@@ -53,3 +53,20 @@ async def reserved(deliver: Deliver, ticket: TicketCreated, order_id: uuid.UUID 
             order_id=uuid.UUID(str(order_id)),
         )
     )
+
+
+def payment_of(order_id: uuid.UUID | str) -> PaymentCreated:
+    """Payments' word that the order is paid."""
+    return PaymentCreated(id=uuid.uuid4(), order_id=uuid.UUID(str(order_id)), provider_ref="p")
+
+
+async def paid(deliver: Deliver, ticket: TicketCreated, order_id: uuid.UUID | str) -> None:
+    """The ticket reserved for the order, then the order paid: it is complete."""
+    await reserved(deliver, ticket, order_id)
+    await deliver(payment_of(order_id))
+
+
+async def status_and_version(db: TestDatabase) -> tuple[str, int]:
+    """The one order's status and version, as stored."""
+    [row] = await db.fetch("SELECT status, version FROM orders")
+    return row["status"], row["version"]

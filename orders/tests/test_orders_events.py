@@ -13,13 +13,13 @@ import pytest
 from nats.js import JetStreamContext
 
 from ticketing_common.database_url import PLAIN, with_driver
-from ticketing_common.events import ExpirationComplete, PaymentCreated, TicketCreated, TicketUpdated
+from ticketing_common.events import ExpirationComplete, TicketCreated, TicketUpdated
 from ticketing_common.testing import EventProbe, TestDatabase, Users, send_event
 from ticketing_common.testing.helpers import eventually
 from ticketing_common.testing.plugin import Deliver
 from ticketing_common.testing.stand_ins import TicketsStandIn
 
-from .helpers import order, reserved
+from .helpers import order, paid, payment_of, reserved, status_and_version
 
 
 def updated(
@@ -184,8 +184,7 @@ async def test_expiration_cancels_a_pending_order(
     # A second expiry (another event id) for the cancelled order does nothing.
     await db.wait_handled(expired.id)
     await deliver(ExpirationComplete(order_id=order_id))
-    [row] = await db.fetch("SELECT status, version FROM orders")
-    assert (row["status"], row["version"]) == ("cancelled", 1)
+    assert await status_and_version(db) == ("cancelled", 1)
     assert len(await db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'order.cancelled'")) == 1
 
 
@@ -198,12 +197,10 @@ async def test_expiration_leaves_a_complete_order(
 ) -> None:
     ticket = await tickets.create()
     order_id = (await order(client, users, uuid.uuid4(), ticket))["id"]
-    await reserved(deliver, ticket, order_id)
-    await deliver(PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p"))
+    await paid(deliver, ticket, order_id)
     await deliver(ExpirationComplete(order_id=order_id))
 
-    [row] = await db.fetch("SELECT status, version FROM orders")
-    assert (row["status"], row["version"]) == ("complete", 1)
+    assert await status_and_version(db) == ("complete", 1)
     assert await db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'order.cancelled'") == []
 
 
@@ -220,10 +217,9 @@ async def test_payment_does_not_complete_a_cancelled_order(
     assert (
         await client.delete(f"/api/orders/{order_id}", headers=users.headers(buyer))
     ).status_code == 204
-    await deliver(PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p"))
+    await deliver(payment_of(order_id))
 
-    [row] = await db.fetch("SELECT status, version FROM orders")
-    assert (row["status"], row["version"]) == ("cancelled", 1)
+    assert await status_and_version(db) == ("cancelled", 1)
 
 
 async def test_event_for_an_unknown_order_is_parked_not_blocking(
@@ -325,7 +321,7 @@ async def test_an_order_tickets_refused_is_cancelled_with_a_reason_the_buyer_rea
     cancelled = await event_probe.wait_for("order.cancelled")
     assert cancelled.data["id"] == created["id"]
     # A payment made meanwhile does not complete it (payments refunds it).
-    await deliver(PaymentCreated(id=uuid.uuid4(), order_id=created["id"], provider_ref="p"))
+    await deliver(payment_of(created["id"]))
     [row] = await db.fetch("SELECT status FROM orders")
     assert row["status"] == "cancelled"
     # The buyer may order again, at today's price.
@@ -343,9 +339,7 @@ async def test_a_payment_waits_for_the_reservation(
 ) -> None:
     ticket = await tickets.create()
     order_id = (await order(client, users, uuid.uuid4(), ticket))["id"]
-    payment = await send_event(
-        jetstream, PaymentCreated(id=uuid.uuid4(), order_id=order_id, provider_ref="p")
-    )
+    payment = await send_event(jetstream, payment_of(order_id))
     await reserved(deliver, ticket, order_id)
     await db.wait_handled(payment.id)
     [row] = await db.fetch("SELECT status FROM orders")

@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,6 +79,20 @@ def error_fields(response: httpx.Response) -> list[str | None]:
     assert set(body) == {"errors"} and body["errors"], body
     assert all(e["message"] for e in body["errors"])
     return [e.get("field") for e in body["errors"]]
+
+
+# Path ids a route must refuse: not UUIDs, a NUL, an injection attempt, one far too long.
+MALFORMED_IDS = ["not-a-uuid", "1", "%00", "' OR 1=1 --", "x" * 500]
+
+
+async def assert_client_errors(
+    client: httpx.AsyncClient, users: Users, methods: Sequence[str], url: str, **request: Any
+) -> None:
+    """Each of ``methods`` on ``url``, by a signed-in user, is refused with a 4xx, common shape."""
+    for method in methods:
+        r = await client.request(method, url, headers=users.headers(uuid.uuid4()), **request)
+        assert 400 <= r.status_code < 500, (method, r.status_code, r.text)
+        error_fields(r)
 
 
 async def send_event(
