@@ -25,7 +25,7 @@ from ticketing_common.testing.helpers import eventually
 from ticketing_common.testing.stand_ins import OrdersStandIn
 
 from .fake_stripe import FakeStripe
-from .helpers import message, pay
+from .helpers import declined_then_paid, message, paid, pay, refused
 
 API_KEY = "sk_test_0123456789"
 
@@ -56,11 +56,8 @@ async def test_pays_with_a_payment_intent(
     orders: OrdersStandIn,
     event_probe: EventProbe,
 ) -> None:
-    order_id, cookies = await orders.create(price="1234.56")
+    _, order_id, _ = await paid(stripe_client, orders, price="1234.56")
 
-    r = await pay(stripe_client, order_id, cookies)
-
-    assert r.status_code == 201, r.text
     [create] = stripe_fake.calls("POST", "/v1/payment_intents")[:1]
     assert create.path == "/v1/payment_intents"
     assert create.headers["authorization"] == f"Bearer {API_KEY}"
@@ -102,13 +99,7 @@ async def test_a_payment_method_made_in_the_browser_is_used_as_it_is(
 async def test_declined_is_402_then_another_card_pays_the_same_intent(
     stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, orders: OrdersStandIn
 ) -> None:
-    order_id, cookies = await orders.create()
-    r = await pay(stripe_client, order_id, cookies, token="tok_chargeDeclined")
-    assert r.status_code == 402 and message(r) == "Your card was declined"
-    assert await orders.payments(order_id) == [] and stripe_fake.captures == []
-
-    r = await pay(stripe_client, order_id, cookies)
-    assert r.status_code == 201, r.text
+    await declined_then_paid(stripe_client, orders)
     # One intent for the order: the second attempt replayed its creation (same key).
     assert len(stripe_fake.intents) == 1
     assert len(stripe_fake.captures) == 1
@@ -117,11 +108,9 @@ async def test_declined_is_402_then_another_card_pays_the_same_intent(
 async def test_unknown_token_is_400(
     stripe_client: httpx.AsyncClient, stripe_fake: FakeStripe, orders: OrdersStandIn
 ) -> None:
-    order_id, cookies = await orders.create()
-    r = await pay(stripe_client, order_id, cookies, token="tok_nonsense")
+    r, _, _ = await refused(stripe_client, orders, "tok_nonsense")
     assert r.status_code == 400
     assert r.json()["errors"][0]["field"] == "token"
-    assert await orders.payments(order_id) == []
 
 
 async def test_double_submit_charges_once(
