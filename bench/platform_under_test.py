@@ -11,10 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,67 +24,30 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from ticketing_common.embedded import free_port
 from ticketing_common.events.catalog import CATALOG
 from ticketing_common.messaging.permissions import durable_name
 from ticketing_common.messaging.streams import STREAM_NAME
-from ticketing_local.datafolder import DataFolder
+from ticketing_local.as_child import LauncherProcess
 
 READY_TIMEOUT = 240.0
-STOP_TIMEOUT = 60.0
 SERVICES = ("auth", "tickets", "orders", "expiration", "payments")
 # Every service's one durable consumer: the platform is idle once none has a backlog.
 DURABLES = tuple(durable_name(s) for s, events in CATALOG.items() if events.consumes)
-# The launcher passes its environment on to the services; these would point them elsewhere.
-SCRUBBED_ENV = ("DATABASE_URL", "NATS_URL", "TICKETING_DATA_DIR", "STRIPE_KEY", "PORT")
 
 
-class Platform:
+class Platform(LauncherProcess):
     """One launcher process on a data folder."""
 
     def __init__(self, data_dir: Path, log_path: Path, jwt_key: str) -> None:
-        self.data = DataFolder(data_dir)
+        super().__init__(data_dir)
         self.log_path = log_path
         self.jwt_key = jwt_key
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, **env: str) -> None:
-        environment = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-        environment |= {"PORT": str(self.port), "JWT_KEY": self.jwt_key, "NO_COLOR": "1"} | env
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "ticketing_local", "--data-dir", str(self.data.path)],
-                env=environment,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not (self.data.read_status() or {}).get("ready"):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the platform did not start; see {self.log_path}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.process = None
+        self.launch(self.log_path, READY_TIMEOUT, JWT_KEY=self.jwt_key, **env)
 
     def wipe(self) -> None:
-        subprocess.run(
-            [sys.executable, "-m", "ticketing_local", "reset", "--data-dir", str(self.data.path)],
-            capture_output=True,
-            check=False,
-        )
+        self.command("reset")
 
     @property
     def status(self) -> dict[str, Any]:

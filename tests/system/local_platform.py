@@ -10,10 +10,7 @@ a timeout (``wait_until``), as a patient user would retry; nothing sleeps for a 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,15 +19,13 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ticketing_common.embedded import free_port
-from ticketing_local.datafolder import DataFolder, process_start_ticks
+from ticketing_local.as_child import LauncherProcess, LauncherStartError
+from ticketing_local.datafolder import process_start_ticks
 
 T = TypeVar("T")
 
 READY_TIMEOUT = 180.0
 STOP_TIMEOUT = 60.0
-# Variables of the test process that must not leak into the platform under test.
-SCRUBBED_ENV = ("DATABASE_URL", "NATS_URL", "JWT_KEY", "TICKETING_DATA_DIR", "STRIPE_KEY", "PORT")
 
 
 def wait_until(
@@ -49,60 +44,22 @@ def wait_until(
         time.sleep(interval)
 
 
-class LocalPlatform:
+class LocalPlatform(LauncherProcess):
     """One launcher process on a data folder; start and stop it as a user would."""
 
     def __init__(self, data_dir: Path, log_dir: Path) -> None:
-        self.data = DataFolder(data_dir)
+        super().__init__(data_dir)
         self.log_dir = log_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
         self._log_path: Path | None = None
         self._runs = 0
 
-    def env(self, **overrides: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-        return env | {"PORT": str(self.port), "NO_COLOR": "1"} | overrides
-
-    def launcher(
-        self, *command: str, data_dir: Path | None = None, **env: str
-    ) -> subprocess.CompletedProcess[str]:
-        """``python -m ticketing_local [command]`` on this platform's data folder (or
-        ``data_dir``), run to its end beside the running launcher; its output in ``stdout``."""
-        data = str(data_dir or self.data.path)
-        return subprocess.run(
-            [sys.executable, "-m", "ticketing_local", *command, "--data-dir", data],
-            env=self.env(**env),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
     def start(self, **env: str) -> None:
-        assert self.process is None, "already started"
         self._runs += 1
         self._log_path = self.log_dir / f"launcher-{self._runs}.log"
-        with self._log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "ticketing_local", "--data-dir", str(self.data.path)],
-                env=self.env(**env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_until(self._ready, READY_TIMEOUT, f"the platform to be ready\n{self.output()}")
-
-    def _ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(
-                f"the launcher exited with {self.process.returncode}\n{self.output()}"
-            )
-        status = self.data.read_status()
-        # A status file left by a launcher that was killed says "ready" too: not ours.
-        return bool(status and status.get("ready") and status["pid"] == self.process.pid)
+        try:
+            self.launch(self._log_path, READY_TIMEOUT, **env)
+        except LauncherStartError as failed:
+            raise AssertionError(f"{failed}\n{self.output()}") from None
 
     def status(self) -> dict[str, Any]:
         status = self.data.read_status()
@@ -112,20 +69,11 @@ class LocalPlatform:
     def output(self) -> str:
         return self._log_path.read_text(errors="replace") if self._log_path else ""
 
-    def stop(self, sig: int = signal.SIGTERM) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM (a service manager) or SIGINT (Ctrl-C); the launcher's exit code."""
         assert self.process is not None
-        self.process.send_signal(sig)
-        try:
-            code = self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(
-                f"the launcher did not stop in {STOP_TIMEOUT}s\n{self.output()}"
-            ) from None
-        finally:
-            self.process = None
+        code = super().stop(sig, timeout)
+        assert code is not None, f"the launcher did not stop in {timeout:g}s\n{self.output()}"
         return code
 
     def client(self) -> httpx.Client:
@@ -166,7 +114,7 @@ def running_platform(base: Path, **env: str) -> Iterator[LocalPlatform]:
     finally:
         if platform.process is not None:
             platform.stop()
-        platform.launcher("reset")
+        platform.command("reset")
 
 
 EVENTUAL = 30.0  # seconds for an event to travel from one service to another

@@ -79,11 +79,11 @@ def test_postgres_keeps_its_data_where_its_unprivileged_user_can_reach_it(
 
 
 def test_a_second_launcher_on_the_same_data_says_so(platform: LocalPlatform) -> None:
-    second = platform.launcher(PORT=str(platform.port + 1))
+    second = platform.command(PORT=str(platform.port + 1))
     assert second.returncode == 1
     assert "already running" in second.stdout
     assert str(platform.status()["pid"]) in second.stdout
-    status = platform.launcher("status")
+    status = platform.command("status")
     assert status.returncode == 0, status.stdout
     assert json.loads(status.stdout)["pid"] == platform.status()["pid"]
     # ... and the first one is unharmed.
@@ -95,7 +95,7 @@ def test_a_port_in_use_is_reported_before_anything_starts(
     platform: LocalPlatform, tmp_path: Path
 ) -> None:
     # The running platform's port.
-    taken = platform.launcher(data_dir=tmp_path / "data", PORT=str(platform.port))
+    taken = platform.command(data_dir=tmp_path / "data", PORT=str(platform.port))
     assert taken.returncode == 1
     assert f"port {platform.port} is in use; choose another with PORT=" in taken.stdout
     assert not (tmp_path / "data" / "postgres").exists()
@@ -186,7 +186,7 @@ def test_a_launcher_killed_outright_leaves_nothing_once_reset(platform: LocalPla
     # `reset` (like the next start) stops what the killed launcher left, then wipes the data,
     # wherever PostgreSQL's went.
     postgres_dir = platform.data.postgres_dir
-    reset = platform.launcher("reset")
+    reset = platform.command("reset")
     assert reset.returncode == 0, reset.stdout
     for name in sorted(servers):
         assert f"stopping {name} (pid {status['processes'][name]['pid']}), left by" in reset.stdout

@@ -3,23 +3,15 @@ its data folder (``status.json``: which process has which pid and port) and thos
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ticketing_common.embedded import free_port
+from ticketing_local.as_child import LauncherProcess, LauncherStartError
 from ticketing_local.datafolder import DataFolder, process_start_ticks
 from ticketing_local.launcher import BACKEND_SERVICES
 
 READY_TIMEOUT_SECONDS = 240.0
-STOP_TIMEOUT_SECONDS = 60.0
-# Variables of this process that must not leak into the platform it starts.
-SCRUBBED_ENV = ("DATABASE_URL", "NATS_URL", "JWT_KEY", "TICKETING_DATA_DIR", "STRIPE_KEY", "PORT")
 
 
 class PlatformError(RuntimeError):
@@ -71,63 +63,19 @@ def databases() -> tuple[str, ...]:
     return BACKEND_SERVICES
 
 
-class Launcher:
+class Launcher(LauncherProcess):
     """``python -m ticketing_local`` on a data folder and a free port, in a subprocess."""
 
     def __init__(self, data_dir: Path, log_path: Path) -> None:
-        self.data = DataFolder(data_dir)
+        super().__init__(data_dir)
         self.log_path = log_path
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def _env(self, overrides: dict[str, str]) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-        return env | {"PORT": str(self.port), "NO_COLOR": "1"} | overrides
 
     def start(self, env: dict[str, str]) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "ticketing_local", "--data-dir", str(self.data.path)],
-                env=self._env(env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl-C of the chaos run reaches the run alone
-            )
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while not self._ready():
-            if time.monotonic() > deadline:
-                self.stop()
-                raise PlatformError(
-                    f"not ready after {READY_TIMEOUT_SECONDS:g}s; see {self.log_path}"
-                )
-            time.sleep(0.2)
-
-    def _ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise PlatformError(
-                f"the launcher exited with {self.process.returncode}; see {self.log_path}"
-            )
-        status = self.data.read_status()
-        return bool(status and status.get("ready"))
-
-    def stop(self) -> None:
-        """SIGTERM, as a service manager stops it; SIGKILL if it does not stop in time."""
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
+            self.launch(self.log_path, READY_TIMEOUT_SECONDS, **env)
+        except LauncherStartError as failed:
+            raise PlatformError(str(failed)) from None
 
     def reset(self) -> None:
         """Delete the platform's data, wherever PostgreSQL's went (``ticketing_local reset``)."""
-        subprocess.run(
-            [sys.executable, "-m", "ticketing_local", "reset", "--data-dir", str(self.data.path)],
-            env=self._env({}),
-            capture_output=True,
-            check=False,
-        )
+        self.command("reset")
