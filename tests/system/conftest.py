@@ -10,12 +10,18 @@ from .local_platform import LocalPlatform, User, running_platform
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform]:
+def platform_env() -> dict[str, str]:
+    """The platform's settings; a module that needs others overrides this fixture."""
+    return {"ORDER_EXPIRATION_SECONDS": "60"}
+
+
+@pytest.fixture(scope="module")
+def platform(
+    tmp_path_factory: pytest.TempPathFactory, platform_env: dict[str, str]
+) -> Iterator[LocalPlatform]:
     # tmp_path_factory's folders are private (0700): as root this also exercises PostgreSQL's
     # data moving somewhere its unprivileged user can reach.
-    with running_platform(
-        tmp_path_factory.mktemp("local-mode"), ORDER_EXPIRATION_SECONDS="60"
-    ) as platform:
+    with running_platform(tmp_path_factory.mktemp("local-mode"), **platform_env) as platform:
         yield platform
 
 

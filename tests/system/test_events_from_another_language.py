@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -24,7 +23,7 @@ import pytest
 from ticketing_common.events import Subject
 from ticketing_common.testing import eventually
 
-from .local_platform import LocalPlatform, running_platform
+from .local_platform import LocalPlatform
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -37,12 +36,8 @@ def nats_url(platform: LocalPlatform) -> str:
 
 
 @pytest.fixture(scope="module")
-def events_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform]:
-    with running_platform(
-        tmp_path_factory.mktemp("events-platform"),
-        ORDER_EXPIRATION_SECONDS=str(EXPIRATION_SECONDS),
-    ) as platform:
-        yield platform
+def platform_env() -> dict[str, str]:
+    return {"ORDER_EXPIRATION_SECONDS": str(EXPIRATION_SECONDS)}
 
 
 class Person:
@@ -90,11 +85,11 @@ class Person:
 
 
 async def test_every_event_of_a_purchase_and_an_expiry_keeps_the_contract(
-    events_platform: LocalPlatform, node_consumer: Any
+    platform: LocalPlatform, node_consumer: Any
 ) -> None:
     async with (
-        httpx.AsyncClient(base_url=events_platform.url, timeout=10, trust_env=False) as s,
-        httpx.AsyncClient(base_url=events_platform.url, timeout=10, trust_env=False) as b,
+        httpx.AsyncClient(base_url=platform.url, timeout=10, trust_env=False) as s,
+        httpx.AsyncClient(base_url=platform.url, timeout=10, trust_env=False) as b,
     ):
         seller, buyer = Person(s), Person(b)
         await seller.sign_up()
@@ -111,10 +106,10 @@ async def test_every_event_of_a_purchase_and_an_expiry_keeps_the_contract(
         await buyer.order_reaches(left, "cancelled", EXPIRATION_SECONDS + EVENTUAL)
 
     # The bus admits only its users: the consumer reads as the read-only monitor.
-    monitor = events_platform.data.monitor_credentials()
+    monitor = platform.data.monitor_credentials()
     result = await asyncio.to_thread(
         node_consumer,
-        nats_url(events_platform),
+        nats_url(platform),
         NATS_USER=monitor.user,
         NATS_PASSWORD=monitor.password,
     )

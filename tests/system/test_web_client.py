@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .local_platform import EVENTUAL, LocalPlatform, running_platform, wait_until
+from .local_platform import EVENTUAL, LocalPlatform, wait_until
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 from axe_playwright_python.sync_playwright import Axe  # noqa: E402
@@ -64,12 +64,8 @@ pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform]:
-    with running_platform(
-        tmp_path_factory.mktemp("web-client"),
-        ORDER_EXPIRATION_SECONDS=str(ORDER_EXPIRATION_SECONDS),
-    ) as platform:
-        yield platform
+def platform_env() -> dict[str, str]:
+    return {"ORDER_EXPIRATION_SECONDS": str(ORDER_EXPIRATION_SECONDS)}
 
 
 @pytest.fixture(scope="module")
@@ -215,8 +211,8 @@ class People:
 
 
 @pytest.fixture
-def people(browser: Browser, site: LocalPlatform) -> Iterator[People]:
-    made = People(browser, site)
+def people(browser: Browser, platform: LocalPlatform) -> Iterator[People]:
+    made = People(browser, platform)
     yield made
     for one in made.made:
         one.close()
@@ -470,15 +466,15 @@ class FormBrowser:
         return self.http.post(action, data=hidden | fields)
 
 
-def test_many_buyers_racing_through_the_client_make_one_order(site: LocalPlatform) -> None:
-    seller = FormBrowser(site)
+def test_many_buyers_racing_through_the_client_make_one_order(platform: LocalPlatform) -> None:
+    seller = FormBrowser(platform)
     email = f"seller-{uuid.uuid4().hex[:8]}@example.com"
     seller.submit("/auth/signup", "/auth/signup", email=email, password="correct horse battery")
     listed = seller.submit("/tickets/new", "/tickets/new", title="Final", price="99")
     assert listed.url.path.startswith("/tickets/"), listed.text
     ticket_path = listed.url.path
 
-    buyers = [FormBrowser(site) for _ in range(10)]
+    buyers = [FormBrowser(platform) for _ in range(10)]
     for buyer in buyers:
         signed_up = buyer.submit(
             "/auth/signup",
@@ -514,8 +510,8 @@ def test_many_buyers_racing_through_the_client_make_one_order(site: LocalPlatfor
         browser.http.close()
 
 
-def test_the_tickets_for_sale_come_newest_first_a_page_at_a_time(site: LocalPlatform) -> None:
-    seller = FormBrowser(site)
+def test_the_tickets_for_sale_come_newest_first_a_page_at_a_time(platform: LocalPlatform) -> None:
+    seller = FormBrowser(platform)
     email = f"seller-{uuid.uuid4().hex[:8]}@example.com"
     seller.submit("/auth/signup", "/auth/signup", email=email, password="correct horse battery")
     batch = uuid.uuid4().hex[:6]
@@ -534,8 +530,8 @@ def test_the_tickets_for_sale_come_newest_first_a_page_at_a_time(site: LocalPlat
     seller.http.close()
 
 
-def test_one_request_id_follows_a_page_to_the_services_it_calls(site: LocalPlatform) -> None:
-    browser = FormBrowser(site)
+def test_one_request_id_follows_a_page_to_the_services_it_calls(platform: LocalPlatform) -> None:
+    browser = FormBrowser(platform)
     page = browser.http.get("/auth/signup")
     hidden = dict(HIDDEN_INPUT.findall(page.text))
     email = f"traced-{uuid.uuid4().hex[:8]}@example.com"
@@ -552,7 +548,7 @@ def test_one_request_id_follows_a_page_to_the_services_it_calls(site: LocalPlatf
     def logged_by(service: str) -> bool:
         return any(
             line.startswith(service) and f"[{request_id[:8]}]" in line
-            for line in site.output().splitlines()
+            for line in platform.output().splitlines()
         )
 
     assert wait_until(lambda: logged_by("client") and logged_by("auth"), 10, "the log lines")
