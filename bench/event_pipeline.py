@@ -127,7 +127,7 @@ async def measure(events: int, per_transaction: int, folder: Path) -> PipelineRa
         async def handle(session: AsyncSession, event: TicketCreated) -> None:
             pass
 
-        runner = ConsumerRunner(consumer, js, sessionmaker, concurrency=32)
+        runner = ConsumerRunner(consumer, js, sessionmaker)  # as a service runs it
         stopwatch = _Stopwatch()
         task = asyncio.create_task(runner.run())
         while True:

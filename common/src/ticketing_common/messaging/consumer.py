@@ -280,7 +280,7 @@ class ConsumerRunner:
         *,
         max_deliveries: int = 8,
         ack_wait_seconds: float = 30.0,
-        concurrency: int = 16,
+        concurrency: int = 8,
         stream_replicas: int = 1,
     ) -> None:
         self.consumer = consumer
