@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from nats.js import JetStreamContext
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ticketing_common.events import EventEnvelope, TicketCreated
@@ -425,7 +426,9 @@ async def _terminate_backend(engine: AsyncEngine, pid: int, *, once_running: str
         assert await conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
 
-@pytest.mark.parametrize("killed", ["during-a-statement", "before-a-statement", "before-commit"])
+@pytest.mark.parametrize(
+    "killed", ["during-a-statement", "before-a-statement", "before-commit", "wrapped-by-handler"]
+)
 async def test_database_connection_lost_while_a_handler_runs_is_an_outage_never_parked(
     engine: AsyncEngine,
     sessionmaker: async_sessionmaker[AsyncSession],
@@ -446,9 +449,14 @@ async def test_database_connection_lost_while_a_handler_runs_is_an_outage_never_
                 await session.execute(text("SELECT pg_sleep(30)"))
             finally:
                 await kill
-        if first and killed == "before-a-statement":
+        if first and killed in ("before-a-statement", "wrapped-by-handler"):
             await _terminate_backend(engine, pid)
-        await session.execute(effects.insert().values(note=event.title))
+        try:
+            await session.execute(effects.insert().values(note=event.title))
+        except DBAPIError as exc:
+            if killed == "wrapped-by-handler":  # as service code may, naming its cause
+                raise RuntimeError("could not record the ticket") from exc
+            raise
         if first and killed == "before-commit":
             await _terminate_backend(engine, pid)
 

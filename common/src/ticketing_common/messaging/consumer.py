@@ -101,15 +101,16 @@ _CONNECTION_LOST = (
 
 def _is_outage(exc: BaseException) -> bool:
     """A failure of a dependency rather than of the handler (the runner's own time budget is
-    told apart before this is asked). The whole chain of causes is asked: SQLAlchemy wraps the
-    driver's error, and a handler may wrap it again."""
+    told apart before this is asked). The chain of causes (``raise ... from``) is asked too:
+    SQLAlchemy wraps the driver's error, and a handler may wrap it again. Not ``__context__``:
+    an error raised while handling an outage is the handler's own."""
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         if _is_outage_itself(cause):
             return True
-        cause = cause.__cause__ or cause.__context__
+        cause = cause.__cause__
     return False
 
 
