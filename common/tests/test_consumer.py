@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ticketing_common.events import EventEnvelope, TicketCreated
 from ticketing_common.messaging import (
@@ -407,3 +408,65 @@ async def test_stop_finishes_the_handler_running_and_hands_back_the_rest(
     # The queued one was handed back: the next runner has it well before ack_wait (30s) ends.
     async with running(consumer, jetstream, sessionmaker):
         await eventually(lambda: _notes_are(sessionmaker, ["slow", "queued"]), timeout=15)
+
+
+async def _terminate_backend(engine: AsyncEngine, pid: int, *, once_running: str = "") -> None:
+    """Kill the backend ``pid`` from another connection (as a PostgreSQL restart would), once
+    it runs a statement containing ``once_running`` if one is given."""
+    async with engine.connect() as conn:
+        if once_running:
+
+            async def running_it() -> bool:
+                query = await conn.scalar(
+                    text(
+                        "SELECT query FROM pg_stat_activity WHERE pid = :pid AND state = 'active'"
+                    ),
+                    {"pid": pid},
+                )
+                await conn.rollback()  # a fresh snapshot of pg_stat_activity each time
+                return once_running in (query or "")
+
+            await eventually(running_it, timeout=10)
+        assert await conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+
+@pytest.mark.parametrize(
+    "killed", ["during-a-statement", "before-a-statement", "before-commit", "wrapped-by-handler"]
+)
+async def test_database_connection_lost_while_a_handler_runs_is_an_outage_never_parked(
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    jetstream: JetStreamContext,
+    killed: str,
+) -> None:
+    tries: list[int] = []
+    consumer = Consumer("connection-loss-test")
+
+    @consumer.on(TicketCreated)
+    async def record(session: AsyncSession, event: TicketCreated) -> None:
+        tries.append(1)
+        first = len(tries) == 1  # only the first try loses its connection
+        pid = await session.scalar(text("SELECT pg_backend_pid()"))
+        if first and killed == "during-a-statement":
+            kill = asyncio.create_task(_terminate_backend(engine, pid, once_running="pg_sleep"))
+            try:
+                await session.execute(text("SELECT pg_sleep(30)"))
+            finally:
+                await kill
+        if first and killed in ("before-a-statement", "wrapped-by-handler"):
+            await _terminate_backend(engine, pid)
+        try:
+            await session.execute(effects.insert().values(note=event.title))
+        except DBAPIError as exc:
+            if killed == "wrapped-by-handler":  # as service code may, naming its cause
+                raise RuntimeError("could not record the ticket") from exc
+            raise
+        if first and killed == "before-commit":
+            await _terminate_backend(engine, pid)
+
+    # One failure of the handler itself would park it: a lost connection must not count.
+    async with running(consumer, jetstream, sessionmaker, max_deliveries=1):
+        await send(jetstream, "survives")
+        await eventually(lambda: _notes_are(sessionmaker, ["survives"]), timeout=20)
+    assert len(tries) >= 2
+    assert await list_parked(sessionmaker) == []

@@ -93,6 +93,39 @@ async def test_committed_event_is_published_promptly_with_its_id(
     assert await unpublished(pipeline.sessionmaker) == 0
 
 
+async def test_each_transaction_wakes_the_relay_a_rolled_back_savepoint_notwithstanding(
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    jetstream: JetStreamContext,
+    event_probe: EventProbe,
+) -> None:
+    """The relay is woken once per transaction: a savepoint rolled back takes its wake-up with
+    it, and the next event of the transaction must bring one of its own."""
+    await ensure_stream(jetstream)
+
+    async def one_transaction(session: AsyncSession, title: str) -> None:
+        savepoint = await session.begin_nested()
+        await publish(session, ticket_created(f"{title}: dropped"))
+        await savepoint.rollback()
+        await publish(session, ticket_created(title))
+        await publish(session, ticket_created(f"{title}: again"))
+        await session.commit()
+        await event_probe.wait_for(
+            "ticket.created", lambda e: e.data["title"] == f"{title}: again", timeout=5
+        )
+
+    # A 60s poll: only the commit's NOTIFY can wake the relay within the probe's timeout.
+    async with (
+        running_relay(engine, sessionmaker, jetstream, poll_seconds=60),
+        sessionmaker() as session,
+    ):
+        # One session, a transaction after the other: each must wake the relay.
+        await one_transaction(session, "first")
+        await one_transaction(session, "second")
+    titles = [e.data["title"] for e in await event_probe.all("ticket.created")]
+    assert titles == ["first", "first: again", "second", "second: again"]
+
+
 async def test_rolled_back_transaction_publishes_nothing(
     pipeline: Pipeline, event_probe: EventProbe
 ) -> None:

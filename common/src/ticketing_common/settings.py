@@ -78,8 +78,10 @@ class ServiceSettings(WebSettings):
     outbox_poll_seconds: float = Field(default=2.0, gt=0)
     consumer_max_deliveries: int = Field(default=8, ge=1)
     consumer_ack_wait_seconds: float = Field(default=30.0, gt=0)
-    # Handlers running at once, each on a different entity (a ticket, an order).
-    consumer_concurrency: int = Field(default=16, ge=1, le=256)
+    # Handlers running at once, each on a different entity (a ticket, an order). Each holds a
+    # database connection: the default stays within the pool's 10 kept connections, past which
+    # every transaction opens and closes a connection of its own.
+    consumer_concurrency: int = Field(default=8, ge=1, le=256)
 
     @field_validator("database_url")
     @classmethod

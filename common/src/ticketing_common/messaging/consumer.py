@@ -9,19 +9,22 @@ Order: each event has an entity key (``events.catalog.entity_key``). The events 
 handled one at a time, in the order they were fetched (stream order); those of different keys
 concurrently, at most ``concurrency`` handlers at once. So a handler stuck on one ticket holds
 up that ticket's later events only. The runner keeps the messages in hand (up to
-``4 * concurrency``) and tells JetStream they are in progress while it does, so none is
-handed to another replica meanwhile.
+``4 * concurrency``) and tells JetStream that those held for a while are still in progress, so
+none is handed to another replica meanwhile.
 
 Retries are counted honestly, in the runner: only failures of the handler itself count toward
 parking, a handler that runs past its time budget included. After ``max_deliveries`` of them
 the event is parked in ``parked_events`` (and acked), and the later events of its entity are
-parked behind it (see ``messaging.parking``). Two other outcomes are retried with backoff,
+parked behind it (see ``messaging.parking``): the entities of a fetched batch are looked up
+there in one query, and only an event of a parked entity (or one tried before) takes the
+locked check. Two other outcomes are retried with backoff,
 uncounted, for as long as their cause lasts:
 
 - "not yet" (:class:`RetryLater`, say a version from the future): the event steps aside, so
   the entity's events behind it (maybe the missing version) are tried first;
-- an outage of what the handler depends on (the database, or a :class:`TemporaryFailure` such
-  as a payment provider that is down) says nothing about the event: it stays first in line.
+- an outage of what the handler depends on (the database restarting or its connection lost,
+  or a :class:`TemporaryFailure` such as a payment provider that is down) says nothing about the
+  event: it stays first in line.
 
 The count lives in the runner: a restart starts it again, which may retry a failing event
 longer but never parks one early. A message fired by a JetStream schedule whose subject is
@@ -43,6 +46,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import asyncpg
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -56,7 +60,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ticketing_common.db import transaction
 from ticketing_common.events import Event, EventEnvelope, Subject
 from ticketing_common.events.catalog import entity_key, scheduled_subjects
-from ticketing_common.messaging.parking import Parkable, park, park_if_held, replay_parked
+from ticketing_common.messaging.parking import (
+    Parkable,
+    park,
+    park_if_held,
+    parked_entities,
+    replay_parked,
+)
 from ticketing_common.messaging.streams import STREAM_NAME, ensure_stream
 from ticketing_common.messaging.tables import inbox
 from ticketing_common.observability import REQUEST_ID_HEADER, request_id_var
@@ -80,10 +90,34 @@ class TemporaryFailure(Exception):  # noqa: N818 - it is a signal, not an error
     """Raised (or subclassed) for a dependency that is down: retried until it is back."""
 
 
+# The database gone or going: connection lost, server shutting down or starting up
+# (OperatorInterventionError: terminated by an administrator, cannot connect now).
+_CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
+
 def _is_outage(exc: BaseException) -> bool:
     """A failure of a dependency rather than of the handler (the runner's own time budget is
-    told apart before this is asked)."""
+    told apart before this is asked). The chain of causes (``raise ... from``) is asked too:
+    SQLAlchemy wraps the driver's error, and a handler may wrap it again. Not ``__context__``:
+    an error raised while handling an outage is the handler's own."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if _is_outage_itself(cause):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def _is_outage_itself(exc: BaseException) -> bool:
     if isinstance(exc, TemporaryFailure | OperationalError | InterfaceError | OSError):
+        return True
+    if isinstance(exc, _CONNECTION_LOST):
         return True
     # A connection lost mid-statement, or no pooled connection free in time.
     return (isinstance(exc, DBAPIError) and exc.connection_invalidated) or (
@@ -166,24 +200,30 @@ class _InHand:
     event: Event
     handler: Handler
     headers: dict[str, str]
+    key: str  # the entity's
+    held_since: float  # loop time it was fetched
+    # Take the locked parked check before the next try: the batch's lookup found its entity
+    # parked, or it was tried before (time has passed; another replica may have parked it).
+    check_parked: bool = False
     failures: int = 0  # of the handler itself: these count toward parking
     waits: int = 0  # "not yet" and outages: these only pace the retries
     not_before: float = 0.0  # loop time of the next try
     aside: bool = False  # "not yet": the events behind it may go first
     last_error: str = field(default="")
 
-    def parkable(self, key: str) -> Parkable:
+    def parkable(self) -> Parkable:
         return Parkable(
             self.envelope.id,
             self.envelope.subject.value,
             json.loads(self.msg.data),
             self.headers,
-            key,
+            self.key,
         )
 
     def retry_after(self, delay: float, *, counted: bool) -> None:
         if not counted:
             self.waits += 1
+        self.check_parked = True
         self.not_before = asyncio.get_running_loop().time() + delay
 
 
@@ -241,7 +281,7 @@ class ConsumerRunner:
         *,
         max_deliveries: int = 8,
         ack_wait_seconds: float = 30.0,
-        concurrency: int = 16,
+        concurrency: int = 8,
         stream_replicas: int = 1,
     ) -> None:
         self.consumer = consumer
@@ -258,8 +298,11 @@ class ConsumerRunner:
         self._stopping = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
-        self._in_hand: dict[int, Msg] = {}  # by id(): a Msg is not hashable
+        self._in_hand: dict[int, _InHand] = {}  # by id(msg): a Msg is not hashable
         self._lanes: dict[str, _Lane] = {}
+        # Entities this runner parked an event of: their later events always take the locked
+        # check (a batch looked up before the park committed must not slip past it).
+        self._parked_here: set[str] = set()
         self._workers: set[asyncio.Task[None]] = set()
 
     def consumer_config(self) -> ConsumerConfig:
@@ -323,12 +366,7 @@ class ConsumerRunner:
                     if isinstance(exc, NotFoundError | ServiceUnavailableError):
                         sub = await self._resubscribe(sub)
                     continue
-                for msg in messages:
-                    try:
-                        await self._dispatch(msg)
-                    except Exception:
-                        # Never let one message end the loop; it comes back after ack_wait.
-                        log.exception("could not dispatch a message")
+                await self._dispatch(messages)
         finally:
             stop_wait.cancel()
 
@@ -372,15 +410,41 @@ class ConsumerRunner:
         return new_sub
 
     async def _keep_in_progress(self) -> None:
-        """Restart the ack timer of every message in hand, so JetStream keeps it with us."""
+        """Restart the ack timer of each message held a third of ack_wait or longer, so
+        JetStream keeps it with us. A timer, not a signal per message: most are settled well
+        before, and each tick catches the rest with two thirds of their time still to go."""
+        period = self._ack_wait / 3
         while True:
-            await asyncio.sleep(self._ack_wait / 3)
-            for msg in list(self._in_hand.values()):
-                with contextlib.suppress(Exception):
-                    await msg.in_progress()
+            await asyncio.sleep(period)
+            held_since = asyncio.get_running_loop().time() - period
+            for item in list(self._in_hand.values()):
+                if item.held_since <= held_since:
+                    with contextlib.suppress(Exception):
+                        await item.msg.in_progress()
 
-    async def _dispatch(self, msg: Msg) -> None:
-        """Put a fetched message in its entity's lane (starting the lane if it is idle)."""
+    async def _dispatch(self, messages: list[Msg]) -> None:
+        """Put a fetched batch in its entities' lanes, after one look for parked entities."""
+        items: list[_InHand] = []
+        for msg in messages:
+            try:
+                if (item := await self._read(msg)) is not None:
+                    items.append(item)
+            except Exception:
+                # Never let one message end the loop; it comes back after ack_wait.
+                log.exception("could not dispatch a message")
+        if not items:
+            return
+        try:
+            parked = await parked_entities(self._sessionmaker, {item.key for item in items})
+        except Exception as exc:
+            log.warning("cannot look up parked entities, checking each event: %r", exc)
+            parked = {item.key for item in items}
+        for item in items:
+            item.check_parked = item.key in parked
+            self._enqueue(item)
+
+    async def _read(self, msg: Msg) -> _InHand | None:
+        """The message as an event in hand; None for one dropped or parked unread."""
         headers = dict(msg.headers or {})
         if SCHEDULER_HEADER in headers and msg.subject not in self._scheduled:
             log.warning(
@@ -389,19 +453,23 @@ class ConsumerRunner:
                 headers[SCHEDULER_HEADER],
             )
             await msg.ack()
-            return
+            return None
         try:
             envelope, event, handler = self.consumer.read(msg.data)
         except ValueError as exc:
             # Nothing will ever make a malformed event valid: park it at once.
             await self._park_unreadable(msg, headers, str(exc))
-            return
-        item = _InHand(msg, envelope, event, handler, headers)
-        self._in_hand[id(msg)] = msg
+            return None
+        loop_time = asyncio.get_running_loop().time()
+        item = _InHand(msg, envelope, event, handler, headers, entity_key(event), loop_time)
+        self._in_hand[id(msg)] = item
         if len(self._in_hand) >= self._capacity:
             self._room.clear()
-        await msg.in_progress()  # restart the ack timer: this replica has it now
-        key = entity_key(event)
+        return item
+
+    def _enqueue(self, item: _InHand) -> None:
+        """Put an event in its entity's lane, starting the lane if it is idle."""
+        key = item.key
         lane = self._lanes.get(key)
         if lane is not None:
             lane.add(item)
@@ -439,7 +507,8 @@ class ConsumerRunner:
 
     async def _step(self, key: str, lane: _Lane, item: _InHand) -> bool:
         """One try at an event of a lane: True once it is acked or parked."""
-        if await park_if_held(self._sessionmaker, item.parkable(key)):
+        check = item.check_parked or key in self._parked_here
+        if check and await park_if_held(self._sessionmaker, item.parkable()):
             await item.msg.ack()
             return True
         outcome = await self._attempt(item)
@@ -448,7 +517,7 @@ class ConsumerRunner:
             lane.something_applied()
             return True
         if outcome is _Outcome.FAILED and item.failures >= self._max_failures:
-            await self._park(item, key)
+            await self._park(item)
             return True
         if outcome is _Outcome.NOT_YET:
             lane.step_aside(item)
@@ -500,10 +569,11 @@ class ConsumerRunner:
         finally:
             request_id_var.reset(token)
 
-    async def _park(self, item: _InHand, key: str) -> None:
+    async def _park(self, item: _InHand) -> None:
         await park(
-            self._sessionmaker, item.parkable(key), error=item.last_error, failures=item.failures
+            self._sessionmaker, item.parkable(), error=item.last_error, failures=item.failures
         )
+        self._parked_here.add(item.key)
         await item.msg.ack()
 
     async def _park_unreadable(self, msg: Msg, headers: dict[str, str], error: str) -> None:

@@ -1,16 +1,19 @@
 """The transactional outbox.
 
 ``publish(session, event)`` adds the event to the ``outbox`` table in the caller's transaction,
-so the state change and its events commit (or roll back) together. The same transaction sends a
-``NOTIFY``, which PostgreSQL delivers only on commit: the relay wakes at once, and a slow poll is
-the safety net. The relay takes unpublished rows with ``FOR UPDATE SKIP LOCKED`` (replicas share
-the work without taking the same row), publishes each with ``Nats-Msg-Id`` = event id (a row
-republished after a crash is dropped by JetStream's duplicate window, and by every inbox), marks
-it published and retries with backoff while NATS is down.
+so the state change and its events commit (or roll back) together. The transaction's first
+``publish`` also sends a ``NOTIFY`` (in the same statement as its insert), which PostgreSQL
+delivers only on commit: the relay wakes once per transaction, at once, and a slow poll is the
+safety net. The relay takes unpublished rows with ``FOR UPDATE SKIP LOCKED`` (replicas share the
+work without taking the same row), publishes a batch of them back to back, each with
+``Nats-Msg-Id`` = event id (a row republished after a crash is dropped by JetStream's duplicate
+window, and by every inbox), awaits their acks together, marks those acked published in one
+statement and retries the rest with backoff while NATS is down.
 
 What consumers may and may not assume: every committed event arrives, at least once; events of
-one service arrive in commit order while one relay runs, but two relay replicas can interleave
-batches, so handlers rely on versions (and tombstones), never on arrival order.
+one service normally arrive in commit order, but a retried publish can land after later ones and
+two relay replicas can interleave batches, so handlers rely on versions (and tombstones), never
+on arrival order.
 
 A row JetStream refuses for good (a malformed schedule header, say) is retried a few times and
 then marked failed (``failed_at``) and logged, so it cannot hold back every later event; an
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any
 
@@ -29,7 +31,7 @@ import asyncpg
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import Text, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ticketing_common.database_url import PLAIN, with_driver
@@ -65,18 +67,27 @@ async def publish(
     all_headers = dict(headers or {})
     if (request_id := request_id_var.get()) is not None:
         all_headers[REQUEST_ID_HEADER] = request_id
-    await session.execute(
-        outbox.insert().values(
-            id=envelope.id,
-            nats_subject=nats_subject or envelope.subject.value,
-            envelope=envelope.model_dump(mode="json", by_alias=True),
-            headers=all_headers,
-        )
+    insert = outbox.insert().values(
+        id=envelope.id,
+        nats_subject=nats_subject or envelope.subject.value,
+        envelope=envelope.model_dump(mode="json", by_alias=True),
+        headers=all_headers,
     )
-    # Delivered at commit, and only then. (NOTIFY serialises committing writers briefly on
-    # PostgreSQL's notify queue: fine at this scale, the poll alone would do at a larger one.)
-    await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+    # The (sub)transaction's first event also wakes the relay, in the same statement: delivered
+    # at commit, and only then. (A savepoint counts apart: rolled back, its NOTIFY is gone.)
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    if session.info.get(_NOTIFIED) is not transaction:
+        await session.execute(
+            select(func.pg_notify(NOTIFY_CHANNEL, "")).add_cte(insert.cte("added_to_outbox"))
+        )
+        session.info[_NOTIFIED] = transaction
+    else:
+        await session.execute(insert)
     return envelope
+
+
+# The session's key for the transaction whose commit will wake the relay already.
+_NOTIFIED = "outbox_notified"
 
 
 class _StreamMissingError(Exception):
@@ -193,41 +204,53 @@ class OutboxRelay:
         async with self._sessionmaker() as session:
             rows = (
                 await session.execute(
-                    select(outbox.c.id, outbox.c.nats_subject, outbox.c.envelope, outbox.c.headers)
+                    select(
+                        outbox.c.id,
+                        outbox.c.nats_subject,
+                        # As text: sent as it is, not decoded and encoded again.
+                        outbox.c.envelope.cast(Text).label("envelope"),
+                        outbox.c.headers,
+                    )
                     .where(outbox.c.published_at.is_(None), outbox.c.failed_at.is_(None))
                     .order_by(outbox.c.position)
                     .limit(self._batch_size)
                     .with_for_update(skip_locked=True)
                 )
             ).all()
-            published = []
-            try:
-                for row in rows:
-                    try:
-                        await self._js.publish(
-                            row.nats_subject,
-                            json.dumps(row.envelope).encode(),
-                            timeout=self._publish_timeout,
-                            headers={**row.headers, "Nats-Msg-Id": str(row.id)},
-                        )
-                    except (NoStreamResponseError, NoRespondersError) as exc:
-                        raise _StreamMissingError() from exc
-                    except APIError as exc:
-                        if isinstance(exc, ServiceUnavailableError):
-                            raise
-                        await self._refused(session, row.id, exc)
-                        continue
-                    # Anything else (NATS unreachable or slow) ends the batch: retried later.
-                    published.append(row.id)
-            finally:
-                # What went out is marked even when the batch stops early.
-                if published:
-                    await session.execute(
-                        update(outbox)
-                        .where(outbox.c.id.in_(published))
-                        .values(published_at=func.now())
+            # Sent back to back, in order (each task sends before its first pause), and their
+            # acks awaited together.
+            results = await asyncio.gather(
+                *(
+                    self._js.publish(
+                        row.nats_subject,
+                        row.envelope.encode(),
+                        timeout=self._publish_timeout,
+                        headers={**row.headers, "Nats-Msg-Id": str(row.id)},
                     )
-                await session.commit()
+                    for row in rows
+                ),
+                return_exceptions=True,
+            )
+            published = []
+            failure: BaseException | None = None  # the first, raised once the acked are marked
+            for row, result in zip(rows, results, strict=True):
+                if not isinstance(result, BaseException):
+                    published.append(row.id)
+                elif isinstance(result, NoStreamResponseError | NoRespondersError):
+                    failure = failure or _StreamMissingError()
+                elif isinstance(result, APIError) and not isinstance(
+                    result, ServiceUnavailableError
+                ):
+                    await self._refused(session, row.id, result)
+                else:  # NATS unreachable or slow: retried later
+                    failure = failure or result
+            if published:
+                await session.execute(
+                    update(outbox).where(outbox.c.id.in_(published)).values(published_at=func.now())
+                )
+            await session.commit()
+        if failure is not None:
+            raise failure
         return len(published), len(rows) == self._batch_size
 
     async def _refused(self, session: AsyncSession, row_id: Any, exc: APIError) -> None:

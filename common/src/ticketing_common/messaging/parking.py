@@ -89,6 +89,21 @@ async def park(
     )
 
 
+async def parked_entities(
+    sessionmaker: async_sessionmaker[AsyncSession], keys: set[str]
+) -> set[str]:
+    """Those of ``keys`` with a parked event: one unlocked query for a batch of events. An entity
+    found clear here is as clear as ``park_if_held`` would find it (its lock does not outlast
+    the check either); one found parked takes ``park_if_held``'s locked check."""
+    async with sessionmaker() as session:
+        found = await session.scalars(
+            select(parked_events.c.entity_key)
+            .where(parked_events.c.entity_key.in_(sorted(keys)))
+            .distinct()
+        )
+        return {key for key in found if key is not None}
+
+
 async def park_if_held(sessionmaker: async_sessionmaker[AsyncSession], event: Parkable) -> bool:
     """Park the event behind its entity's first parked event, if it has one: True if parked."""
     assert event.entity_key is not None
