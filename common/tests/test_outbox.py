@@ -94,14 +94,10 @@ async def test_committed_event_is_published_promptly_with_its_id(
 
 
 async def test_each_transaction_wakes_the_relay_a_rolled_back_savepoint_notwithstanding(
-    engine: AsyncEngine,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    jetstream: JetStreamContext,
-    event_probe: EventProbe,
+    pipeline: Pipeline, event_probe: EventProbe
 ) -> None:
     """The relay is woken once per transaction: a savepoint rolled back takes its wake-up with
     it, and the next event of the transaction must bring one of its own."""
-    await ensure_stream(jetstream)
 
     async def one_transaction(session: AsyncSession, title: str) -> None:
         savepoint = await session.begin_nested()
@@ -116,8 +112,8 @@ async def test_each_transaction_wakes_the_relay_a_rolled_back_savepoint_notwiths
 
     # A 60s poll: only the commit's NOTIFY can wake the relay within the probe's timeout.
     async with (
-        running_relay(engine, sessionmaker, jetstream, poll_seconds=60),
-        sessionmaker() as session,
+        pipeline.running_relay(poll_seconds=60),
+        pipeline.sessionmaker() as session,
     ):
         # One session, a transaction after the other: each must wake the relay.
         await one_transaction(session, "first")
