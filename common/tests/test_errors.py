@@ -10,7 +10,12 @@ import pytest
 from fastapi import FastAPI
 from pydantic import Field
 
-from ticketing_common.errors import ForbiddenError, TooManyRequestsError, install_error_handlers
+from ticketing_common.errors import (
+    BadRequestError,
+    ForbiddenError,
+    TooManyRequestsError,
+    install_error_handlers,
+)
 from ticketing_common.models import CamelModel, Money
 from ticketing_common.observability import RequestIdMiddleware
 
@@ -128,3 +133,14 @@ async def test_openapi_documents_validation_errors_as_400_in_the_common_shape(
     schema = responses["400"]["content"]["application/json"]["schema"]
     assert schema["required"] == ["errors"]
     assert "HTTPValidationError" not in document["components"]["schemas"]
+
+
+class BadCursorError(BadRequestError):
+    message = "Bad cursor"
+    field = "cursor"
+
+
+def test_an_error_class_may_name_its_field_once_for_every_raise() -> None:
+    assert BadCursorError().errors() == [{"message": "Bad cursor", "field": "cursor"}]
+    assert BadCursorError(field="after").errors() == [{"message": "Bad cursor", "field": "after"}]
+    assert BadRequestError().errors() == [{"message": "Bad request"}]

@@ -28,18 +28,15 @@ from ticketing_common.testing.helpers import (
 from ticketing_common.testing.plugin import Deliver
 from ticketing_common.testing.stand_ins import TicketsStandIn
 
-from .helpers import order, paid, place_order, status_and_version
+from .helpers import Shop, paid, status_and_version
 
 # --- POST /api/orders ----------------------------------------------------------------------
 
 
-async def test_create_order_reserves_and_publishes(
-    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn, event_probe: EventProbe
-) -> None:
-    ticket = await tickets.create(title="Jazz", price="42.50")
-    buyer = uuid.uuid4()
+async def test_create_order_reserves_and_publishes(shop: Shop, event_probe: EventProbe) -> None:
     before = datetime.now(UTC)
-    created = await order(client, users, buyer, ticket)
+    ordered = await shop.ordered(title="Jazz", price="42.50")
+    created, ticket = ordered.order, ordered.ticket
 
     expires_at = datetime.fromisoformat(created["expiresAt"])
     assert (
@@ -48,7 +45,7 @@ async def test_create_order_reserves_and_publishes(
     assert created == {
         "id": created["id"],
         "status": "created",
-        "userId": str(buyer),
+        "userId": str(ordered.buyer),
         "expiresAt": created["expiresAt"],
         "version": 0,
         "ticket": {"id": str(ticket.id), "title": "Jazz", "price": "42.50"},
@@ -60,7 +57,7 @@ async def test_create_order_reserves_and_publishes(
         "id": created["id"],
         "version": 0,
         "status": "created",
-        "userId": str(buyer),
+        "userId": str(ordered.buyer),
         "expiresAt": event.data["expiresAt"],
         "ticket": {"id": str(ticket.id), "price": "42.50"},
     }
@@ -72,8 +69,8 @@ async def test_expiration_window_comes_from_settings(
 ) -> None:
     app = create_app(settings.model_copy(update={"order_expiration_seconds": 60}))
     async with ServiceHarness(app).client() as client:
-        ticket = await TicketsStandIn(jetstream, db).create()
-        created = await order(client, users, uuid.uuid4(), ticket)
+        shop = Shop(client, users, TicketsStandIn(jetstream, db))
+        created = (await shop.ordered()).order
     remaining = datetime.fromisoformat(created["expiresAt"]) - datetime.now(UTC)
     assert timedelta(seconds=50) < remaining <= timedelta(seconds=60)
 
@@ -140,12 +137,9 @@ async def test_unknown_ticket_is_404_until_its_replica_arrives(
     assert r.json()["ticket"] == {"id": str(ticket.id), "title": "Soon", "price": "5.00"}
 
 
-async def test_cannot_buy_own_ticket(
-    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn, db: TestDatabase
-) -> None:
+async def test_cannot_buy_own_ticket(shop: Shop, db: TestDatabase) -> None:
     seller = uuid.uuid4()
-    ticket = await tickets.create(owner=seller)
-    r = await place_order(client, users, seller, ticket)
+    r = await shop.place_order(seller, await shop.tickets.create(owner=seller))
     assert r.status_code == 400
     assert r.json() == {
         "errors": [{"message": "You cannot buy your own ticket", "field": "ticketId"}]
@@ -154,34 +148,25 @@ async def test_cannot_buy_own_ticket(
 
 
 async def test_reserved_ticket_cannot_be_ordered_again_until_cancelled(
-    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn, db: TestDatabase
+    shop: Shop, db: TestDatabase
 ) -> None:
-    ticket = await tickets.create()
-    first_buyer = uuid.uuid4()
-    first = await order(client, users, first_buyer, ticket)
-    for buyer in (uuid.uuid4(), first_buyer):
-        r = await place_order(client, users, buyer, ticket)
+    first = await shop.ordered()
+    for buyer in (uuid.uuid4(), first.buyer):
+        r = await shop.place_order(buyer, first.ticket)
         assert r.status_code == 400
         assert r.json()["errors"][0]["message"] == "Ticket is already reserved"
 
-    r = await client.delete(f"/api/orders/{first['id']}", headers=users.headers(first_buyer))
-    assert r.status_code == 204
-    second = await order(client, users, uuid.uuid4(), ticket)
-    assert second["id"] != first["id"]
+    assert (await shop.cancel(first.id, first.buyer)).status_code == 204
+    second = await shop.order(uuid.uuid4(), first.ticket)
+    assert second["id"] != first.id
     assert (await db.outbox_subjects()).count("order.created") == 2
 
 
 async def test_a_hundred_buyers_race_for_one_ticket(
-    client: httpx.AsyncClient,
-    users: Users,
-    tickets: TicketsStandIn,
-    db: TestDatabase,
-    event_probe: EventProbe,
+    shop: Shop, db: TestDatabase, event_probe: EventProbe
 ) -> None:
-    ticket = await tickets.create()
-    responses = await asyncio.gather(
-        *(place_order(client, users, uuid.uuid4(), ticket) for _ in range(100))
-    )
+    ticket = await shop.tickets.create()
+    responses = await asyncio.gather(*(shop.place_order(uuid.uuid4(), ticket) for _ in range(100)))
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [201] + [400] * 99
     assert all(
@@ -203,16 +188,12 @@ async def test_a_hundred_buyers_race_for_one_ticket(
 
 
 async def test_retry_with_idempotency_key_returns_the_first_answer(
-    client: httpx.AsyncClient,
-    users: Users,
-    tickets: TicketsStandIn,
-    db: TestDatabase,
-    event_probe: EventProbe,
+    shop: Shop, db: TestDatabase, event_probe: EventProbe
 ) -> None:
-    ticket = await tickets.create()
+    ticket = await shop.tickets.create()
     buyer = uuid.uuid4()
-    first = await place_order(client, users, buyer, ticket, key="k1")
-    retry = await place_order(client, users, buyer, ticket, key="k1")
+    first = await shop.place_order(buyer, ticket, key="k1")
+    retry = await shop.place_order(buyer, ticket, key="k1")
     assert first.status_code == retry.status_code == 201
     assert retry.json() == first.json()
     assert retry.headers["Idempotent-Replayed"] == "true"
@@ -224,16 +205,11 @@ async def test_retry_with_idempotency_key_returns_the_first_answer(
     assert len(await event_probe.all("order.created")) == 1
 
 
-async def test_concurrent_retries_with_one_key_make_one_order(
-    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn, db: TestDatabase
-) -> None:
-    ticket = await tickets.create()
-    headers = users.headers(uuid.uuid4()) | {"Idempotency-Key": "double-click"}
+async def test_concurrent_retries_with_one_key_make_one_order(shop: Shop, db: TestDatabase) -> None:
+    ticket = await shop.tickets.create()
+    buyer = uuid.uuid4()
     responses = await asyncio.gather(
-        *(
-            client.post("/api/orders", json={"ticketId": str(ticket.id)}, headers=headers)
-            for _ in range(20)
-        )
+        *(shop.place_order(buyer, ticket, key="double-click") for _ in range(20))
     )
     assert [r.status_code for r in responses] == [201] * 20
     assert len({r.json()["id"] for r in responses}) == 1
@@ -242,12 +218,12 @@ async def test_concurrent_retries_with_one_key_make_one_order(
 
 
 async def test_idempotency_key_reused_for_another_request_is_refused(
-    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn, db: TestDatabase
+    shop: Shop, db: TestDatabase
 ) -> None:
-    first_ticket, other_ticket = await tickets.create(), await tickets.create()
+    first_ticket, other_ticket = await shop.tickets.create(), await shop.tickets.create()
     buyer = uuid.uuid4()
-    await order(client, users, buyer, first_ticket, key="k")
-    r = await place_order(client, users, buyer, other_ticket, key="k")
+    await shop.order(buyer, first_ticket, key="k")
+    r = await shop.place_order(buyer, other_ticket, key="k")
     assert r.status_code == 400
     assert r.json() == {
         "errors": [
@@ -260,44 +236,34 @@ async def test_idempotency_key_reused_for_another_request_is_refused(
     assert len(await db.fetch("SELECT 1 FROM orders")) == 1
 
 
-async def test_idempotency_keys_belong_to_one_user(
-    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn
-) -> None:
-    first_ticket, other_ticket = await tickets.create(), await tickets.create()
-    mine = await order(client, users, uuid.uuid4(), first_ticket, key="same")
-    theirs = await order(client, users, uuid.uuid4(), other_ticket, key="same")
+async def test_idempotency_keys_belong_to_one_user(shop: Shop) -> None:
+    first_ticket, other_ticket = await shop.tickets.create(), await shop.tickets.create()
+    mine = await shop.order(uuid.uuid4(), first_ticket, key="same")
+    theirs = await shop.order(uuid.uuid4(), other_ticket, key="same")
     assert mine["id"] != theirs["id"]
 
 
-async def test_a_refusal_is_not_remembered_under_the_key(
-    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn
-) -> None:
-    ticket = await tickets.create()
-    holder, buyer = uuid.uuid4(), uuid.uuid4()
-    held = await order(client, users, holder, ticket)
-    headers = users.headers(buyer) | {"Idempotency-Key": "try-again"}
-    r = await client.post("/api/orders", json={"ticketId": str(ticket.id)}, headers=headers)
+async def test_a_refusal_is_not_remembered_under_the_key(shop: Shop) -> None:
+    held = await shop.ordered()
+    buyer = uuid.uuid4()
+    r = await shop.place_order(buyer, held.ticket, key="try-again")
     assert r.status_code == 400
-    await client.delete(f"/api/orders/{held['id']}", headers=users.headers(holder))
-    r = await client.post("/api/orders", json={"ticketId": str(ticket.id)}, headers=headers)
+    await shop.cancel(held.id, held.buyer)
+    r = await shop.place_order(buyer, held.ticket, key="try-again")
     assert r.status_code == 201
     assert r.json()["userId"] == str(buyer)
 
 
 async def test_an_idempotency_key_older_than_a_day_counts_as_new(
-    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn, db: TestDatabase
+    shop: Shop, db: TestDatabase
 ) -> None:
-    first_ticket, other_ticket = await tickets.create(), await tickets.create()
+    first_ticket, other_ticket = await shop.tickets.create(), await shop.tickets.create()
     buyer = uuid.uuid4()
-    first = await order(client, users, buyer, first_ticket, key="k")
+    first = await shop.order(buyer, first_ticket, key="k")
     await db.fetch("UPDATE idempotency_keys SET created_at = now() - interval '24 hours 1 minute'")
     # Expired: the key is free again, even for another request; twins still make one order.
-    headers = users.headers(buyer) | {"Idempotency-Key": "k"}
     responses = await asyncio.gather(
-        *(
-            client.post("/api/orders", json={"ticketId": str(other_ticket.id)}, headers=headers)
-            for _ in range(10)
-        )
+        *(shop.place_order(buyer, other_ticket, key="k") for _ in range(10))
     )
     assert [r.status_code for r in responses] == [201] * 10, [r.text for r in responses]
     second_ids = {r.json()["id"] for r in responses}
@@ -311,13 +277,13 @@ async def test_an_idempotency_key_older_than_a_day_counts_as_new(
 
 
 async def test_an_idempotency_key_younger_than_a_day_is_still_replayed(
-    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn, db: TestDatabase
+    shop: Shop, db: TestDatabase
 ) -> None:
-    ticket = await tickets.create()
+    ticket = await shop.tickets.create()
     buyer = uuid.uuid4()
-    first = await order(client, users, buyer, ticket, key="k")
+    first = await shop.order(buyer, ticket, key="k")
     await db.fetch("UPDATE idempotency_keys SET created_at = now() - interval '23 hours'")
-    again = await order(client, users, buyer, ticket, key="k")
+    again = await shop.order(buyer, ticket, key="k")
     assert again == first
 
 
@@ -353,35 +319,31 @@ def test_the_longest_expiration_leaves_the_stream_a_week_spare(settings: OrdersS
 # --- GET /api/orders, GET /api/orders/{id} ----------------------------------------------------
 
 
-async def test_list_shows_only_my_orders_newest_first(
-    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn
-) -> None:
+async def test_list_shows_only_my_orders_newest_first(shop: Shop) -> None:
     me, someone = uuid.uuid4(), uuid.uuid4()
-    first = await order(client, users, me, await tickets.create(title="First"))
-    await order(client, users, someone, await tickets.create(title="Theirs"))
-    second = await order(client, users, me, await tickets.create(title="Second"))
+    first = await shop.order(me, await shop.tickets.create(title="First"))
+    await shop.order(someone, await shop.tickets.create(title="Theirs"))
+    second = await shop.order(me, await shop.tickets.create(title="Second"))
 
-    r = await client.get("/api/orders", headers=users.headers(me))
+    r = await shop.get("/api/orders", me)
     assert r.status_code == 200
     assert r.json() == [second, first]
-    assert (await client.get("/api/orders", headers=users.headers(uuid.uuid4()))).json() == []
+    assert (await shop.get("/api/orders", uuid.uuid4())).json() == []
 
 
 async def test_list_requires_sign_in(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/orders")).status_code == 401
 
 
-async def test_show_order(client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn) -> None:
-    buyer = uuid.uuid4()
-    created = await order(client, users, buyer, await tickets.create())
-    url = f"/api/orders/{created['id']}"
+async def test_show_order(shop: Shop) -> None:
+    ordered = await shop.ordered()
 
-    r = await client.get(url, headers=users.headers(buyer))
-    assert r.status_code == 200 and r.json() == created
-    r = await client.get(url, headers=users.headers(uuid.uuid4()))
+    r = await shop.get(ordered.url, ordered.buyer)
+    assert r.status_code == 200 and r.json() == ordered.order
+    r = await shop.get(ordered.url, uuid.uuid4())
     assert r.status_code == 403 and r.json() == {"errors": [{"message": "This order is not yours"}]}
-    assert (await client.get(url)).status_code == 401
-    r = await client.get(f"/api/orders/{uuid.uuid4()}", headers=users.headers(buyer))
+    assert (await shop.client.get(ordered.url)).status_code == 401
+    r = await shop.get(f"/api/orders/{uuid.uuid4()}", ordered.buyer)
     assert r.status_code == 404 and r.json() == {"errors": [{"message": "Order not found"}]}
 
 
@@ -396,62 +358,42 @@ async def test_malformed_order_ids_are_client_errors(
 
 
 async def test_cancel_order_publishes_once(
-    client: httpx.AsyncClient,
-    users: Users,
-    tickets: TicketsStandIn,
-    db: TestDatabase,
-    event_probe: EventProbe,
+    shop: Shop, db: TestDatabase, event_probe: EventProbe
 ) -> None:
-    buyer = uuid.uuid4()
-    ticket = await tickets.create()
-    created = await order(client, users, buyer, ticket)
-    url = f"/api/orders/{created['id']}"
+    ordered = await shop.ordered()
 
-    r = await client.delete(url, headers=users.headers(buyer))
+    r = await shop.cancel(ordered.id, ordered.buyer)
     assert r.status_code == 204 and r.content == b""
-    shown = (await client.get(url, headers=users.headers(buyer))).json()
+    shown = (await shop.get(ordered.url, ordered.buyer)).json()
     assert (shown["status"], shown["version"]) == ("cancelled", 1)
     event = await event_probe.wait_for("order.cancelled")
-    assert event.data == {"id": created["id"], "version": 1, "ticket": {"id": str(ticket.id)}}
+    assert event.data == {"id": ordered.id, "version": 1, "ticket": {"id": str(ordered.ticket.id)}}
 
-    r = await client.delete(url, headers=users.headers(buyer))
-    assert r.status_code == 204
+    assert (await shop.cancel(ordered.id, ordered.buyer)).status_code == 204
     assert (await db.outbox_subjects()).count("order.cancelled") == 1
-    assert (await client.get(url, headers=users.headers(buyer))).json()["version"] == 1
+    assert (await shop.get(ordered.url, ordered.buyer)).json()["version"] == 1
 
 
-async def test_cancel_someone_elses_order_is_403(
-    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn, db: TestDatabase
-) -> None:
-    created = await order(client, users, uuid.uuid4(), await tickets.create())
-    r = await client.delete(f"/api/orders/{created['id']}", headers=users.headers(uuid.uuid4()))
-    assert r.status_code == 403
+async def test_cancel_someone_elses_order_is_403(shop: Shop, db: TestDatabase) -> None:
+    ordered = await shop.ordered()
+    assert (await shop.cancel(ordered.id, uuid.uuid4())).status_code == 403
     [row] = await db.fetch("SELECT status FROM orders")
     assert row["status"] == "created"
 
 
-async def test_cancel_unknown_or_signed_out(
-    client: httpx.AsyncClient, users: Users, tickets: TicketsStandIn
-) -> None:
-    r = await client.delete(f"/api/orders/{uuid.uuid4()}", headers=users.headers(uuid.uuid4()))
-    assert r.status_code == 404
-    created = await order(client, users, uuid.uuid4(), await tickets.create())
-    assert (await client.delete(f"/api/orders/{created['id']}")).status_code == 401
+async def test_cancel_unknown_or_signed_out(shop: Shop) -> None:
+    assert (await shop.cancel(str(uuid.uuid4()), uuid.uuid4())).status_code == 404
+    ordered = await shop.ordered()
+    assert (await shop.client.delete(ordered.url)).status_code == 401
 
 
 async def test_complete_order_cannot_be_cancelled(
-    client: httpx.AsyncClient,
-    users: Users,
-    tickets: TicketsStandIn,
-    db: TestDatabase,
-    deliver: Deliver,
+    shop: Shop, db: TestDatabase, deliver: Deliver
 ) -> None:
-    buyer = uuid.uuid4()
-    ticket = await tickets.create()
-    created = await order(client, users, buyer, ticket)
-    await paid(deliver, ticket, created["id"])
+    ordered = await shop.ordered()
+    await paid(deliver, ordered.ticket, ordered.id)
 
-    r = await client.delete(f"/api/orders/{created['id']}", headers=users.headers(buyer))
+    r = await shop.cancel(ordered.id, ordered.buyer)
     assert r.status_code == 400
     assert r.json() == {
         "errors": [{"message": "Order is already complete and cannot be cancelled"}]
@@ -460,26 +402,20 @@ async def test_complete_order_cannot_be_cancelled(
     assert (await db.outbox_subjects()).count("order.cancelled") == 0
 
 
-async def test_sales_show_each_of_my_tickets_with_its_state(
-    client: httpx.AsyncClient,
-    users: Users,
-    tickets: TicketsStandIn,
-    deliver: Deliver,
-) -> None:
+async def test_sales_show_each_of_my_tickets_with_its_state(shop: Shop, deliver: Deliver) -> None:
     seller, buyer = uuid.uuid4(), uuid.uuid4()
-    unsold = await tickets.create(owner=seller, title="A unsold")
-    held = await tickets.create(owner=seller, title="B reserved")
-    sold = await tickets.create(owner=seller, title="C sold")
-    released = await tickets.create(owner=seller, title="D released")
-    await tickets.create(title="Someone else's")
-    await order(client, users, buyer, held)
-    paid_order = await order(client, users, buyer, sold)
+    unsold = await shop.tickets.create(owner=seller, title="A unsold")
+    held = await shop.tickets.create(owner=seller, title="B reserved")
+    sold = await shop.tickets.create(owner=seller, title="C sold")
+    released = await shop.tickets.create(owner=seller, title="D released")
+    await shop.tickets.create(title="Someone else's")
+    await shop.order(buyer, held)
+    paid_order = await shop.order(buyer, sold)
     await paid(deliver, sold, paid_order["id"])
-    cancelled = await order(client, users, buyer, released)
-    r = await client.delete(f"/api/orders/{cancelled['id']}", headers=users.headers(buyer))
-    assert r.status_code == 204
+    cancelled = await shop.order(buyer, released)
+    assert (await shop.cancel(cancelled["id"], buyer)).status_code == 204
 
-    r = await client.get("/api/orders/sales", headers=users.headers(seller))
+    r = await shop.get("/api/orders/sales", seller)
     assert r.status_code == 200, r.text
     assert [(s["ticket"]["id"], s["state"]) for s in r.json()] == [
         (str(unsold.id), "available"),
@@ -489,8 +425,8 @@ async def test_sales_show_each_of_my_tickets_with_its_state(
     ]
     assert r.json()[0]["ticket"] == {"id": str(unsold.id), "title": "A unsold", "price": "30.00"}
     # The buyer sells nothing; a stranger sees nothing; signed out is 401.
-    assert (await client.get("/api/orders/sales", headers=users.headers(buyer))).json() == []
-    assert (await client.get("/api/orders/sales")).status_code == 401
+    assert (await shop.get("/api/orders/sales", buyer)).json() == []
+    assert (await shop.client.get("/api/orders/sales")).status_code == 401
 
 
 async def test_openapi_documents_the_routes(client: httpx.AsyncClient) -> None:

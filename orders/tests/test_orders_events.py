@@ -14,12 +14,12 @@ from nats.js import JetStreamContext
 
 from ticketing_common.database_url import PLAIN, with_driver
 from ticketing_common.events import ExpirationComplete, TicketCreated, TicketUpdated
-from ticketing_common.testing import EventProbe, TestDatabase, Users, send_event
+from ticketing_common.testing import EventProbe, TestDatabase, send_event
 from ticketing_common.testing.helpers import eventually
 from ticketing_common.testing.plugin import Deliver
 from ticketing_common.testing.stand_ins import TicketsStandIn
 
-from .helpers import order, paid, payment_of, reserved, status_and_version
+from .helpers import Shop, paid, payment_of, reserved, status_and_version
 
 
 def updated(
@@ -96,32 +96,20 @@ async def test_old_and_duplicate_ticket_updates_change_nothing(
 
 
 async def test_reservation_update_keeps_the_replica_in_step(
-    client: httpx.AsyncClient,
-    users: Users,
-    tickets: TicketsStandIn,
-    db: TestDatabase,
-    deliver: Deliver,
+    shop: Shop, db: TestDatabase, deliver: Deliver
 ) -> None:
-    ticket = await tickets.create(title="Gig")
-    order_id = uuid.UUID((await order(client, users, uuid.uuid4(), ticket))["id"])
+    ordered = await shop.ordered(title="Gig")
     # What the tickets service answers to our order.created.
-    await deliver(updated(ticket, 1, "Gig", order_id))
-    row = await replica(db, ticket.id)
+    await deliver(updated(ordered.ticket, 1, "Gig", uuid.UUID(ordered.id)))
+    row = await replica(db, ordered.ticket.id)
     assert row["version"] == 1
 
 
 async def test_an_order_keeps_the_title_and_price_it_was_made_at(
-    client: httpx.AsyncClient,
-    users: Users,
-    tickets: TicketsStandIn,
-    db: TestDatabase,
-    event_probe: EventProbe,
-    deliver: Deliver,
+    shop: Shop, db: TestDatabase, event_probe: EventProbe, deliver: Deliver
 ) -> None:
-    ticket = await tickets.create(title="Opera", price="80.00")
-    buyer_id = uuid.uuid4()
-    buyer = users.headers(buyer_id)
-    created = await order(client, users, buyer_id, ticket)
+    ordered = await shop.ordered(title="Opera", price="80.00")
+    ticket = ordered.ticket
     # The replica moves on (the owner edits the ticket after the order was cancelled, say).
     changed = TicketUpdated(
         id=ticket.id,
@@ -136,10 +124,10 @@ async def test_an_order_keeps_the_title_and_price_it_was_made_at(
     assert (row["title"], row["price"]) == ("Opera (new cast)", Decimal("120.00"))
 
     as_ordered = {"id": str(ticket.id), "title": "Opera", "price": "80.00"}
-    assert created["ticket"] == as_ordered
-    shown = await client.get(f"/api/orders/{created['id']}", headers=buyer)
+    assert ordered.order["ticket"] == as_ordered
+    shown = await shop.get(ordered.url, ordered.buyer)
     assert shown.json()["ticket"] == as_ordered
-    listed = await client.get("/api/orders", headers=buyer)
+    listed = await shop.get("/api/orders", ordered.buyer)
     assert [o["ticket"] for o in listed.json()] == [as_ordered]
     # ... which is the price payments charges.
     event = await event_probe.wait_for("order.created")
@@ -163,71 +151,54 @@ async def test_update_for_a_ticket_not_yet_known_waits_for_its_creation(
 
 
 async def test_expiration_cancels_a_pending_order(
-    client: httpx.AsyncClient,
-    users: Users,
-    tickets: TicketsStandIn,
+    shop: Shop,
     jetstream: JetStreamContext,
     db: TestDatabase,
     event_probe: EventProbe,
     deliver: Deliver,
 ) -> None:
-    buyer = uuid.uuid4()
-    ticket = await tickets.create()
-    order_id = (await order(client, users, buyer, ticket))["id"]
+    ordered = await shop.ordered()
 
-    expired = await send_event(jetstream, ExpirationComplete(order_id=order_id))
+    expired = await send_event(jetstream, ExpirationComplete(order_id=ordered.id))
     cancelled = await event_probe.wait_for("order.cancelled")
-    assert cancelled.data == {"id": order_id, "version": 1, "ticket": {"id": str(ticket.id)}}
-    shown = (await client.get(f"/api/orders/{order_id}", headers=users.headers(buyer))).json()
+    assert cancelled.data == {
+        "id": ordered.id,
+        "version": 1,
+        "ticket": {"id": str(ordered.ticket.id)},
+    }
+    shown = (await shop.get(ordered.url, ordered.buyer)).json()
     assert (shown["status"], shown["version"]) == ("cancelled", 1)
 
     # A second expiry (another event id) for the cancelled order does nothing.
     await db.wait_handled(expired.id)
-    await deliver(ExpirationComplete(order_id=order_id))
+    await deliver(ExpirationComplete(order_id=ordered.id))
     assert await status_and_version(db) == ("cancelled", 1)
     assert len(await db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'order.cancelled'")) == 1
 
 
 async def test_expiration_leaves_a_complete_order(
-    client: httpx.AsyncClient,
-    users: Users,
-    tickets: TicketsStandIn,
-    db: TestDatabase,
-    deliver: Deliver,
+    shop: Shop, db: TestDatabase, deliver: Deliver
 ) -> None:
-    ticket = await tickets.create()
-    order_id = (await order(client, users, uuid.uuid4(), ticket))["id"]
-    await paid(deliver, ticket, order_id)
-    await deliver(ExpirationComplete(order_id=order_id))
+    ordered = await shop.ordered()
+    await paid(deliver, ordered.ticket, ordered.id)
+    await deliver(ExpirationComplete(order_id=ordered.id))
 
     assert await status_and_version(db) == ("complete", 1)
     assert await db.fetch("SELECT 1 FROM outbox WHERE nats_subject = 'order.cancelled'") == []
 
 
 async def test_payment_does_not_complete_a_cancelled_order(
-    client: httpx.AsyncClient,
-    users: Users,
-    tickets: TicketsStandIn,
-    db: TestDatabase,
-    deliver: Deliver,
+    shop: Shop, db: TestDatabase, deliver: Deliver
 ) -> None:
-    buyer = uuid.uuid4()
-    ticket = await tickets.create()
-    order_id = (await order(client, users, buyer, ticket))["id"]
-    assert (
-        await client.delete(f"/api/orders/{order_id}", headers=users.headers(buyer))
-    ).status_code == 204
-    await deliver(payment_of(order_id))
+    ordered = await shop.ordered()
+    assert (await shop.cancel(ordered.id, ordered.buyer)).status_code == 204
+    await deliver(payment_of(ordered.id))
 
     assert await status_and_version(db) == ("cancelled", 1)
 
 
 async def test_event_for_an_unknown_order_is_parked_not_blocking(
-    client: httpx.AsyncClient,
-    users: Users,
-    tickets: TicketsStandIn,
-    jetstream: JetStreamContext,
-    db: TestDatabase,
+    tickets: TicketsStandIn, jetstream: JetStreamContext, db: TestDatabase
 ) -> None:
     stray = await send_event(jetstream, ExpirationComplete(order_id=uuid.uuid4()))
     ticket = await tickets.create()  # handled although the stray event keeps failing
@@ -301,46 +272,33 @@ async def test_readiness_shows_how_many_events_are_parked(
 
 
 async def test_an_order_tickets_refused_is_cancelled_with_a_reason_the_buyer_reads(
-    client: httpx.AsyncClient,
-    users: Users,
-    tickets: TicketsStandIn,
-    db: TestDatabase,
-    deliver: Deliver,
-    event_probe: EventProbe,
+    shop: Shop, db: TestDatabase, deliver: Deliver, event_probe: EventProbe
 ) -> None:
-    buyer = uuid.uuid4()
-    ticket = await tickets.create(title="v0")
-    created = await order(client, users, buyer, ticket)
+    ordered = await shop.ordered(title="v0")
     # Tickets had a new price when the order reached it: it refused the reservation.
-    changed = updated(ticket, 1, "v1")
-    await deliver(changed.model_copy(update={"refused_order_id": uuid.UUID(created["id"])}))
+    changed = updated(ordered.ticket, 1, "v1")
+    await deliver(changed.model_copy(update={"refused_order_id": uuid.UUID(ordered.id)}))
 
-    shown = (await client.get(f"/api/orders/{created['id']}", headers=users.headers(buyer))).json()
+    shown = (await shop.get(ordered.url, ordered.buyer)).json()
     assert shown["status"] == "cancelled"
     assert shown["cancelReason"] == "ticket changed, order again"
     cancelled = await event_probe.wait_for("order.cancelled")
-    assert cancelled.data["id"] == created["id"]
+    assert cancelled.data["id"] == ordered.id
     # A payment made meanwhile does not complete it (payments refunds it).
-    await deliver(payment_of(created["id"]))
+    await deliver(payment_of(ordered.id))
     [row] = await db.fetch("SELECT status FROM orders")
     assert row["status"] == "cancelled"
     # The buyer may order again, at today's price.
-    again = await order(client, users, buyer, ticket)
+    again = await shop.order(ordered.buyer, ordered.ticket)
     assert again["ticket"]["price"] == "11.00" and again["cancelReason"] is None
 
 
 async def test_a_payment_waits_for_the_reservation(
-    client: httpx.AsyncClient,
-    users: Users,
-    tickets: TicketsStandIn,
-    db: TestDatabase,
-    jetstream: JetStreamContext,
-    deliver: Deliver,
+    shop: Shop, db: TestDatabase, jetstream: JetStreamContext, deliver: Deliver
 ) -> None:
-    ticket = await tickets.create()
-    order_id = (await order(client, users, uuid.uuid4(), ticket))["id"]
-    payment = await send_event(jetstream, payment_of(order_id))
-    await reserved(deliver, ticket, order_id)
+    ordered = await shop.ordered()
+    payment = await send_event(jetstream, payment_of(ordered.id))
+    await reserved(deliver, ordered.ticket, ordered.id)
     await db.wait_handled(payment.id)
     [row] = await db.fetch("SELECT status FROM orders")
     assert row["status"] == "complete"

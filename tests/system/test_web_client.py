@@ -411,23 +411,19 @@ def test_dutch_pages_and_the_language_switch(people: People) -> None:
 
 
 def test_every_other_page_is_accessible_and_fits_a_phone(people: People) -> None:
-    visitor = people.new()
-    for path, name in (
-        ("/auth/signup", "signup"),
-        ("/auth/signin", "signin"),
-        ("/tickets/not-an-id", "not-found-bad-id"),
-        ("/no/such/page", "not-found"),
+    visitor, member = people.new(), people.new().sign_up()
+    for person, path, name in (
+        (visitor, "/auth/signup", "signup"),
+        (visitor, "/auth/signin", "signin"),
+        (visitor, "/tickets/not-an-id", "not-found-bad-id"),
+        (visitor, "/no/such/page", "not-found"),
+        (member, "/auth/signout", "signout"),
+        (member, "/tickets/new", "sell"),
+        (member, "/orders", "orders-empty"),
+        (member, "/tickets/mine", "my-listings-empty"),
     ):
-        visitor.open(path, name)
+        person.open(path, name)
     expect(visitor.page.get_by_role("heading", level=1)).to_have_text("Page not found")
-    member = people.new().sign_up()
-    for path, name in (
-        ("/auth/signout", "signout"),
-        ("/tickets/new", "sell"),
-        ("/orders", "orders-empty"),
-        ("/tickets/mine", "my-listings-empty"),
-    ):
-        member.open(path, name)
 
     # Signing out (the confirm page's button) and in again, through the forms.
     member.open("/auth/signout")

@@ -28,6 +28,7 @@ STALE_FAILURES_CLEARED_PER_ATTEMPT = 100
 
 class EmailInUseError(BadRequestError):
     message = "Email in use"
+    field = "email"
 
 
 class InvalidCredentialsError(BadRequestError):
@@ -64,14 +65,14 @@ class Passwords:
 
 async def sign_up(session: AsyncSession, passwords: Passwords, email: str, password: str) -> User:
     if await session.scalar(select(User.id).where(User.email == email)) is not None:
-        raise EmailInUseError(field="email")
+        raise EmailInUseError()
     user = User(email=email, password_hash=await passwords.hash(password))
     session.add(user)
     try:
         await session.flush()
     except IntegrityError as exc:
         # Another sign-up with this email committed between our check and our insert.
-        raise EmailInUseError(field="email") from exc
+        raise EmailInUseError() from exc
     return user
 
 

@@ -19,10 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 class AppError(Exception):
     status_code = 500
     message = "Something went wrong"
+    # The request field at fault, where one is (a subclass may fix it for every raise).
+    field: str | None = None
 
     def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
         self.message = message or type(self).message
-        self.field = field
+        self.field = field or type(self).field
         super().__init__(self.message)
 
     def errors(self) -> list[dict[str, str]]:

@@ -42,21 +42,22 @@ IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
 
 class TicketNotFoundError(NotFoundError):
     message = "Ticket not found"
+    field = "ticketId"
 
 
 class TicketReservedError(BadRequestError):
     message = "Ticket is already reserved"
+    field = "ticketId"
 
 
 class OwnTicketError(BadRequestError):
     message = "You cannot buy your own ticket"
+    field = "ticketId"
 
 
 class IdempotencyKeyReusedError(BadRequestError):
     message = "Idempotency-Key was already used with a different request"
-
-    def __init__(self) -> None:
-        super().__init__(field="Idempotency-Key")
+    field = "Idempotency-Key"
 
 
 class OrderNotFoundError(NotFoundError):
@@ -145,9 +146,9 @@ async def create_order(
     ticket = await session.get(Ticket, request.ticket_id)
     if ticket is None:
         # Unknown, or its ticket.created has not reached our replica yet.
-        raise TicketNotFoundError(field="ticketId")
+        raise TicketNotFoundError()
     if ticket.user_id == user_id:
-        raise OwnTicketError(field="ticketId")
+        raise OwnTicketError()
 
     order = Order(
         id=uuid.uuid4(),
@@ -183,7 +184,7 @@ async def create_order(
             if stored is not None:
                 return stored
         if constraint == LIVE_ORDER_INDEX:
-            raise TicketReservedError(field="ticketId") from exc
+            raise TicketReservedError() from exc
         raise
     await publish(
         session,

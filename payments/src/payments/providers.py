@@ -50,9 +50,7 @@ class PaymentDeclinedError(PaymentRequiredError):
 
 class InvalidPaymentTokenError(BadRequestError):
     message = "Invalid payment token"
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message, field="token")
+    field = "token"
 
 
 class PaymentRejectedError(BadRequestError):

@@ -40,9 +40,7 @@ class TicketReservedError(BadRequestError):
 
 class InvalidCursorError(BadRequestError):
     message = "Invalid cursor"
-
-    def __init__(self) -> None:
-        super().__init__(field="cursor")
+    field = "cursor"
 
 
 def _updated_event(ticket: Ticket, refused_order_id: uuid.UUID | None = None) -> TicketUpdated:
