@@ -79,6 +79,58 @@ def _send_ignoring_reset(conn: socket.socket, data: bytes) -> None:
         conn.sendall(data)
 
 
+EDGE_TOO_LARGE = {"errors": [{"message": "The request body is over the 1 MiB limit"}]}
+SERVICE_TOO_LARGE = {"errors": [{"message": "Request body too large"}]}
+
+
+def read_answer(platform: LocalPlatform, request: bytes) -> tuple[int, Any]:
+    """Send ``request`` on a raw connection; the status and JSON body the edge answers with.
+
+    Read while the request is still being sent, as in ``status_of_oversized``; the answer
+    ends when the edge closes the connection (it does after refusing a body).
+    """
+    with socket.create_connection(("127.0.0.1", platform.port), timeout=30) as conn:
+        sender = threading.Thread(target=_send_ignoring_reset, args=(conn, request))
+        sender.start()
+        received = _read_until_closed(conn, 30)
+        sender.join()
+    return _parse_answer(received)
+
+
+def _read_until_closed(conn: socket.socket, timeout: float) -> bytes:
+    """Everything received until the peer closes, or until ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while (left := deadline - time.monotonic()) > 0:
+            conn.settimeout(left)
+            try:
+                chunk = conn.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    return received
+
+
+def _parse_answer(received: bytes) -> tuple[int, Any]:
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 "), received
+    length = re.search(rb"(?im)^content-length: *(\d+)", head)
+    assert length, head
+    return int(head.split()[1]), json.loads(body[: int(length.group(1))])
+
+
+def _chunked_request(path: str, body: bytes) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(part), part)
+        for part in (body[i : i + 65536] for i in range(0, len(body), 65536))
+    )
+    return f"{head}Transfer-Encoding: chunked\r\n\r\n".encode() + chunks + b"0\r\n\r\n"
+
+
 def who(client: httpx.Client) -> str | None:
     response = client.get("/api/users/currentuser")
     assert response.status_code == 200, response.text
@@ -195,14 +247,18 @@ def test_request_bodies_over_1_mib_get_413(platform: LocalPlatform) -> None:
     assert status in (413, 502), body
     if status == 413:
         assert json.loads(body) == {"errors": [{"message": "Request body too large"}]}
-    status, body = send(platform, "POST", path, json_type, b" " * (1024 * 1024 + 1))
-    # Refused: by the edge, or by tickets when its early answer (from Content-Length) wins the
-    # race with the edge's own count of the body.
-    assert status == 413, body
-    assert json.loads(body)["errors"][0]["message"] in (
-        "Request Entity Too Large",
-        "Request body too large",
-    )
+    # One byte more: the edge refuses it from Content-Length, before reading any of it.
+    start = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    declared = f"{start}Content-Length: {1024 * 1024 + 1}\r\n\r\n".encode()
+    assert read_answer(platform, declared) == (413, EDGE_TOO_LARGE)
+
+
+def test_a_chunked_body_over_1_mib_gets_413_in_the_common_shape(platform: LocalPlatform) -> None:
+    # No Content-Length: the edge counts the body and refuses it once past 1 MiB, unless tickets
+    # (its own limit is 64 KiB) answers first; either answer has the common shape.
+    request = _chunked_request("/api/tickets", b" " * (1024 * 1024 + 1))
+    status, body = read_answer(platform, request)
+    assert (status, body) in ((413, EDGE_TOO_LARGE), (413, SERVICE_TOO_LARGE)), body
 
 
 def test_a_client_that_never_finishes_its_headers_is_cut_off(platform: LocalPlatform) -> None:
@@ -214,6 +270,36 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(platform: LocalPlat
         while received and not received.startswith(b"HTTP/1.1 408"):
             received = conn.recv(1024)
     assert time.monotonic() - started < 60, "the connection was still open"
+
+
+# The edge's READ_BODY_TIMEOUT is 15 s; this only bounds a failure (a connection left open).
+CUT_OFF_WITHIN = 40.0
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_client_that_stops_sending_its_body_is_answered_408_and_cut_off(
+    platform: LocalPlatform, framing: str
+) -> None:
+    marker = uuid.uuid4().hex
+    head = f"POST /api/tickets/{marker} HTTP/1.1\r\nHost: x\r\n"
+    head += "Content-Type: application/json\r\n"
+    if framing == "chunked":
+        request = f"{head}Transfer-Encoding: chunked\r\n\r\n8\r\n" + '{"title"'
+    else:
+        request = f"{head}Content-Length: 1000\r\n\r\n" + '{"title": "half'
+    with socket.create_connection(("127.0.0.1", platform.port)) as conn:
+        conn.sendall(request.encode())  # ... and then nothing more
+        started = time.monotonic()
+        received = _read_until_closed(conn, CUT_OFF_WITHIN)
+    elapsed = time.monotonic() - started
+    assert elapsed < CUT_OFF_WITHIN, f"the connection was still open: {received!r}"
+    status, body = _parse_answer(received)
+    assert (status, body) == (
+        408,
+        {"errors": [{"message": "The request body did not arrive in time"}]},
+    )
+    # The edge holds a body until it is whole: tickets never saw any of this request.
+    assert marker not in platform.output()
 
 
 INTERNAL = ["/openapi.json", "/docs", "/healthz", "/readyz"]
