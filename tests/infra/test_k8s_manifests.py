@@ -19,6 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from ticketing_common.settings import ServiceSettings
+from ticketing_local import edge
 
 from .manifests import (
     K8S,
@@ -127,6 +128,15 @@ def test_the_ingress_limits_bodies_and_times_out(overlay: Overlay) -> None:
     assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "1m"
     for timeout in ("proxy-connect-timeout", "proxy-read-timeout", "proxy-send-timeout"):
         assert int(annotations[f"nginx.ingress.kubernetes.io/{timeout}"]) > 0
+
+
+def test_the_ingress_controller_has_the_local_edges_header_and_timeout_limits() -> None:
+    settings = yaml.safe_load((K8S / "ingress-nginx-controller.yaml").read_text())["data"]
+    count, size = settings["large-client-header-buffers"].split()
+    assert int(count) >= 1
+    assert int(size.removesuffix("k")) * 1024 == edge.MAX_HEADER_BYTES
+    assert f"{settings['client-header-timeout']}s" == edge.READ_HEADER_TIMEOUT
+    assert f"{settings['client-body-timeout']}s" == edge.READ_BODY_TIMEOUT
 
 
 def shared_settings(overlay: Overlay) -> dict[str, str]:

@@ -79,6 +79,63 @@ def _send_ignoring_reset(conn: socket.socket, data: bytes) -> None:
         conn.sendall(data)
 
 
+EDGE_TOO_LARGE = {"errors": [{"message": "The request body is over the 1 MiB limit"}]}
+SERVICE_TOO_LARGE = {"errors": [{"message": "Request body too large"}]}
+
+
+def read_answer(platform: LocalPlatform, request: bytes) -> tuple[int, Any]:
+    """Send ``request`` on a raw connection; the status and JSON body the edge answers with.
+
+    Read while the request is still being sent, as in ``status_of_oversized``.
+    """
+    with socket.create_connection(("127.0.0.1", platform.port), timeout=30) as conn:
+        sender = threading.Thread(target=_send_ignoring_reset, args=(conn, request))
+        sender.start()
+        answer = _read_answer(conn, time.monotonic() + 30)
+        sender.join()
+    return answer
+
+
+def _read_answer(conn: socket.socket, deadline: float) -> tuple[int, Any]:
+    """The status and JSON body of the response on ``conn``, read by its Content-Length."""
+    received = b""
+    with contextlib.suppress(ConnectionResetError, TimeoutError):
+        while not _complete(received):
+            conn.settimeout(max(deadline - time.monotonic(), 0.001))
+            if not (chunk := conn.recv(65536)):
+                break
+            received += chunk
+    assert _complete(received), f"no whole answer before the deadline: {received!r}"
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def _complete(received: bytes) -> bool:
+    head, separator, body = received.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length: *(\d+)", head)
+    return bool(separator and length and len(body) >= int(length.group(1)))
+
+
+def _closed_before(conn: socket.socket, deadline: float) -> bool:
+    """Whether the peer closes ``conn`` (sending nothing more) before ``deadline``."""
+    try:
+        conn.settimeout(max(deadline - time.monotonic(), 0.001))
+        return conn.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def _chunked_request(path: str, body: bytes) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(part), part)
+        for part in (body[i : i + 65536] for i in range(0, len(body), 65536))
+    )
+    return f"{head}Transfer-Encoding: chunked\r\n\r\n".encode() + chunks + b"0\r\n\r\n"
+
+
 def who(client: httpx.Client) -> str | None:
     response = client.get("/api/users/currentuser")
     assert response.status_code == 200, response.text
@@ -195,14 +252,18 @@ def test_request_bodies_over_1_mib_get_413(platform: LocalPlatform) -> None:
     assert status in (413, 502), body
     if status == 413:
         assert json.loads(body) == {"errors": [{"message": "Request body too large"}]}
-    status, body = send(platform, "POST", path, json_type, b" " * (1024 * 1024 + 1))
-    # Refused: by the edge, or by tickets when its early answer (from Content-Length) wins the
-    # race with the edge's own count of the body.
-    assert status == 413, body
-    assert json.loads(body)["errors"][0]["message"] in (
-        "Request Entity Too Large",
-        "Request body too large",
-    )
+    # One byte more: the edge refuses it from Content-Length, before reading any of it.
+    start = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    declared = f"{start}Content-Length: {1024 * 1024 + 1}\r\n\r\n".encode()
+    assert read_answer(platform, declared) == (413, EDGE_TOO_LARGE)
+
+
+def test_a_chunked_body_over_1_mib_gets_413_in_the_common_shape(platform: LocalPlatform) -> None:
+    # No Content-Length: the edge counts the body and refuses it once past 1 MiB, unless tickets
+    # (its own limit is 64 KiB) answers first; either answer has the common shape.
+    request = _chunked_request("/api/tickets", b" " * (1024 * 1024 + 1))
+    status, body = read_answer(platform, request)
+    assert (status, body) in ((413, EDGE_TOO_LARGE), (413, SERVICE_TOO_LARGE)), body
 
 
 def test_a_client_that_never_finishes_its_headers_is_cut_off(platform: LocalPlatform) -> None:
@@ -214,6 +275,31 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(platform: LocalPlat
         while received and not received.startswith(b"HTTP/1.1 408"):
             received = conn.recv(1024)
     assert time.monotonic() - started < 60, "the connection was still open"
+
+
+# The edge's READ_BODY_TIMEOUT is 15 s; this only bounds a failure (a connection left open).
+CUT_OFF_WITHIN = 40.0
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_client_that_stops_sending_its_body_is_answered_408_and_cut_off(
+    platform: LocalPlatform, framing: str
+) -> None:
+    marker = uuid.uuid4().hex
+    head = f"POST /api/tickets/{marker} HTTP/1.1\r\nHost: x\r\n"
+    head += "Content-Type: application/json\r\n"
+    if framing == "chunked":
+        request = f"{head}Transfer-Encoding: chunked\r\n\r\n8\r\n" + '{"title"'
+    else:
+        request = f"{head}Content-Length: 1000\r\n\r\n" + '{"title": "half'
+    with socket.create_connection(("127.0.0.1", platform.port)) as conn:
+        conn.sendall(request.encode())  # ... and then nothing more
+        deadline = time.monotonic() + CUT_OFF_WITHIN
+        answer = _read_answer(conn, deadline)
+        assert _closed_before(conn, deadline), "the connection was still open"
+    assert answer == (408, {"errors": [{"message": "The request body did not arrive in time"}]})
+    # The edge holds a body until it is whole: tickets never saw any of this request.
+    assert marker not in platform.output()
 
 
 INTERNAL = ["/openapi.json", "/docs", "/healthz", "/readyz"]

@@ -3,8 +3,10 @@
 One origin for every service, routed like the Kubernetes Ingress, with the limits a public edge
 needs (the Ingress has the same ones):
 
-- request headers over 32 KiB: 431; bodies over 1 MiB: 413; a client that is slow to send its
-  headers is cut off (``READ_HEADER_TIMEOUT``);
+- request headers over 32 KiB: 431 (Go's own plain-text answer: see ``max_header_bytes``);
+  bodies over 1 MiB: 413, at once when ``Content-Length`` says so; a client that is slow to
+  send its headers is cut off (``READ_HEADER_TIMEOUT``), one that stops sending its body is
+  answered 408 and its connection closed (``READ_BODY_TIMEOUT``);
 - a path that is not in normal form (``.`` or ``..`` segments, plain or percent-encoded, an
   encoded ``/`` or ``\\``, a backslash, ``//``, ``;``, control characters) is refused with 400,
   so no spelling of a path reaches a route its normal form would not;
@@ -35,11 +37,13 @@ from ticketing_local.routing import RoutingTable
 MAX_HEADER_BYTES = 32 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 READ_HEADER_TIMEOUT = "10s"
-# The whole request, body included (1 MiB in this time is about 35 KB/s). Caddy 2.11 does not
-# apply it while reverse_proxy reads a body, so it is no guard against a body that never ends.
-READ_BODY_TIMEOUT = "30s"
+# The whole request, body included (1 MiB in this time is about 70 KB/s): a body that stalls is
+# cut off here, answered 408 and its connection closed.
+READ_BODY_TIMEOUT = "15s"
 IDLE_TIMEOUT = "2m"
 SHUTDOWN_GRACE = "10s"
+BODY_TOO_LARGE = "The request body is over the 1 MiB limit"
+REQUEST_CUT_OFF = "The request body did not arrive in time"
 # The services' own endpoints: for the launcher and the cluster, never for the outside.
 INTERNAL_PATHS = ["/healthz", "/readyz", "/docs", "/docs/*", "/redoc", "/openapi.json"]
 # A path that is not in normal form, as Caddy sees it decoded (so %2e is a dot here).
@@ -102,13 +106,21 @@ def edge_config(
         "automatic_https": {"disable": True},
         "protocols": ["h1"],  # plain http on localhost: HTTP/2 and 3 need TLS
         # Go allows 4 KiB beyond this before answering 431: 28 KiB here is 32 KiB on the wire.
+        # Go answers that 431 itself, in plain text, before any route runs: no route can see
+        # the headers' total size to answer in the common shape instead.
         "max_header_bytes": MAX_HEADER_BYTES - 4096,
         "read_header_timeout": READ_HEADER_TIMEOUT,
         "read_timeout": READ_BODY_TIMEOUT,
+        # Off (Caddy's default is on): Caddy's idle-reset body reader clears the read deadline
+        # when the handler returns, and Go then waits without limit for the unread rest of a
+        # stalled body before it answers, so that connection would never close. Without it,
+        # read_timeout's deadline holds to the end and the connection is closed at it.
+        "read_idle_timeout": "-1s",
         "idle_timeout": IDLE_TIMEOUT,
         "routes": [
             _refuse_abnormal_paths(),
             {"match": [{"path": INTERNAL_PATHS}], "handle": [_error(404, "Not found")]},
+            _refuse_declared_oversize(),
             *_service_routes(routes, upstreams, port),
             *([] if _serves_root(routes, upstreams) else [_index_page(routes, upstreams)]),
             {"handle": [_error(404, "Not found")]},
@@ -142,6 +154,17 @@ def _refuse_abnormal_paths() -> dict[str, Any]:
     }
 
 
+def _refuse_declared_oversize() -> dict[str, Any]:
+    # Answered before any of the body is read or anything reaches a service. A body without a
+    # Content-Length (chunked) is counted by request_body instead, and refused when it passes.
+    length = "{http.request.header.Content-Length}"
+    declared_over = f"{length}.matches('^[0-9]{{1,18}}$') && int({length}) > {MAX_BODY_BYTES}"
+    return {
+        "match": [{"expression": declared_over}],
+        "handle": [_error(413, BODY_TOO_LARGE)],
+    }
+
+
 def _service_routes(
     routes: RoutingTable, upstreams: Mapping[str, str], port: int
 ) -> list[dict[str, Any]]:
@@ -153,6 +176,7 @@ def _service_routes(
             "match": [{"path": _prefix_patterns(route.prefix)}],
             "handle": [
                 {"handler": "request_body", "max_size": MAX_BODY_BYTES},
+                _answer_cut_off_requests(),
                 _reverse_proxy(upstreams[route.service], port),
             ],
         }
@@ -165,6 +189,24 @@ def _prefix_patterns(prefix: str) -> list[str]:
     # /api/users/signup, never /api/usersx.
     prefix = prefix.rstrip("/")
     return [prefix, prefix + "/*"] if prefix else ["/*"]
+
+
+def _answer_cut_off_requests() -> dict[str, Any]:
+    """408 for a request whose body stopped coming (``READ_BODY_TIMEOUT``).
+
+    When the read times out, Go cancels the request and reverse_proxy answers 499 (client
+    closed request) without an error for the error routes to shape; this turns that answer
+    into a 408 in the common shape. (A client that really went away sees nothing either way.)
+    """
+    return {
+        "handler": "intercept",
+        "handle_response": [
+            {
+                "match": {"status_code": [499]},
+                "routes": [{"handle": [_error(408, REQUEST_CUT_OFF)]}],
+            }
+        ],
+    }
 
 
 def _reverse_proxy(upstream: str, port: int) -> dict[str, Any]:
@@ -250,6 +292,12 @@ def _error_routes() -> list[dict[str, Any]]:
                     headers={"Retry-After": ["1"]},
                 )
             ],
+        },
+        {
+            # A chunked body counted past the limit by request_body: the same answer as a
+            # Content-Length over it.
+            "match": [{"expression": "{http.error.status_code} == 413"}],
+            "handle": [_error(413, BODY_TOO_LARGE)],
         },
         {
             "handle": [
