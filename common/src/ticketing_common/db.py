@@ -55,7 +55,7 @@ async def transaction(
         await session.commit()
 
 
-def request_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
+async def request_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
     return sessionmaker
 
