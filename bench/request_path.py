@@ -39,6 +39,7 @@ import asyncpg
 import psutil
 from event_pipeline import temporary_folder
 from loadgen import Answer, Request, closed_loop, connections, percentile, rate
+from platform_under_test import _tree_cpu as tree_cpu
 from run import User, close, created, order, start_bare_app
 
 from ticketing_common.database_url import PLAIN, with_driver
@@ -56,6 +57,11 @@ class Side:
 
     name: str
     rounds: list[list[Answer]] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # the server process's, across every round
+    db_cpu_seconds: float = 0.0  # PostgreSQL's (every backend), across every round
+
+    def cpu_ms(self, seconds: float) -> float:
+        return 1000 * seconds / max(1, sum(len(created(r)) for r in self.rounds))
 
     @property
     def rates(self) -> list[float]:
@@ -80,6 +86,8 @@ class Comparison:
 
     def lines(self) -> list[str]:
         ours, bare = statistics.median(self.ours.rates), statistics.median(self.bare.rates)
+        ours_cpu = self.ours.cpu_ms(self.ours.cpu_seconds)
+        bare_cpu = self.bare.cpu_ms(self.bare.cpu_seconds)
         pairs = zip(self.ours.rates, self.bare.rates, strict=True)
         rounds = " ".join(f"{o:.0f}/{b:.0f}" for o, b in pairs)
         lines = [
@@ -87,6 +95,10 @@ class Comparison:
             f"  {self.ours.name:<10} {ours:8.1f} req/s  p99 {self.ours.p99_ms:7.1f} ms",
             f"  {'bare app':<10} {bare:8.1f} req/s  p99 {self.bare.p99_ms:7.1f} ms",
             f"  ours / bare: {ours / bare:.0%} (median of rounds; each round ours/bare: {rounds})",
+            f"  CPU per request: {self.ours.name} {ours_cpu:.2f} ms + PostgreSQL "
+            f"{self.ours.cpu_ms(self.ours.db_cpu_seconds):.2f} ms, bare app {bare_cpu:.2f} ms: "
+            f"bare / ours {bare_cpu / ours_cpu:.0%} (the ratio of rates with a CPU each, "
+            "whatever the machine's load)",
             f"  {self.ours.name} RSS: idle {self.idle_rss / MIB:.1f} MiB, "
             f"peak under load {self.peak_rss / MIB:.1f} MiB",
         ]
@@ -166,19 +178,26 @@ async def rounds(
     comparison: Comparison,
     ours_url: str,
     bare_url: str,
-    pid: int,
+    pids: tuple[int, int, int],  # ours, the bare app, PostgreSQL
     requests: Callable[[bool], Iterator[Request]],
     plan: argparse.Namespace,
 ) -> None:
+    pid, bare_pid, postgres_pid = pids
     process = psutil.Process(pid)
     comparison.idle_rss = process.memory_info().rss
     for _ in range(plan.rounds):
-        sides = ((comparison.bare, bare_url, False), (comparison.ours, ours_url, True))
-        for side, url, ours in sides:
+        sides = (
+            (comparison.bare, bare_url, bare_pid, False),
+            (comparison.ours, ours_url, pid, True),
+        )
+        for side, url, server, ours in sides:
             pool = connections(url, plan.connections)
             stop = asyncio.Event()
             watcher = asyncio.create_task(peak_rss(process, comparison, stop))
+            cpu, db_cpu = tree_cpu(server, False), tree_cpu(postgres_pid, True)
             side.rounds.append(await closed_loop(pool, requests(ours), plan.seconds))
+            side.cpu_seconds += tree_cpu(server, False) - cpu
+            side.db_cpu_seconds += tree_cpu(postgres_pid, True) - db_cpu
             stop.set()
             await watcher
             close(pool)
@@ -211,6 +230,8 @@ async def measure(plan: argparse.Namespace) -> list[Comparison]:
     results = []
     try:
         with Servers(folder, key) as servers:
+            assert servers.postgres.process is not None
+            postgres_pid = servers.postgres.process.pid
             if "orders" in plan.routes:
                 url = await servers.database("orders")
                 async with servers.service("orders", url) as (orders_url, pid):
@@ -225,7 +246,8 @@ async def measure(plan: argparse.Namespace) -> list[Comparison]:
                             yield order(ticket, buyers[i % len(buyers)])
 
                     comparison = Comparison("POST /api/orders", Side("orders"), Side("bare"))
-                    await rounds(comparison, orders_url, bare_url, pid, orders, plan)
+                    pids = (pid, bare.pid, postgres_pid)
+                    await rounds(comparison, orders_url, bare_url, pids, orders, plan)
                     results.append(comparison)
             if "tickets" in plan.routes:
                 url = await servers.database("tickets")
@@ -235,7 +257,8 @@ async def measure(plan: argparse.Namespace) -> list[Comparison]:
                         return (ticket_request(seller, i) for i in itertools.count())
 
                     comparison = Comparison("POST /api/tickets", Side("tickets"), Side("bare"))
-                    await rounds(comparison, tickets_url, bare_url, pid, tickets, plan)
+                    pids = (pid, bare.pid, postgres_pid)
+                    await rounds(comparison, tickets_url, bare_url, pids, tickets, plan)
                     results.append(comparison)
     finally:
         bare.terminate()
