@@ -97,8 +97,8 @@ class Comparison:
             f"  ours / bare: {ours / bare:.0%} (median of rounds; each round ours/bare: {rounds})",
             f"  CPU per request: {self.ours.name} {ours_cpu:.2f} ms + PostgreSQL "
             f"{self.ours.cpu_ms(self.ours.db_cpu_seconds):.2f} ms, bare app {bare_cpu:.2f} ms: "
-            f"bare / ours {bare_cpu / ours_cpu:.0%} (the ratio of rates with a CPU each, "
-            "whatever the machine's load)",
+            f"bare / ours {bare_cpu / ours_cpu:.0%} (about the ratio of rates with a CPU each; "
+            "the process's background work, its relay's included, counts in it)",
             f"  {self.ours.name} RSS: idle {self.idle_rss / MIB:.1f} MiB, "
             f"peak under load {self.peak_rss / MIB:.1f} MiB",
         ]
