@@ -1,4 +1,5 @@
-"""The reference for ``POST /api/orders``: only what the route must do before its business.
+"""The reference for ``POST /api/orders`` (and ``POST /api/tickets``): only what the route must
+do before its business.
 
 It checks the session cookie (the same JWT verification as the services) and validates the
 body with pydantic, then answers 201; no database, no events, no middleware. Served by the same
@@ -12,12 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import uuid
+from decimal import Decimal
 from typing import Annotated
 
 import jwt
 import uvicorn
 from fastapi import Cookie, Depends, FastAPI, HTTPException, status
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 JWT_KEY = os.environ.get("JWT_KEY", "")
@@ -27,6 +29,11 @@ class OrderIn(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
     ticket_id: uuid.UUID
+
+
+class TicketIn(BaseModel):
+    title: str = Field(min_length=1, max_length=120)
+    price: Decimal = Field(gt=0, le=1000000, decimal_places=2)
 
 
 async def current_user(session: Annotated[str | None, Cookie()] = None) -> uuid.UUID:
@@ -52,6 +59,11 @@ app = FastAPI()
 @app.post("/api/orders", status_code=status.HTTP_201_CREATED)
 async def create_order(body: OrderIn, user_id: UserId) -> dict[str, str]:
     return {"ticketId": str(body.ticket_id), "userId": str(user_id)}
+
+
+@app.post("/api/tickets", status_code=status.HTTP_201_CREATED)
+async def create_ticket(body: TicketIn, user_id: UserId) -> dict[str, str]:
+    return {"title": body.title, "price": str(body.price), "userId": str(user_id)}
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ from nats.js import JetStreamContext
 from pydantic import SecretStr, ValidationError
 
 from payments.app import create_app, provider_for
-from payments.providers import IntentClosedError, ProviderUnavailableError, StripeProvider
+from payments.providers import IntentClosedError, ProviderUnavailableError
 from payments.settings import PaymentsSettings
+from payments.stripe_provider import StripeProvider
 from ticketing_common.events import OrderCancelled, OrderCancelledTicket
 from ticketing_common.testing import EventProbe, ServiceHarness
 from ticketing_common.testing.helpers import eventually

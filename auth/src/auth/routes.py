@@ -21,12 +21,12 @@ from ticketing_common.settings import settings_dependency
 router = APIRouter(prefix="/api/users", tags=["users"])
 
 
-def _passwords(request: Request) -> Passwords:
+async def _passwords(request: Request) -> Passwords:
     passwords: Passwords = request.app.state.passwords
     return passwords
 
 
-def _client_address(request: Request) -> str:
+async def _client_address(request: Request) -> str:
     # uvicorn has already chosen it: the peer, or what a proxy it trusts (FORWARDED_ALLOW_IPS:
     # the edge, the Ingress) put in X-Forwarded-For. Never read that header here: any client
     # can send one.

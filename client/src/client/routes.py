@@ -29,7 +29,7 @@ class SignInRequiredError(Exception):
     """A page for signed-in people, asked for by someone who is not (sent to sign in)."""
 
 
-def _api(request: Request) -> Api:
+async def _api(request: Request) -> Api:
     return Api(
         request.app.state.http,
         request.app.state.settings,
@@ -38,7 +38,7 @@ def _api(request: Request) -> Api:
     )
 
 
-def _signed_in(request: Request) -> UserClaims:
+async def _signed_in(request: Request) -> UserClaims:
     user: UserClaims | None = request.state.user
     if user is None:
         raise SignInRequiredError()
@@ -50,7 +50,7 @@ SignedIn = Annotated[UserClaims, Depends(_signed_in)]
 FormText = Annotated[str, Form(max_length=1000)]
 
 
-def _signed_in_form(user: SignedIn, _: CsrfChecked) -> UserClaims:
+async def _signed_in_form(user: SignedIn, _: CsrfChecked) -> UserClaims:
     """A form only a signed-in person may post: signed in first, then a valid CSRF token."""
     return user
 
@@ -64,7 +64,7 @@ class TicketFields:
     price: str
 
 
-def _ticket_fields(title: FormText = "", price: FormText = "") -> TicketFields:
+async def _ticket_fields(title: FormText = "", price: FormText = "") -> TicketFields:
     return TicketFields(title, price)
 
 
@@ -159,7 +159,7 @@ class Credentials:
     next: str
 
 
-def _credentials(
+async def _credentials(
     email: FormText = "", password: FormText = "", next: FormText = "/"
 ) -> Credentials:
     return Credentials(email, password, next)

@@ -14,7 +14,7 @@ from fastapi import Depends, Request, Response
 from pydantic import BaseModel, ConfigDict
 
 from ticketing_common.errors import NotAuthorizedError
-from ticketing_common.settings import WebSettings, settings_dependency
+from ticketing_common.settings import WebSettings, app_settings
 
 SESSION_COOKIE = "session"
 JWT_ALGORITHM = "HS256"
@@ -75,15 +75,13 @@ def clear_session_cookie(response: Response, settings: WebSettings) -> None:
     )
 
 
-_settings = settings_dependency(WebSettings)
-
-
-def optional_user(request: Request) -> UserClaims | None:
+# async: a plain ``def`` dependency is run in a worker thread (see settings_dependency).
+async def optional_user(request: Request) -> UserClaims | None:
     token = request.cookies.get(SESSION_COOKIE)
-    return decode_session_token(token, _settings(request)) if token else None
+    return decode_session_token(token, app_settings(request, WebSettings)) if token else None
 
 
-def required_user(user: Annotated[UserClaims | None, Depends(optional_user)]) -> UserClaims:
+async def required_user(user: Annotated[UserClaims | None, Depends(optional_user)]) -> UserClaims:
     if user is None:
         raise NotAuthorizedError()
     return user

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import sys
 import uuid
 from collections.abc import Callable
@@ -21,7 +22,6 @@ from pydantic import ValidationError
 from ticketing_common.db import make_engine, make_sessionmaker
 from ticketing_common.messaging import Consumer
 from ticketing_common.messaging.parking import list_parked
-from ticketing_common.migrations import migrations_dir, upgrade
 from ticketing_common.observability import configure_logging
 from ticketing_common.settings import S, ServiceSettings, W, WebSettings
 
@@ -57,7 +57,10 @@ def service_main(
         return 2
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
     if args.command == "migrate" or (args.command == "serve" and args.migrate):
-        upgrade(migrations_dir(app_factory.__module__), settings.database_url)
+        code = migrate(app_factory.__module__, settings.database_url)
+        if code != 0:
+            print(f"migrations failed (exit code {code})", file=sys.stderr)
+            return 1
     if args.command == "serve":
         serve(app_factory(settings), settings, args.host, args.port)
     elif args.command == "parked":
@@ -69,6 +72,27 @@ def service_main(
             _parked(settings, consumer, args.parked_command, getattr(args, "event_id", None))
         )
     return 0
+
+
+def migrate(module: str, database_url: str) -> int:
+    """Apply the migrations of ``module``'s service in a forked child; its exit code.
+
+    Apart, so that Alembic (with Mako and Pygments under it, several MiB) never loads into a
+    process that goes on to serve: local mode migrates with ``serve --migrate``. A fork, not a
+    new interpreter: nothing to import again, and no event loop or thread is running yet.
+    """
+    child = multiprocessing.get_context("fork").Process(
+        target=_upgrade, args=(module, database_url), name="migrate"
+    )
+    child.start()
+    child.join()
+    return child.exitcode or 0
+
+
+def _upgrade(module: str, database_url: str) -> None:
+    from ticketing_common.migrations import migrations_dir, upgrade
+
+    upgrade(migrations_dir(module), database_url)
 
 
 def load_settings(settings_factory: Callable[[], T]) -> T | None:

@@ -6,8 +6,8 @@ database and no NATS connection (the web client) subclasses :class:`WebSettings`
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -108,12 +108,19 @@ S = TypeVar("S", bound=ServiceSettings)
 W = TypeVar("W", bound=WebSettings)
 
 
-def settings_dependency(settings_cls: type[W]) -> Callable[[Request], W]:
+def app_settings(request: Request, settings_cls: type[W]) -> W:
+    """The settings the app factory gave the app serving ``request``."""
+    settings = request.app.state.settings
+    assert isinstance(settings, settings_cls)
+    return settings
+
+
+def settings_dependency(settings_cls: type[W]) -> Callable[[Request], Coroutine[Any, Any, W]]:
     """A FastAPI dependency giving a route its service's settings (set by the app factory)."""
 
-    def dependency(request: Request) -> W:
-        settings = request.app.state.settings
-        assert isinstance(settings, settings_cls)
-        return settings
+    # async, as every dependency on a request's path: FastAPI runs a plain ``def`` one in a
+    # worker thread, a hand-off there and back that costs more than the work.
+    async def dependency(request: Request) -> W:
+        return app_settings(request, settings_cls)
 
     return dependency

@@ -32,6 +32,8 @@ class Ticket(Base):
 
 
 LIVE_ORDER_INDEX = "uq_orders_live_ticket"
+# Which orders the index covers; an ON CONFLICT naming the index must repeat it word for word.
+LIVE_ORDER = text("status <> 'cancelled'")
 
 
 class Order(Base):
@@ -67,7 +69,7 @@ class Order(Base):
             LIVE_ORDER_INDEX,
             "ticket_id",
             unique=True,
-            postgresql_where=text("status <> 'cancelled'"),
+            postgresql_where=LIVE_ORDER,
         ),
         Index("ix_orders_user_id_created_at", "user_id", "created_at"),
     )

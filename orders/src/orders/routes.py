@@ -22,7 +22,7 @@ SettingsDep = Annotated[OrdersSettings, Depends(settings_dependency(OrdersSettin
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, as Stripe's keys
 
 
-def _idempotency_key(
+async def _idempotency_key(
     key: Annotated[
         str | None,
         Header(

@@ -6,18 +6,20 @@ event) and never commits: the entry point does.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import uuid
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, NoReturn
 
-from sqlalchemy import and_, delete, select
+from sqlalchemy import and_, delete, literal, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from orders.models import LIVE_ORDER_INDEX, IdempotencyKey, Order, Ticket
+from orders.models import LIVE_ORDER, IdempotencyKey, Order, Ticket
 from orders.schemas import OrderIn, OrderOut, OrderTicketOut, SaleOut
 from ticketing_common.clock import utcnow
 from ticketing_common.db import constraint_name
@@ -137,67 +139,126 @@ async def create_order(
     Only a created order is remembered under the key: a refusal changed nothing, so a retry
     simply asks again (and may succeed once, say, the ticket is released).
     """
-    request_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+    request_hash = ""
     if idempotency_key is not None:
+        request_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
         stored = await _stored_answer(session, user_id, idempotency_key, request_hash)
         if stored is not None:
             return stored
 
-    ticket = await session.get(Ticket, request.ticket_id)
+    order_id = uuid.uuid4()
+    expires_at = utcnow() + timedelta(seconds=expiration_seconds)
+    body: dict[str, Any] = {}
+    try:
+        # With a key, a savepoint: a twin that stored the key first undoes only our inserts,
+        # and its answer is still ours to give.
+        async with session.begin_nested() if idempotency_key else contextlib.nullcontext():
+            ticket = await _insert_order(session, order_id, user_id, request.ticket_id, expires_at)
+            if ticket is not None:
+                body = _created_body(order_id, user_id, request.ticket_id, ticket, expires_at)
+                if idempotency_key is not None:
+                    await session.execute(
+                        insert(IdempotencyKey).values(
+                            user_id=user_id,
+                            key=idempotency_key,
+                            request_hash=request_hash,
+                            status_code=201,
+                            response=body,
+                        )
+                    )
+    except IntegrityError as exc:
+        if constraint_name(exc) != IDEMPOTENCY_KEY_PK or idempotency_key is None:
+            raise
+        ticket = None
+    if ticket is None:
+        if idempotency_key is not None:
+            # A twin of this request may have won: it holds the ticket, or stored the key.
+            stored = await _stored_answer(session, user_id, idempotency_key, request_hash)
+            if stored is not None:
+                return stored
+        await _refuse(session, user_id, request.ticket_id)
+    await publish(
+        session,
+        OrderCreated(
+            id=order_id,
+            version=0,
+            status=OrderStatus.CREATED,
+            user_id=user_id,
+            expires_at=expires_at,
+            ticket=EventTicket(id=request.ticket_id, price=ticket[1]),
+        ),
+    )
+    return Answer(201, body, replayed=False)
+
+
+async def _insert_order(
+    session: AsyncSession,
+    order_id: uuid.UUID,
+    user_id: uuid.UUID,
+    ticket_id: uuid.UUID,
+    expires_at: datetime,
+) -> tuple[str, Decimal] | None:
+    """The order, in one statement: the ticket is read from the replica as it is inserted;
+    nothing is inserted (None) if the ticket is unknown, the buyer's own, or has a live order
+    (the unique index decides, whatever the race). Else the ticket's title and price."""
+    snapshot = select(
+        literal(order_id, Order.id.type),
+        literal(user_id, Order.user_id.type),
+        Ticket.id,
+        Ticket.title,
+        Ticket.price,
+        literal(OrderStatus.CREATED, Order.status.type),
+        literal(expires_at, Order.expires_at.type),
+        literal(0, Order.version.type),
+    ).where(Ticket.id == ticket_id, Ticket.user_id != user_id)
+    columns = [
+        Order.id,
+        Order.user_id,
+        Order.ticket_id,
+        Order.ticket_title,
+        Order.ticket_price,
+        Order.status,
+        Order.expires_at,
+        Order.version,
+    ]
+    statement = (
+        insert(Order)
+        .from_select(columns, snapshot, include_defaults=False)
+        .on_conflict_do_nothing(index_elements=[Order.ticket_id], index_where=LIVE_ORDER)
+        .returning(Order.ticket_title, Order.ticket_price)
+    )
+    row = (await session.execute(statement)).one_or_none()
+    return None if row is None else (row.ticket_title, row.ticket_price)
+
+
+async def _refuse(session: AsyncSession, user_id: uuid.UUID, ticket_id: uuid.UUID) -> NoReturn:
+    """Why no order was inserted for ``ticket_id``."""
+    ticket = await session.get(Ticket, ticket_id)
     if ticket is None:
         # Unknown, or its ticket.created has not reached our replica yet.
         raise TicketNotFoundError()
     if ticket.user_id == user_id:
         raise OwnTicketError()
+    raise TicketReservedError()
 
-    order = Order(
-        id=uuid.uuid4(),
-        user_id=user_id,
-        ticket_id=ticket.id,
-        ticket_title=ticket.title,
-        ticket_price=ticket.price,
+
+def _created_body(
+    order_id: uuid.UUID,
+    user_id: uuid.UUID,
+    ticket_id: uuid.UUID,
+    ticket: tuple[str, Decimal],
+    expires_at: datetime,
+) -> dict[str, Any]:
+    """The answer to a new order (what ``order_out`` makes of it once read back)."""
+    title, price = ticket
+    return OrderOut(
+        id=order_id,
         status=OrderStatus.CREATED,
-        expires_at=utcnow() + timedelta(seconds=expiration_seconds),
+        user_id=user_id,
+        expires_at=expires_at,
         version=0,
-    )
-    body = order_out(order).model_dump(mode="json", by_alias=True)
-    try:
-        # A savepoint: a lost race undoes only these inserts, and the answer is still ours to give.
-        async with session.begin_nested():
-            if idempotency_key is not None:
-                # First, so a concurrent twin of this request waits here for ours to finish.
-                session.add(
-                    IdempotencyKey(
-                        user_id=user_id,
-                        key=idempotency_key,
-                        request_hash=request_hash,
-                        status_code=201,
-                        response=body,
-                    )
-                )
-                await session.flush()
-            session.add(order)
-    except IntegrityError as exc:
-        constraint = constraint_name(exc)
-        if constraint == IDEMPOTENCY_KEY_PK and idempotency_key is not None:
-            stored = await _stored_answer(session, user_id, idempotency_key, request_hash)
-            if stored is not None:
-                return stored
-        if constraint == LIVE_ORDER_INDEX:
-            raise TicketReservedError() from exc
-        raise
-    await publish(
-        session,
-        OrderCreated(
-            id=order.id,
-            version=order.version,
-            status=order.status,
-            user_id=order.user_id,
-            expires_at=order.expires_at,
-            ticket=EventTicket(id=order.ticket_id, price=order.ticket_price),
-        ),
-    )
-    return Answer(201, body, replayed=False)
+        ticket=OrderTicketOut(id=ticket_id, title=title, price=price),
+    ).model_dump(mode="json", by_alias=True)
 
 
 async def list_orders(session: AsyncSession, user_id: uuid.UUID) -> list[OrderOut]:

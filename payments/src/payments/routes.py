@@ -16,7 +16,7 @@ from ticketing_common.settings import settings_dependency
 router = APIRouter(prefix="/api/payments", tags=["payments"])
 
 
-def _provider(request: Request) -> PaymentProvider:
+async def _provider(request: Request) -> PaymentProvider:
     provider: PaymentProvider = request.app.state.payment_provider
     return provider
 
