@@ -79,8 +79,8 @@ class ServiceSettings(WebSettings):
     consumer_max_deliveries: int = Field(default=8, ge=1)
     consumer_ack_wait_seconds: float = Field(default=30.0, gt=0)
     # Handlers running at once, each on a different entity (a ticket, an order). Each holds a
-    # database connection: the default stays within the pool's 10 kept connections, past which
-    # every transaction opens and closes a connection of its own.
+    # database connection, from the same pool as the requests (``make_engine``'s 20): the
+    # default leaves most of it to the requests.
     consumer_concurrency: int = Field(default=8, ge=1, le=256)
 
     @field_validator("database_url")
