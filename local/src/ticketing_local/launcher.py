@@ -196,6 +196,7 @@ class Launcher:
         # process: no second interpreter start); the others start once it is ready.
         for replica in range(1, self.replicas + 1):
             if replica == 2:
+                self._write_status()
                 await self._until_stopped(self._wait_services_ready(list(self.processes)))
             for service in services:
                 port = free_port()
