@@ -222,3 +222,35 @@ def test_once_the_web_client_is_installed_it_gets_every_other_path(tmp_path: Pat
         for r in routes
         for h in r["handle"]
     )
+
+
+def test_replicas_are_balanced_and_served_on_a_balanced_address(tmp_path: Path) -> None:
+    config = edge_config(
+        RoutingTable.load(),
+        {
+            "auth": ["http://127.0.0.1:9001", "http://127.0.0.1:9011"],
+            "tickets": "http://127.0.0.1:9002",
+        },
+        8080,
+        tmp_path,
+        balancers={"auth": 9100},
+    )
+    servers = config["apps"]["http"]["servers"]
+    proxies = {
+        h["upstreams"][0]["dial"]: h
+        for r in servers["edge"]["routes"]
+        for h in r["handle"]
+        if h["handler"] == "reverse_proxy"
+    }
+    auth = proxies["127.0.0.1:9001"]
+    assert [u["dial"] for u in auth["upstreams"]] == ["127.0.0.1:9001", "127.0.0.1:9011"]
+    # A replica that refuses a connection is left out, and the request tried on another.
+    assert auth["load_balancing"]["try_duration"]
+    assert auth["health_checks"]["passive"]["max_fails"] == 1
+    # One upstream: proxied as before, a refusal is a 503 at once.
+    assert "load_balancing" not in proxies["127.0.0.1:9002"]
+    balancer = servers["balancer-auth"]
+    assert balancer["listen"] == ["127.0.0.1:9100"]
+    (proxy,) = balancer["routes"][0]["handle"]
+    assert [u["dial"] for u in proxy["upstreams"]] == ["127.0.0.1:9001", "127.0.0.1:9011"]
+    assert "headers" not in proxy  # the web client's own request id passes through

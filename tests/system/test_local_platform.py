@@ -13,6 +13,7 @@ import stat
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,8 +127,12 @@ def test_a_service_killed_mid_flow_is_restarted_and_nothing_is_lost(
         f"the order to complete after orders restarts\n{platform.output()[-4000:]}",
     )
 
-    after = platform.status()["processes"]["orders"]
-    assert after["pid"] != before["pid"]
+    def restarted() -> dict[str, Any] | None:
+        info: dict[str, Any] = platform.status()["processes"]["orders"]
+        return info if info["pid"] != before["pid"] else None
+
+    # With REPLICAS=2, orders-2 may finish the flow before orders is back.
+    after = wait_until(restarted, EVENTUAL, "orders to be restarted")
     assert after["restarts"] == before["restarts"] + 1
     assert f"orders (pid {before['pid']}) killed by SIGKILL; restarting" in platform.output()
     orders = buyer.http.get("/api/orders").json()

@@ -7,12 +7,14 @@ own validation errors, unknown routes and unexpected exceptions are shaped the s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -21,6 +23,8 @@ class AppError(Exception):
     message = "Something went wrong"
     # The request field at fault, where one is (a subclass may fix it for every raise).
     field: str | None = None
+    # Seconds, sent as Retry-After: when asking again may succeed.
+    retry_after: int | None = None
 
     def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
         self.message = message or type(self).message
@@ -65,6 +69,56 @@ class TooManyRequestsError(AppError):
         self.retry_after = retry_after
 
 
+class ServiceUnavailableError(AppError):
+    """The database is out of reach (restarting, or the connection died mid-request)."""
+
+    status_code = 503
+    message = "The service is unavailable; try again shortly"
+    retry_after = 1
+
+
+# What asyncpg raises when the server went away or will not take connections now: its
+# connection-level errors (SQLSTATE class 08), a shutdown (57P01 admin, 57P02 crash) or a start
+# (57P03) in progress.
+_CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    # Refused, reset or broken sockets: a server that is down or was killed.
+    ConnectionError,
+)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything it wraps (SQLAlchemy's ``orig``, causes and contexts)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        link = pending.pop()
+        if link is None or id(link) in seen:
+            continue
+        seen.add(id(link))
+        yield link
+        orig = getattr(link, "orig", None)
+        pending += [link.__cause__, link.__context__]
+        if isinstance(orig, BaseException):
+            pending.append(orig)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says the database is out of reach, not that a query was wrong."""
+    for link in _causes(exc):
+        if isinstance(link, DBAPIError) and link.connection_invalidated:
+            return True
+        if isinstance(link, _CONNECTION_LOST):
+            return True
+        # asyncpg's word for a connection closed under it (by a terminated backend's socket).
+        if isinstance(link, asyncpg.InterfaceError) and "connection is closed" in str(link):
+            return True
+    return False
+
+
 def error_item(message: str, field: str | None = None) -> dict[str, str]:
     return {"message": message} | ({"field": field} if field else {})
 
@@ -90,12 +144,14 @@ def _validation_message(error: dict[str, Any]) -> str:
     return message.removeprefix("Value error, ")
 
 
+def app_error_response(exc: AppError) -> JSONResponse:
+    headers = None if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+    return error_response(exc.status_code, exc.errors(), headers)
+
+
 async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    headers = None
-    if isinstance(exc, TooManyRequestsError) and exc.retry_after is not None:
-        headers = {"Retry-After": str(exc.retry_after)}
-    return error_response(exc.status_code, exc.errors(), headers)
+    return app_error_response(exc)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -112,8 +168,9 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Shape every error: ours, FastAPI's validation errors and unknown routes. Anything
-    unexpected is answered by ``observability.RequestIdMiddleware`` (so the 500 carries the
-    request id): the app factory installs both."""
+    unexpected is answered by ``observability.RequestIdMiddleware`` (so the answer carries the
+    request id): a 503 if the database is out of reach (``database_unavailable``), else a 500;
+    the app factory installs both."""
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -23,7 +23,13 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ticketing_common.errors import error_item, error_response
+from ticketing_common.errors import (
+    ServiceUnavailableError,
+    app_error_response,
+    database_unavailable,
+    error_item,
+    error_response,
+)
 from ticketing_common.models import BIDI_CONTROLS
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -145,11 +151,19 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
-            error_log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+        except Exception as exc:
+            if database_unavailable(exc):
+                # An outage (PostgreSQL restarting, a connection cut), not a bug: the client
+                # may retry; the line says what happened without a traceback.
+                error_log.warning(
+                    "database unavailable on %s %s: %r", scope["method"], scope["path"], exc
+                )
+                response = app_error_response(ServiceUnavailableError())
+            else:
+                error_log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+                response = error_response(500, [error_item("Something went wrong")])
             if response_started:
                 raise  # too late for a clean answer: let the server drop the connection
-            response = error_response(500, [error_item("Something went wrong")])
             await response(scope, receive, send_with_id)
         finally:
             if scope["path"] not in ("/healthz", "/readyz"):

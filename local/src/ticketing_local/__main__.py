@@ -5,9 +5,10 @@
 - ``reset``: wipe the data (refused while the platform is running).
 - ``status``: what is running, from the status file.
 
-Environment: ``PORT`` (the edge's port), ``JWT_KEY`` (else one is generated and kept in the data
-folder), ``TICKETING_DATA_DIR`` (else ``.data/`` in the repository); everything else, such as
-``ORDER_EXPIRATION_SECONDS`` or ``STRIPE_KEY``, passes through to the services.
+Environment: ``PORT`` (the edge's port), ``REPLICAS`` (processes of every service, 1),
+``JWT_KEY`` (else one is generated and kept in the data folder), ``TICKETING_DATA_DIR`` (else
+``.data/`` in the repository); everything else, such as ``ORDER_EXPIRATION_SECONDS`` or
+``STRIPE_KEY``, passes through to the services.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from ticketing_local.processes import Output
 from ticketing_local.routing import REPO_ROOT
 
 DEFAULT_PORT = 8080
+# Each replica is a Python process of every service: a few are plenty on one machine.
+MAX_REPLICAS = 8
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         output.line("launcher", f"error: PORT must be a number, not {os.environ['PORT']!r}")
         return 2
+    replicas = os.environ.get("REPLICAS", "1")
+    if not replicas.isdigit() or not 1 <= int(replicas) <= MAX_REPLICAS:
+        output.line("launcher", f"error: REPLICAS must be 1 to {MAX_REPLICAS}, not {replicas!r}")
+        return 2
     try:
         data.lock()
     except AlreadyRunningError as exc:
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             output.line("launcher", f"data reset ({data.path})")
             if args.command == "reset":
                 return 0
-        return asyncio.run(Launcher(data, port, output).run())
+        return asyncio.run(Launcher(data, port, output, int(replicas)).run())
     finally:
         data.unlock()
 

@@ -14,7 +14,13 @@ needs (the Ingress has the same ones):
   served from outside: 404;
 - ``X-Forwarded-For/-Proto/-Host``, ``X-Real-IP`` and ``X-Request-Id`` are set here from what
   the edge saw; whatever the client sent in their place is overwritten, never trusted;
-- a service that is down (restarting after a crash) answers 503 with ``Retry-After``.
+- a service that is down (restarting after a crash) answers 503 with ``Retry-After``;
+- a service run as several replicas (``REPLICAS``) is balanced across them, round robin; a
+  replica that refuses a connection (killed, restarting) is skipped for a while and the
+  request goes to another.
+
+With replicas, the edge also serves each service on a balanced address of its own (no limits,
+no routing), for the web client's server-side calls, as a cluster Service does.
 
 Every error the edge makes itself has the services' shape, ``{"errors": [{"message": ...}]}``.
 Caddy runs with its admin endpoint off, no automatic HTTPS, and its state folders inside the
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,6 +56,13 @@ INTERNAL_PATHS = ["/healthz", "/readyz", "/docs", "/docs/*", "/redoc", "/openapi
 ABNORMAL_PATH = r"(^|/)\.\.?(/|$)|//|\\|;|[\x00-\x1f\x7f]"
 # Percent-encoded dots, slashes and backslashes, in the path as sent.
 ENCODED_SEPARATOR = r"(?i)%2e|%2f|%5c"
+# With replicas: how long a request may look for one that answers, and how long a replica
+# that refused a connection is left out (the launcher restarts it within seconds).
+REPLICA_TRY_DURATION = "5s"
+REPLICA_FAIL_DURATION = "5s"
+
+# A service's base URL, or its replicas' base URLs.
+Upstreams = Mapping[str, str | Sequence[str]]
 
 API_SUMMARY = [
     ("POST", "/api/users/signup", "sign up {email, password}"),
@@ -83,23 +96,32 @@ def caddy_environment(state_dir: Path) -> dict[str, str]:
 
 
 def write_config(
-    state_dir: Path, routes: RoutingTable, upstreams: Mapping[str, str], port: int
+    state_dir: Path,
+    routes: RoutingTable,
+    upstreams: Upstreams,
+    port: int,
+    balancers: Mapping[str, int] | None = None,
 ) -> Path:
     """Write Caddy's configuration to ``state_dir/caddy.json`` and return its path."""
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "caddy.json"
-    config = edge_config(routes, upstreams, port, state_dir)
+    config = edge_config(routes, upstreams, port, state_dir, balancers)
     path.write_text(json.dumps(config, indent=2) + "\n")
     return path
 
 
 def edge_config(
-    routes: RoutingTable, upstreams: Mapping[str, str], port: int, state_dir: Path
+    routes: RoutingTable,
+    upstreams: Upstreams,
+    port: int,
+    state_dir: Path,
+    balancers: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Caddy's JSON configuration: the edge on 127.0.0.1:``port``, routed by ``routes``.
 
-    ``upstreams`` maps a service name to its base URL; a route whose service is missing (the
-    web client, until it is installed) is not served, except ``/``, a page listing the API.
+    ``upstreams`` maps a service name to its base URL (or its replicas'); a route whose service
+    is missing (the web client, until it is installed) is not served, except ``/``, a page
+    listing the API. ``balancers`` maps a service name to the port of its balanced address.
     """
     server = {
         "listen": [f"127.0.0.1:{port}"],
@@ -136,7 +158,7 @@ def edge_config(
             "http": {
                 "http_port": port,
                 "grace_period": SHUTDOWN_GRACE,
-                "servers": {"edge": server},
+                "servers": {"edge": server, **_balancers(upstreams, balancers or {})},
             }
         },
     }
@@ -165,9 +187,7 @@ def _refuse_declared_oversize() -> dict[str, Any]:
     }
 
 
-def _service_routes(
-    routes: RoutingTable, upstreams: Mapping[str, str], port: int
-) -> list[dict[str, Any]]:
+def _service_routes(routes: RoutingTable, upstreams: Upstreams, port: int) -> list[dict[str, Any]]:
     served = [r for r in routes.routes if r.service in upstreams]
     # Longest prefix first, as the table says (Caddy takes the first route that matches).
     served.sort(key=lambda r: len(r.prefix), reverse=True)
@@ -177,7 +197,7 @@ def _service_routes(
             "handle": [
                 {"handler": "request_body", "max_size": MAX_BODY_BYTES},
                 _answer_cut_off_requests(),
-                _reverse_proxy(upstreams[route.service], port),
+                _reverse_proxy(_addresses(upstreams[route.service]), port),
             ],
         }
         for route in served
@@ -209,11 +229,53 @@ def _answer_cut_off_requests() -> dict[str, Any]:
     }
 
 
-def _reverse_proxy(upstream: str, port: int) -> dict[str, Any]:
-    address = urlsplit(upstream)
-    return {
+def _addresses(upstream: str | Sequence[str]) -> list[str]:
+    return [upstream] if isinstance(upstream, str) else list(upstream)
+
+
+def _proxy_to(addresses: Sequence[str]) -> dict[str, Any]:
+    """A reverse proxy to ``addresses``; several are balanced, skipping one that is down."""
+    dials = [urlsplit(a) for a in addresses]
+    proxy: dict[str, Any] = {
         "handler": "reverse_proxy",
-        "upstreams": [{"dial": f"{address.hostname}:{address.port}"}],
+        "upstreams": [{"dial": f"{a.hostname}:{a.port}"} for a in dials],
+    }
+    if len(dials) > 1:
+        # A refused connection never reached the service: Caddy tries another replica then,
+        # whatever the method, and leaves the refusing one out for the fail duration.
+        proxy["load_balancing"] = {
+            "selection_policy": {"policy": "round_robin"},
+            "try_duration": REPLICA_TRY_DURATION,
+        }
+        proxy["health_checks"] = {
+            "passive": {"fail_duration": REPLICA_FAIL_DURATION, "max_fails": 1}
+        }
+    return proxy
+
+
+def _balancers(upstreams: Upstreams, ports: Mapping[str, int]) -> dict[str, Any]:
+    """A plain balanced address per service in ``ports``, on 127.0.0.1 (not the edge's)."""
+    return {
+        f"balancer-{name}": {
+            "listen": [f"127.0.0.1:{port}"],
+            "automatic_https": {"disable": True},
+            "protocols": ["h1"],
+            # The body is held, so a request a refusing replica never took goes to another.
+            "routes": [
+                {
+                    "handle": [
+                        _proxy_to(_addresses(upstreams[name])) | {"request_buffers": MAX_BODY_BYTES}
+                    ]
+                }
+            ],
+        }
+        for name, port in ports.items()
+    }
+
+
+def _reverse_proxy(addresses: Sequence[str], port: int) -> dict[str, Any]:
+    return {
+        **_proxy_to(addresses),
         # The whole body is read before the service sees anything: half a request (a client
         # that stopped mid-body) never reaches it.
         "request_buffers": MAX_BODY_BYTES,
@@ -232,12 +294,12 @@ def _reverse_proxy(upstream: str, port: int) -> dict[str, Any]:
     }
 
 
-def _serves_root(routes: RoutingTable, upstreams: Mapping[str, str]) -> bool:
+def _serves_root(routes: RoutingTable, upstreams: Upstreams) -> bool:
     route = routes.match("/")
     return route is not None and route.service in upstreams
 
 
-def _index_page(routes: RoutingTable, upstreams: Mapping[str, str]) -> dict[str, Any]:
+def _index_page(routes: RoutingTable, upstreams: Upstreams) -> dict[str, Any]:
     """``/`` until the web client is installed: a page that lists the API."""
     rows = "\n".join(
         f"<tr><td><code>{m}</code></td><td><code>{html.escape(p)}</code></td>"
@@ -246,7 +308,9 @@ def _index_page(routes: RoutingTable, upstreams: Mapping[str, str]) -> dict[str,
     )
     docs = "\n".join(
         f'<li>{html.escape(name)}: <a href="{url}/docs">{url}/docs</a></li>'
-        for name, url in sorted((n, html.escape(u)) for n, u in upstreams.items())
+        for name, url in sorted(
+            (n, html.escape(a)) for n, u in upstreams.items() for a in _addresses(u)
+        )
     )
     table = "\n".join(
         f"<li><code>{html.escape(r.prefix)}</code> &rarr; {html.escape(r.service)}</li>"

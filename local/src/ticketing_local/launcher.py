@@ -5,6 +5,13 @@ service as its own process on a free port, migrating its database first -> the e
 ``PORT`` (8080) -> wait until every service answers ``/readyz`` -> print the URL. A crashed
 service is restarted, and so are PostgreSQL and NATS (the platform stops if they cannot be);
 SIGINT/SIGTERM/SIGHUP stops the services (gracefully), then NATS, then PostgreSQL.
+
+``REPLICAS=N`` runs N processes of every service (the web client too), each on its own port:
+the edge balances each route across them, and the web client calls each service through a
+balanced address the edge serves. Replicas of a service share its database (so its outbox, which
+the relays take row by row, ``FOR UPDATE SKIP LOCKED``) and its durable consumer (each event goes
+to one of them; the inbox drops a redelivery). Replica 1 is named after its service, replica k
+``<service>-k``; each is restarted on its own should it crash.
 """
 
 from __future__ import annotations
@@ -81,11 +88,14 @@ def discover_services() -> list[Service]:
     return services
 
 
+# The services the web client calls, server-side.
+CLIENT_CALLS = ("auth", "tickets", "orders", "payments")
+
+
 def client_env(upstreams: dict[str, str]) -> dict[str, str]:
-    """The web client calls the services straight, at their own addresses (never through the
-    edge): ``AUTH_URL``, ``TICKETS_URL``, ``ORDERS_URL``, ``PAYMENTS_URL``."""
-    called = ("auth", "tickets", "orders", "payments")
-    return {f"{name.upper()}_URL": upstreams[name] for name in called}
+    """The web client calls the services straight, at their own addresses or balanced ones
+    (never through the edge): ``AUTH_URL``, ``TICKETS_URL``, ``ORDERS_URL``, ``PAYMENTS_URL``."""
+    return {f"{name.upper()}_URL": upstreams[name] for name in CLIENT_CALLS}
 
 
 def _port_is_free(port: int) -> bool:
@@ -98,10 +108,16 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
+def replica_name(service: str, replica: int) -> str:
+    """Replica 1 keeps the service's name (so one replica is named as before), then ``-k``."""
+    return service if replica == 1 else f"{service}-{replica}"
+
+
 class Launcher:
-    def __init__(self, data: DataFolder, port: int, output: Output) -> None:
+    def __init__(self, data: DataFolder, port: int, output: Output, replicas: int = 1) -> None:
         self.data = data
         self.port = port
+        self.replicas = replicas
         self.url = f"http://localhost:{port}"
         self.output = output
         self.postgres: EmbeddedPostgres | None = None
@@ -171,32 +187,45 @@ class Launcher:
         await self._until_stopped(self._create_databases(with_db))
 
         env = self._service_env(jwt_key)
-        upstreams: dict[str, str] = {}
-        for service in services:
-            port = free_port()
-            upstreams[service.name] = f"http://127.0.0.1:{port}"
-            argv = [sys.executable, "-m", service.name, "serve", "--host", "127.0.0.1"]
-            argv += ["--port", str(port)]
-            service_env = env | self._nats_credentials(service.name)
-            if service.has_migrations:
-                # Migrating in the serving process saves a second interpreter start per service.
-                argv.append("--migrate")
-                service_env["DATABASE_URL"] = self.postgres.database_url(service.name)
-            if service.name == "client":
-                service_env |= client_env(upstreams)
-            await self._start_process(service.name, argv, service_env, port)
-        await self._start_edge(upstreams)
+        upstreams: dict[str, list[str]] = {s.name: [] for s in services}
+        # With replicas, the web client reaches each service through a balanced address.
+        balancers = {}
+        if self.replicas > 1 and "client" in upstreams:
+            balancers = {name: free_port() for name in CLIENT_CALLS}
+        # Replica 1 of every service migrates its database as it starts (in the serving
+        # process: no second interpreter start); the others start once it is ready.
+        for replica in range(1, self.replicas + 1):
+            if replica == 2:
+                self._write_status()
+                await self._until_stopped(self._wait_services_ready(list(self.processes)))
+            for service in services:
+                port = free_port()
+                upstreams[service.name].append(f"http://127.0.0.1:{port}")
+                argv = [sys.executable, "-m", service.name, "serve", "--host", "127.0.0.1"]
+                argv += ["--port", str(port)]
+                service_env = env | self._nats_credentials(service.name)
+                if service.has_migrations:
+                    argv += ["--migrate"] if replica == 1 else []
+                    service_env["DATABASE_URL"] = self.postgres.database_url(service.name)
+                if service.name == "client":
+                    service_env |= client_env(
+                        {n: f"http://127.0.0.1:{p}" for n, p in balancers.items()}
+                        or {n: upstreams[n][0] for n in CLIENT_CALLS}
+                    )
+                name = replica_name(service.name, replica)
+                await self._start_process(name, argv, service_env, port)
+        await self._start_edge(upstreams, balancers)
         self._write_status()
-        await self._until_stopped(self._wait_ready([s.name for s in services]))
+        await self._until_stopped(self._wait_ready(list(self.processes.keys() - {"edge"})))
         for process in self.processes.values():
             process.restart = True
         self.ready = True
         self._write_status()
 
-    async def _start_edge(self, upstreams: dict[str, str]) -> None:
+    async def _start_edge(self, upstreams: dict[str, list[str]], balancers: dict[str, int]) -> None:
         """Caddy on PORT, its configuration generated from infra/routes.json."""
         state = self.data.edge_dir
-        config = write_config(state, RoutingTable.load(), upstreams, self.port)
+        config = write_config(state, RoutingTable.load(), upstreams, self.port, balancers)
         argv = [caddy_binary(), "run", "--config", str(config)]
         await self._start_process("edge", argv, caddy_environment(state), self.port)
 
@@ -299,6 +328,7 @@ class Launcher:
         assert self.postgres is not None and self.nats is not None
         env = dict(os.environ)
         env.pop("PORT", None)  # the edge's; a service's port is its --port
+        env.pop("REPLICAS", None)  # the launcher's
         env.pop("DATABASE_URL", None)  # each service gets its own below
         for name in ("NATS_USER", "NATS_PASSWORD"):  # likewise its own NATS user
             env.pop(name, None)
@@ -341,17 +371,20 @@ class Launcher:
             self.log(f"{name} is ready again")
 
     async def _wait_ready(self, names: list[str]) -> None:
+        await self._wait_services_ready(names)
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while not await self._edge_listening():
+            if time.monotonic() > deadline:
+                raise StartupError("the edge did not start (see its lines above)")
+            await asyncio.sleep(0.1)
+
+    async def _wait_services_ready(self, names: list[str]) -> None:
         pending = await self._not_ready_in_time(names, self._fail_if_one_exited)
         if pending:
             raise StartupError(
                 f"not ready after {READY_TIMEOUT_SECONDS:g}s: {', '.join(pending)} "
                 "(see their lines above)"
             )
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while not await self._edge_listening():
-            if time.monotonic() > deadline:
-                raise StartupError("the edge did not start (see its lines above)")
-            await asyncio.sleep(0.1)
 
     async def _not_ready_in_time(
         self, names: list[str], check: Callable[[], None] | None = None
@@ -416,6 +449,7 @@ class Launcher:
                 "pid": os.getpid(),
                 "url": self.url,
                 "ready": self.ready,
+                "replicas": self.replicas,
                 "dataDir": str(self.data.path),
                 "postgresDataDir": str(self.postgres.data_dir) if self.postgres else None,
                 "processes": processes,
