@@ -159,3 +159,33 @@ async def test_an_order_priced_before_a_price_change_is_refused(
     refusal = await event_probe.wait_for("ticket.updated", lambda e: e.data["version"] == 2)
     assert refusal.data["refusedOrderId"] == str(stale.id)
     assert refusal.data["orderId"] is None and refusal.data["price"] == "99.00"
+
+
+async def test_all_pooled_connections_terminated_http_and_events_go_on(
+    client: httpx.AsyncClient, ticket: dict[str, Any], db: TestDatabase, deliver: Deliver
+) -> None:
+    """As after a PostgreSQL restart: every connection of the service is gone at once, and
+    the pool holds none that still works. No request fails and no event is held back."""
+
+    async def shown() -> list[int]:
+        # Several at once, so that several pooled connections are in play.
+        answers = await asyncio.gather(
+            *(client.get(f"/api/tickets/{ticket['id']}") for _ in range(5))
+        )
+        return [r.status_code for r in answers]
+
+    assert await shown() == [200] * 5
+    first, second = uuid.uuid4(), uuid.uuid4()
+    await deliver(order_created(ticket, first))
+    terminated = await db.fetch(
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    assert len(terminated) >= 2 and all(row[0] for row in terminated)
+
+    assert await shown() == [200] * 5
+    await deliver(order_cancelled(ticket, first))
+    await deliver(order_created(ticket, second))
+    assert await holder_and_version(db) == (second, 3)
+    assert await db.fetch("SELECT 1 FROM parked_events") == []
+    assert await shown() == [200] * 5
