@@ -15,7 +15,9 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from orders.app import create_app
+from orders.service import TicketNotFoundError, TicketReservedError, _refuse
 from orders.settings import OrdersSettings
+from ticketing_common.db import make_engine, make_sessionmaker
 from ticketing_common.events import TicketCreated
 from ticketing_common.messaging.streams import MAX_AGE_SECONDS
 from ticketing_common.testing import EventProbe, ServiceHarness, TestDatabase, Users, send_event
@@ -436,3 +438,47 @@ async def test_openapi_documents_the_routes(client: httpx.AsyncClient) -> None:
     post = paths["/api/orders"]["post"]
     assert "Idempotency-Key" in [p["name"] for p in post["parameters"]]
     assert {"201", "400", "401", "404"} <= set(post["responses"])
+
+
+async def test_an_order_racing_its_ticket_into_the_replica_is_created_or_not_found(
+    shop: Shop, jetstream: JetStreamContext
+) -> None:
+    """A buyer retrying while the ticket reaches orders' replica gets 404s, then the order:
+    never "already reserved" for a ticket nobody holds."""
+
+    async def order_until_known(ticket: TicketCreated) -> int:
+        buyer, key = uuid.uuid4(), str(uuid.uuid4())
+        while (response := await shop.place_order(buyer, ticket, key=key)).status_code == 404:
+            pass
+        return response.status_code
+
+    tickets = [
+        TicketCreated(
+            id=uuid.uuid4(), version=0, title="Race", price=Decimal("5"), user_id=uuid.uuid4()
+        )
+        for _ in range(12)
+    ]
+    buyers = [asyncio.create_task(order_until_known(t)) for t in tickets]
+    for ticket in tickets:
+        await send_event(jetstream, ticket)
+    assert await asyncio.wait_for(asyncio.gather(*buyers), timeout=60) == [201] * len(tickets)
+
+
+async def test_the_reason_for_no_order_is_asked_again_when_it_has_gone(
+    shop: Shop, db: TestDatabase
+) -> None:
+    """The insert found nothing; by the time the reason is asked the ticket may be orderable
+    (it reached the replica, or its order ended): then there is no refusal, the insert runs
+    again. A ticket with a live order is refused."""
+    ordered = await shop.ordered()
+    free = await shop.tickets.create()
+    engine = make_engine(db.url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            await _refuse(session, uuid.uuid4(), free.id)  # no reason: it returns
+            with pytest.raises(TicketReservedError):
+                await _refuse(session, uuid.uuid4(), ordered.ticket.id)
+            with pytest.raises(TicketNotFoundError):
+                await _refuse(session, uuid.uuid4(), uuid.uuid4())
+    finally:
+        await engine.dispose()

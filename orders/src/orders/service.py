@@ -12,7 +12,7 @@ import logging
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, NoReturn
+from typing import Any
 
 from sqlalchemy import and_, delete, literal, select
 from sqlalchemy.dialects.postgresql import insert
@@ -148,35 +148,22 @@ async def create_order(
 
     order_id = uuid.uuid4()
     expires_at = utcnow() + timedelta(seconds=expiration_seconds)
-    body: dict[str, Any] = {}
-    try:
-        # With a key, a savepoint: a twin that stored the key first undoes only our inserts,
-        # and its answer is still ours to give.
-        async with session.begin_nested() if idempotency_key else contextlib.nullcontext():
-            ticket = await _insert_order(session, order_id, user_id, request.ticket_id, expires_at)
-            if ticket is not None:
-                body = _created_body(order_id, user_id, request.ticket_id, ticket, expires_at)
-                if idempotency_key is not None:
-                    await session.execute(
-                        insert(IdempotencyKey).values(
-                            user_id=user_id,
-                            key=idempotency_key,
-                            request_hash=request_hash,
-                            status_code=201,
-                            response=body,
-                        )
-                    )
-    except IntegrityError as exc:
-        if constraint_name(exc) != IDEMPOTENCY_KEY_PK or idempotency_key is None:
-            raise
-        ticket = None
-    if ticket is None:
+    # A second try only when the reason the first found nothing has gone by the time it is
+    # asked: the ticket reached our replica, or its order ended, between the two statements.
+    for _ in range(2):
+        body = await _insert_order_and_key(
+            session, order_id, user_id, request.ticket_id, expires_at, idempotency_key, request_hash
+        )
+        if body is not None:
+            break
         if idempotency_key is not None:
             # A twin of this request may have won: it holds the ticket, or stored the key.
             stored = await _stored_answer(session, user_id, idempotency_key, request_hash)
             if stored is not None:
                 return stored
         await _refuse(session, user_id, request.ticket_id)
+    else:
+        raise TicketReservedError()
     await publish(
         session,
         OrderCreated(
@@ -185,10 +172,46 @@ async def create_order(
             status=OrderStatus.CREATED,
             user_id=user_id,
             expires_at=expires_at,
-            ticket=EventTicket(id=request.ticket_id, price=ticket[1]),
+            ticket=EventTicket(id=request.ticket_id, price=Decimal(body["ticket"]["price"])),
         ),
     )
     return Answer(201, body, replayed=False)
+
+
+async def _insert_order_and_key(
+    session: AsyncSession,
+    order_id: uuid.UUID,
+    user_id: uuid.UUID,
+    ticket_id: uuid.UUID,
+    expires_at: datetime,
+    idempotency_key: str | None,
+    request_hash: str,
+) -> dict[str, Any] | None:
+    """The order and, with a key, the answer stored under it; the answer, or None if no order
+    was inserted (or a twin stored the key first)."""
+    try:
+        # With a key, a savepoint: a twin that stored the key first undoes only our inserts,
+        # and its answer is still ours to give.
+        async with session.begin_nested() if idempotency_key else contextlib.nullcontext():
+            ticket = await _insert_order(session, order_id, user_id, ticket_id, expires_at)
+            if ticket is None:
+                return None
+            body = _created_body(order_id, user_id, ticket_id, ticket, expires_at)
+            if idempotency_key is not None:
+                await session.execute(
+                    insert(IdempotencyKey).values(
+                        user_id=user_id,
+                        key=idempotency_key,
+                        request_hash=request_hash,
+                        status_code=201,
+                        response=body,
+                    )
+                )
+            return body
+    except IntegrityError as exc:
+        if constraint_name(exc) != IDEMPOTENCY_KEY_PK or idempotency_key is None:
+            raise
+        return None
 
 
 async def _insert_order(
@@ -231,15 +254,18 @@ async def _insert_order(
     return None if row is None else (row.ticket_title, row.ticket_price)
 
 
-async def _refuse(session: AsyncSession, user_id: uuid.UUID, ticket_id: uuid.UUID) -> NoReturn:
-    """Why no order was inserted for ``ticket_id``."""
+async def _refuse(session: AsyncSession, user_id: uuid.UUID, ticket_id: uuid.UUID) -> None:
+    """Why no order was inserted for ``ticket_id``. Returns if there is no reason any more: the
+    ticket reached our replica, or its live order ended, since the insert looked."""
     ticket = await session.get(Ticket, ticket_id)
     if ticket is None:
         # Unknown, or its ticket.created has not reached our replica yet.
         raise TicketNotFoundError()
     if ticket.user_id == user_id:
         raise OwnTicketError()
-    raise TicketReservedError()
+    live_order = select(Order.id).where(Order.ticket_id == ticket_id, LIVE_ORDER).limit(1)
+    if await session.scalar(live_order) is not None:
+        raise TicketReservedError()
 
 
 def _created_body(
