@@ -12,9 +12,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import MetaData, event, func, select
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -57,6 +58,29 @@ def _refuse_closed_connection(
     which SQLAlchemy reports as a disconnect and which invalidates the pool's older connections."""
     if record.driver_connection is not None and record.driver_connection.is_closed():
         raise DisconnectionError("the server closed this pooled connection")
+
+
+# What asyncpg raises when the server went away or will not take connections now: its
+# connection-level errors (SQLSTATE class 08), a shutdown (57P01 admin, 57P02 crash) or a start
+# (57P03) in progress; and refused, reset or broken sockets. Not a cancelled statement (57014).
+_CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    ConnectionError,
+)
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """``exc`` itself says the database is out of reach, not that a statement was wrong (the
+    callers walk the chain of what wraps what)."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, _CONNECTION_LOST):
+        return True
+    # asyncpg's word for a connection closed under it (by a terminated backend's socket).
+    return isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

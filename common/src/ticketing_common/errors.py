@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ticketing_common.db import connection_lost
 
 
 class AppError(Exception):
@@ -77,19 +77,6 @@ class ServiceUnavailableError(AppError):
     retry_after = 1
 
 
-# What asyncpg raises when the server went away or will not take connections now: its
-# connection-level errors (SQLSTATE class 08), a shutdown (57P01 admin, 57P02 crash) or a start
-# (57P03) in progress.
-_CONNECTION_LOST = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.CannotConnectNowError,
-    # Refused, reset or broken sockets: a server that is down or was killed.
-    ConnectionError,
-)
-
-
 def _causes(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and everything it wraps (SQLAlchemy's ``orig``, causes and contexts)."""
     seen: set[int] = set()
@@ -108,15 +95,7 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 def database_unavailable(exc: BaseException) -> bool:
     """True when ``exc`` says the database is out of reach, not that a query was wrong."""
-    for link in _causes(exc):
-        if isinstance(link, DBAPIError) and link.connection_invalidated:
-            return True
-        if isinstance(link, _CONNECTION_LOST):
-            return True
-        # asyncpg's word for a connection closed under it (by a terminated backend's socket).
-        if isinstance(link, asyncpg.InterfaceError) and "connection is closed" in str(link):
-            return True
-    return False
+    return any(connection_lost(link) for link in _causes(exc))
 
 
 def error_item(message: str, field: str | None = None) -> dict[str, str]:

@@ -46,7 +46,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import asyncpg
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -54,10 +53,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 from pydantic import ValidationError
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ticketing_common.db import transaction
+from ticketing_common.db import connection_lost, transaction
 from ticketing_common.events import Event, EventEnvelope, Subject
 from ticketing_common.events.catalog import entity_key, scheduled_subjects
 from ticketing_common.messaging.parking import (
@@ -90,15 +89,6 @@ class TemporaryFailure(Exception):  # noqa: N818 - it is a signal, not an error
     """Raised (or subclassed) for a dependency that is down: retried until it is back."""
 
 
-# The database gone or going: connection lost, server shutting down or starting up
-# (OperatorInterventionError: terminated by an administrator, cannot connect now).
-_CONNECTION_LOST = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError,
-)
-
-
 def _is_outage(exc: BaseException) -> bool:
     """A failure of a dependency rather than of the handler (the runner's own time budget is
     told apart before this is asked). The chain of causes (``raise ... from``) is asked too:
@@ -117,10 +107,8 @@ def _is_outage(exc: BaseException) -> bool:
 def _is_outage_itself(exc: BaseException) -> bool:
     if isinstance(exc, TemporaryFailure | OperationalError | InterfaceError | OSError):
         return True
-    if isinstance(exc, _CONNECTION_LOST):
-        return True
-    # A connection lost mid-statement, or no pooled connection free in time.
-    return (isinstance(exc, DBAPIError) and exc.connection_invalidated) or (
+    # The database out of reach, or no pooled connection free in time.
+    return connection_lost(exc) or (
         type(exc).__name__ == "TimeoutError" and "QueuePool" in str(exc)
     )
 
