@@ -75,21 +75,27 @@ async def unpublished(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
 async def test_committed_event_is_published_promptly_with_its_id(
     pipeline: Pipeline, event_probe: EventProbe
 ) -> None:
-    # A 60s poll: only the commit's NOTIFY can wake the relay within the probe's timeout.
-    async with pipeline.running_relay(poll_seconds=60):
-        event = ticket_created()
-        request_id_var.set("req-123")
+    # A 60s poll: only the commit's NOTIFY can wake the relay within the probe's timeout. The
+    # second event is committed once the relay is idle (the first went out), in a session whose
+    # first statement is the publish.
+    async def commit_and_receive(request_id: str) -> None:
+        event = ticket_created(request_id)
+        request_id_var.set(request_id)
         async with transaction(pipeline.sessionmaker) as session:
             envelope = await publish(session, event)
         request_id_var.set(None)
-        received = await event_probe.wait_for("ticket.created", timeout=5)
+        received = await event_probe.wait_for(
+            "ticket.created", lambda e: e.id == envelope.id, timeout=5
+        )
+        assert received.event() == event
+        msg = await pipeline.jetstream.get_last_msg("EVENTS", "ticket.created")
+        assert msg.headers is not None
+        assert msg.headers["Nats-Msg-Id"] == str(envelope.id)
+        assert msg.headers["X-Request-Id"] == request_id
 
-    assert received.id == envelope.id
-    assert received.event() == event
-    msg = await pipeline.jetstream.get_last_msg("EVENTS", "ticket.created")
-    assert msg.headers is not None
-    assert msg.headers["Nats-Msg-Id"] == str(envelope.id)
-    assert msg.headers["X-Request-Id"] == "req-123"
+    async with pipeline.running_relay(poll_seconds=60):
+        await commit_and_receive("req-1")
+        await commit_and_receive("req-2")
     assert await unpublished(pipeline.sessionmaker) == 0
 
 

@@ -75,6 +75,8 @@ async def publish(
     )
     # The (sub)transaction's first event also wakes the relay, in the same statement: delivered
     # at commit, and only then. (A savepoint counts apart: rolled back, its NOTIFY is gone.)
+    # Begun first: a session whose first statement this is has no transaction yet to remember.
+    await session.connection()
     transaction = session.get_nested_transaction() or session.get_transaction()
     if session.info.get(_NOTIFIED) is not transaction:
         await session.execute(
