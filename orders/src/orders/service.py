@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -151,10 +152,10 @@ async def create_order(
     # A second try only when the reason the first found nothing has gone by the time it is
     # asked: the ticket reached our replica, or its order ended, between the two statements.
     for _ in range(2):
-        body = await _insert_order_and_key(
+        created = await _insert_order_and_key(
             session, order_id, user_id, request.ticket_id, expires_at, idempotency_key, request_hash
         )
-        if body is not None:
+        if created is not None:
             break
         if idempotency_key is not None:
             # A twin of this request may have won: it holds the ticket, or stored the key.
@@ -172,10 +173,16 @@ async def create_order(
             status=OrderStatus.CREATED,
             user_id=user_id,
             expires_at=expires_at,
-            ticket=EventTicket(id=request.ticket_id, price=Decimal(body["ticket"]["price"])),
+            ticket=EventTicket(id=request.ticket_id, price=created.price),
         ),
     )
-    return Answer(201, body, replayed=False)
+    return Answer(201, created.body, replayed=False)
+
+
+@dataclass(frozen=True)
+class _Created:
+    price: Decimal  # the ticket's, as the order took it
+    body: dict[str, Any]  # the answer to the request
 
 
 async def _insert_order_and_key(
@@ -186,9 +193,9 @@ async def _insert_order_and_key(
     expires_at: datetime,
     idempotency_key: str | None,
     request_hash: str,
-) -> dict[str, Any] | None:
-    """The order and, with a key, the answer stored under it; the answer, or None if no order
-    was inserted (or a twin stored the key first)."""
+) -> _Created | None:
+    """The order and, with a key, the answer stored under it; None if no order was inserted
+    (or a twin stored the key first)."""
     try:
         # With a key, a savepoint: a twin that stored the key first undoes only our inserts,
         # and its answer is still ours to give.
@@ -207,7 +214,7 @@ async def _insert_order_and_key(
                         response=body,
                     )
                 )
-            return body
+            return _Created(ticket[1], body)
     except IntegrityError as exc:
         if constraint_name(exc) != IDEMPOTENCY_KEY_PK or idempotency_key is None:
             raise
