@@ -467,3 +467,101 @@ async def test_database_connection_lost_while_a_handler_runs_is_an_outage_never_
         await eventually(lambda: _notes_are(sessionmaker, ["survives"]), timeout=20)
     assert len(tries) >= 2
     assert await list_parked(sessionmaker) == []
+
+
+# Batches: the first tries of events of different entities, ready at once, share a transaction.
+
+
+async def _sent_before_the_runner_starts(js: JetStreamContext, titles: list[str]) -> None:
+    """Sent first, so the runner fetches them together and each is ready at the same time."""
+    await ensure_stream(js)
+    for title in titles:
+        await send(js, title)
+
+
+async def test_events_ready_together_are_applied_in_one_transaction(
+    sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
+) -> None:
+    transactions: list[int] = []
+    consumer = Consumer("batch-test")
+
+    @consumer.on(TicketCreated)
+    async def record(session: AsyncSession, event: TicketCreated) -> None:
+        transactions.append(await session.scalar(text("SELECT txid_current()")))
+        await session.execute(effects.insert().values(note=event.title))
+
+    titles = [f"t{n:02d}" for n in range(20)]
+    await _sent_before_the_runner_starts(jetstream, titles)
+    async with running(consumer, jetstream, sessionmaker):
+        await eventually(lambda: _notes_are(sessionmaker, titles))
+    assert len(transactions) == 20  # one try each
+    # Twenty events, of twenty tickets, in one fetch: a handful of transactions, not twenty.
+    assert len(set(transactions)) <= 3
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(inbox)) == 20
+
+
+async def test_a_failing_handler_is_taken_out_of_its_batch_the_others_applied_once(
+    sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
+) -> None:
+    tries: dict[str, int] = {}
+    consumer = Consumer("batch-failure-test")
+
+    @consumer.on(TicketCreated)
+    async def record(session: AsyncSession, event: TicketCreated) -> None:
+        tries[event.title] = tries.get(event.title, 0) + 1
+        await session.execute(effects.insert().values(note=event.title))
+        if event.title == "poison":  # after writing: its write must not survive
+            raise ValueError("cannot handle poison")
+
+    good = [f"good-{n}" for n in range(9)]
+    await _sent_before_the_runner_starts(jetstream, [*good[:4], "poison", *good[4:]])
+    async with running(consumer, jetstream, sessionmaker, max_deliveries=MAX_DELIVERIES):
+        (row,) = await eventually(lambda: list_parked(sessionmaker), timeout=20)
+        await eventually(lambda: _notes_are(sessionmaker, good))
+    # Each good event applied once (the inbox would drop a second), none of poison's writes.
+    assert sorted(await notes(sessionmaker)) == sorted(good)
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(inbox)) == len(good)
+    # Its failure in the batch is not counted: only its own tries, alone, are.
+    assert row["deliveries"] == MAX_DELIVERIES
+    assert tries["poison"] == MAX_DELIVERIES + 1
+
+
+async def test_a_slow_handler_is_taken_out_of_its_batch_the_others_go_on(
+    sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
+) -> None:
+    holding = HoldingConsumer(Consumer("batch-slow-test"), held="slow")
+    others = [f"other-{n}" for n in range(9)]
+    await _sent_before_the_runner_starts(jetstream, ["slow", *others])
+    async with running(holding.consumer, jetstream, sessionmaker, ack_wait_seconds=60):
+        await eventually(lambda: _notes_are(sessionmaker, others))
+        assert "slow" not in holding.handled_at  # still held, alone now
+        holding.release.set()
+        await eventually(lambda: _notes_are(sessionmaker, [*others, "slow"]))
+    # Slow is not a failure: nothing is parked.
+    assert await list_parked(sessionmaker) == []
+
+
+async def test_a_connection_lost_in_a_batch_is_an_outage_for_every_event_none_parked(
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    jetstream: JetStreamContext,
+) -> None:
+    killed: list[int] = []
+    consumer = Consumer("batch-connection-loss-test")
+
+    @consumer.on(TicketCreated)
+    async def record(session: AsyncSession, event: TicketCreated) -> None:
+        if not killed:  # the first handler to run loses the batch's connection
+            killed.append(pid := await session.scalar(text("SELECT pg_backend_pid()")))
+            await _terminate_backend(engine, pid)
+        await session.execute(effects.insert().values(note=event.title))
+
+    titles = [f"t{n}" for n in range(8)]
+    await _sent_before_the_runner_starts(jetstream, titles)
+    # One counted failure would park an event.
+    async with running(consumer, jetstream, sessionmaker, max_deliveries=1):
+        await eventually(lambda: _notes_are(sessionmaker, titles), timeout=20)
+    assert killed
+    assert await list_parked(sessionmaker) == []

@@ -7,10 +7,18 @@ without effect.
 
 Order: each event has an entity key (``events.catalog.entity_key``). The events of one key are
 handled one at a time, in the order they were fetched (stream order); those of different keys
-concurrently, at most ``concurrency`` handlers at once. So a handler stuck on one ticket holds
-up that ticket's later events only. The runner keeps the messages in hand (up to
-``4 * concurrency``) and tells JetStream that those held for a while are still in progress, so
-none is handed to another replica meanwhile.
+concurrently, in at most ``concurrency`` transactions at once. The runner keeps the messages in
+hand (up to ``max(4 * concurrency, 2 * batch_size)``) and tells JetStream that those held for a
+while are still in progress, so none is handed to another replica meanwhile.
+
+Batches: an event's first try shares its transaction with the first tries of other entities'
+events that are ready at the same moment (up to ``batch_size``): one ``BEGIN``, one inbox
+``INSERT`` for all, each handler in turn, one ``COMMIT``. A transaction per event was the
+consumer's main cost. The batch is all or nothing, so a handler that raises, or runs past
+``BATCH_HANDLER_SECONDS`` (stuck, say), is taken out and the others are applied together again
+without it; the one taken out is tried alone at once, where its outcome is told apart and
+counted as below. So a handler stuck on one ticket holds up that ticket's later events only
+(others for a second at most). Under light load a batch is one event, which goes alone.
 
 Retries are counted honestly, in the runner: only failures of the handler itself count toward
 parking, a handler that runs past its time budget included. After ``max_deliveries`` of them
@@ -79,6 +87,9 @@ Handler = Callable[[AsyncSession, Any], Awaitable[None]]
 FETCH_SECONDS = 5.0
 # Set by JetStream on a message fired from a schedule.
 SCHEDULER_HEADER = "Nats-Scheduler"
+# A handler running longer than this in a batch is taken out of it (and tried alone, with the
+# whole budget): the others are not held up by it. Handlers take milliseconds.
+BATCH_HANDLER_SECONDS = 1.0
 
 
 class RetryLater(Exception):  # noqa: N818 - it is a signal, not an error
@@ -161,8 +172,7 @@ class Consumer:
         """Replay a parked event and those of its entity waiting behind it, in order."""
 
         async def apply(raw: dict[str, Any]) -> None:
-            envelope, event, handler = self.read(raw)
-            await apply_once(sessionmaker, envelope, event, handler)
+            await apply_once(sessionmaker, _Unit(*self.read(raw)))
 
         return await replay_parked(sessionmaker, event_id, apply)
 
@@ -193,6 +203,7 @@ class _InHand:
     # Take the locked parked check before the next try: the batch's lookup found its entity
     # parked, or it was tried before (time has passed; another replica may have parked it).
     check_parked: bool = False
+    tries: int = 0  # only a first try may share a transaction with others
     failures: int = 0  # of the handler itself: these count toward parking
     waits: int = 0  # "not yet" and outages: these only pace the retries
     not_before: float = 0.0  # loop time of the next try
@@ -270,6 +281,7 @@ class ConsumerRunner:
         max_deliveries: int = 8,
         ack_wait_seconds: float = 30.0,
         concurrency: int = 8,
+        batch_size: int = 64,
         stream_replicas: int = 1,
     ) -> None:
         self.consumer = consumer
@@ -279,8 +291,13 @@ class ConsumerRunner:
         self._ack_wait = ack_wait_seconds
         # A handler's time budget: well inside ack_wait, even if one progress signal is lost.
         self._handler_timeout = ack_wait_seconds / 2
-        self._handlers = asyncio.Semaphore(concurrency)
-        self._capacity = 4 * concurrency
+        # Transactions running at once, a batch's or a single event's.
+        self._transactions = asyncio.Semaphore(concurrency)
+        self._batch_size = batch_size
+        # Room for a batch in hand while the next is fetched.
+        self._capacity = max(4 * concurrency, 2 * batch_size)
+        # First tries waiting for a transaction to share, each with the future of its outcome.
+        self._gathering: list[tuple[_InHand, asyncio.Future[bool]]] = []
         self._stream_replicas = stream_replicas
         self._scheduled = {subject.value for subject in scheduled_subjects()}
         self._stopping = asyncio.Event()
@@ -339,7 +356,9 @@ class ConsumerRunner:
                 room = self._capacity - len(self._in_hand)
                 if self._stopping.is_set() or room <= 0:
                     continue
-                fetch = asyncio.ensure_future(sub.fetch(min(room, 64), timeout=FETCH_SECONDS))
+                fetch = asyncio.ensure_future(
+                    sub.fetch(min(room, self._batch_size), timeout=FETCH_SECONDS)
+                )
                 if not await self._until(fetch):
                     break
                 try:
@@ -517,13 +536,17 @@ class ConsumerRunner:
         return False
 
     async def _attempt(self, item: _InHand) -> _Outcome:
-        """Run the handler once, within its time budget, and say how it went."""
+        """Run the handler once, within its time budget, and say how it went: a first try
+        together with others if it can, else (or if it was taken out) alone."""
+        item.tries += 1
+        if item.tries == 1 and await self._together(item):
+            return _Outcome.DONE
         envelope = item.envelope
         token = request_id_var.set(item.headers.get(REQUEST_ID_HEADER))
         budget = asyncio.timeout(self._handler_timeout)
         try:
-            async with self._handlers, budget:
-                await apply_once(self._sessionmaker, envelope, item.event, item.handler)
+            async with self._transactions, budget:
+                await apply_once(self._sessionmaker, _unit(item))
             item.waits = 0
             return _Outcome.DONE
         except RetryLater as exc:
@@ -557,6 +580,67 @@ class ConsumerRunner:
         finally:
             request_id_var.reset(token)
 
+    async def _together(self, item: _InHand) -> bool:
+        """Wait for a transaction shared with the other first tries ready now: True once
+        applied in it; False to be tried alone (a batch of one, or taken out of a batch)."""
+        applied: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._gathering.append((item, applied))
+        if len(self._gathering) == 1:
+            self._start(self._run_batch())
+        return await applied
+
+    def _start(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._workers.add(task)  # awaited on stop, like the lanes
+        task.add_done_callback(self._workers.discard)
+
+    async def _run_batch(self) -> None:
+        """Take a transaction slot, then every first try gathered meanwhile (the lanes of a
+        fetched batch all reach here in one turn of the loop), and apply them together."""
+        async with self._transactions:
+            batch = self._gathering[: self._batch_size]
+            del self._gathering[: self._batch_size]
+            if self._gathering:
+                self._start(self._run_batch())
+            applied: set[int] = set()
+            if len(batch) > 1:
+                try:
+                    applied = {id(i) for i in await self._apply_together([i for i, _ in batch])}
+                except Exception:
+                    log.exception("a batch of %d events could not be applied", len(batch))
+        for item, outcome in batch:
+            outcome.set_result(id(item) in applied)
+
+    async def _apply_together(self, items: list[_InHand]) -> list[_InHand]:
+        """Apply ``items`` in one transaction; the ones applied are returned. A handler that
+        raises or runs long is taken out and the rest tried again; a failure no handler can be
+        blamed for (the inbox insert, the commit, the database gone) leaves them all to be
+        tried alone."""
+        while len(items) > 1:
+            running = _Running()
+            try:
+                async with asyncio.timeout(self._handler_timeout):
+                    async with transaction(self._sessionmaker) as session:
+                        await apply_in(
+                            session,
+                            [_unit(item) for item in items],
+                            running=running,
+                            handler_seconds=BATCH_HANDLER_SECONDS,
+                        )
+                return items
+            except Exception as exc:
+                if running.index is None:
+                    log.info("a batch of %d events failed, each goes alone: %r", len(items), exc)
+                    return []
+                log.info(
+                    "event %s taken out of a batch of %d, goes alone: %r",
+                    items[running.index].envelope.id,
+                    len(items),
+                    exc,
+                )
+                items = items[: running.index] + items[running.index + 1 :]
+        return []
+
     async def _park(self, item: _InHand) -> None:
         await park(
             self._sessionmaker, item.parkable(), error=item.last_error, failures=item.failures
@@ -579,27 +663,71 @@ class ConsumerRunner:
             self._room.set()
 
 
-async def apply_once(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    envelope: EventEnvelope,
-    event: Event,
-    handler: Handler,
-) -> None:
+@dataclass(frozen=True)
+class _Unit:
+    """An event to apply, with its handler and the request id it carries."""
+
+    envelope: EventEnvelope
+    event: Event
+    handler: Handler
+    request_id: str | None = None
+
+
+def _unit(item: _InHand) -> _Unit:
+    return _Unit(item.envelope, item.event, item.handler, item.headers.get(REQUEST_ID_HEADER))
+
+
+@dataclass
+class _Running:
+    """Which unit's handler is running (None between handlers): the one to blame for a failure."""
+
+    index: int | None = None
+
+
+async def apply_once(sessionmaker: async_sessionmaker[AsyncSession], unit: _Unit) -> None:
     """Run the handler and record the event id in one transaction (the unit of work of an
     event); an event id seen before has no effect."""
     async with transaction(sessionmaker) as session:
-        first_time = (
+        await apply_in(session, [unit])
+
+
+async def apply_in(
+    session: AsyncSession,
+    units: list[_Unit],
+    *,
+    running: _Running | None = None,
+    handler_seconds: float | None = None,
+) -> None:
+    """Record the events' ids in the inbox (one statement), then run the handler of each one
+    seen for the first time, in turn, in ``session``'s transaction."""
+    first_time = set(
+        (
             await session.execute(
                 insert(inbox)
-                .values(event_id=envelope.id, subject=envelope.subject.value)
+                .values(
+                    [
+                        {"event_id": unit.envelope.id, "subject": unit.envelope.subject.value}
+                        for unit in units
+                    ]
+                )
                 .on_conflict_do_nothing()
                 .returning(inbox.c.event_id)
             )
-        ).first()
-        if first_time is None:
-            log.info("event %s already handled, skipping", envelope.id)
-            return
-        await handler(session, event)
+        ).scalars()
+    )
+    running = running or _Running()
+    for index, unit in enumerate(units):
+        if unit.envelope.id not in first_time:
+            log.info("event %s already handled, skipping", unit.envelope.id)
+            continue
+        running.index = index
+        token = request_id_var.set(unit.request_id)
+        try:
+            async with asyncio.timeout(handler_seconds):
+                await unit.handler(session, unit.event)
+        finally:
+            request_id_var.reset(token)
+        running.index = None
 
 
 def _event_id_of(headers: dict[str, str]) -> uuid.UUID:
