@@ -202,6 +202,24 @@ async def test_large_backlog_is_published_in_order(
     assert titles == [f"t{i:03}" for i in range(count)]
 
 
+async def test_relays_flushing_at_once_share_a_backlog_each_row_sent_by_one(
+    pipeline: Pipeline, event_probe: EventProbe
+) -> None:
+    """Replicas: each claims rows the others have not (skipping locked ones), none twice."""
+    count = 600
+    async with transaction(pipeline.sessionmaker) as session:
+        for i in range(count):
+            await publish(session, ticket_created(f"t{i:03}"))
+    relays = [pipeline.relay(batch_size=50) for _ in range(4)]
+    sent = await asyncio.gather(*(relay.flush() for relay in relays))
+    # Every row published by exactly one relay (JetStream's duplicate window would hide a
+    # second publish from the stream, not from these counts).
+    assert sum(sent) == count
+    assert sum(1 for n in sent if n) >= 2  # they did share it
+    assert await unpublished(pipeline.sessionmaker) == 0
+    assert len(await event_probe.all("ticket.created")) == count
+
+
 async def test_rows_left_by_a_crashed_service_go_out_when_a_relay_starts(
     pipeline: Pipeline, event_probe: EventProbe
 ) -> None:

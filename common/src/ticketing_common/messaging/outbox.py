@@ -4,11 +4,12 @@
 so the state change and its events commit (or roll back) together. The transaction's first
 ``publish`` also sends a ``NOTIFY`` (in the same statement as its insert), which PostgreSQL
 delivers only on commit: the relay wakes once per transaction, at once, and a slow poll is the
-safety net. The relay takes unpublished rows with ``FOR UPDATE SKIP LOCKED`` (replicas share the
-work without taking the same row), publishes a batch of them back to back, each with
-``Nats-Msg-Id`` = event id (a row republished after a crash is dropped by JetStream's duplicate
-window, and by every inbox), awaits their acks together, marks those acked published in one
-statement and retries the rest with backoff while NATS is down.
+safety net. The relay claims a batch of unpublished rows and marks them published in one
+statement, in a transaction (``FOR UPDATE SKIP LOCKED``: replicas share the work without taking
+the same row), publishes them back to back, each with ``Nats-Msg-Id`` = event id (a row
+republished after a crash is dropped by JetStream's duplicate window, and by every inbox),
+awaits their acks together, unmarks those not acked and commits; it retries them with backoff
+while NATS is down.
 
 What consumers may and may not assume: every committed event arrives, at least once; events of
 one service normally arrive in commit order, but a retried publish can land after later ones and
@@ -31,7 +32,7 @@ import asyncpg
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
-from sqlalchemy import Text, delete, func, select, text, update
+from sqlalchemy import Text, case, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ticketing_common.database_url import PLAIN, with_driver
@@ -123,6 +124,27 @@ class OutboxRelay:
         self._next_listen = 0.0
         # Flushes that failed in a row (NATS or the database unreachable); 0 when healthy.
         self.consecutive_failures = 0
+        # Built once: it runs on every wake-up.
+        pending = (
+            select(outbox.c.id)
+            .where(outbox.c.published_at.is_(None), outbox.c.failed_at.is_(None))
+            .order_by(outbox.c.position)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True)
+        )
+        self._claim = (
+            update(outbox)
+            .where(outbox.c.id.in_(pending.scalar_subquery()))
+            .values(published_at=func.now())
+            .returning(
+                outbox.c.id,
+                outbox.c.position,
+                outbox.c.nats_subject,
+                # As text: sent as it is, not decoded and encoded again.
+                outbox.c.envelope.cast(Text).label("envelope"),
+                outbox.c.headers,
+            )
+        )
 
     def stop(self) -> None:
         self._stopped.set()
@@ -204,21 +226,10 @@ class OutboxRelay:
 
     async def _publish_batch(self) -> tuple[int, bool]:
         async with self._sessionmaker() as session:
-            rows = (
-                await session.execute(
-                    select(
-                        outbox.c.id,
-                        outbox.c.nats_subject,
-                        # As text: sent as it is, not decoded and encoded again.
-                        outbox.c.envelope.cast(Text).label("envelope"),
-                        outbox.c.headers,
-                    )
-                    .where(outbox.c.published_at.is_(None), outbox.c.failed_at.is_(None))
-                    .order_by(outbox.c.position)
-                    .limit(self._batch_size)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+            # Claimed and marked sent in one statement; a row not acked is unmarked before the
+            # commit, and a crash in between rolls the marks back.
+            claimed = (await session.execute(self._claim)).all()
+            rows = sorted(claimed, key=lambda row: row.position)
             # Sent back to back, in order (each task sends before its first pause), and their
             # acks awaited together.
             results = await asyncio.gather(
@@ -233,42 +244,53 @@ class OutboxRelay:
                 ),
                 return_exceptions=True,
             )
-            published = []
-            failure: BaseException | None = None  # the first, raised once the acked are marked
+            unsent = []
+            refused: list[tuple[Any, APIError]] = []
+            failure: BaseException | None = None  # the first, raised once the rest is settled
             for row, result in zip(rows, results, strict=True):
                 if not isinstance(result, BaseException):
-                    published.append(row.id)
-                elif isinstance(result, NoStreamResponseError | NoRespondersError):
+                    continue
+                unsent.append(row.id)
+                if isinstance(result, NoStreamResponseError | NoRespondersError):
                     failure = failure or _StreamMissingError()
                 elif isinstance(result, APIError) and not isinstance(
                     result, ServiceUnavailableError
                 ):
-                    await self._refused(session, row.id, result)
+                    refused.append((row.id, result))
                 else:  # NATS unreachable or slow: retried later
                     failure = failure or result
-            if published:
+            if unsent:
                 await session.execute(
-                    update(outbox).where(outbox.c.id.in_(published)).values(published_at=func.now())
+                    update(outbox).where(outbox.c.id.in_(unsent)).values(published_at=None)
                 )
+            for row_id, exc in refused:
+                await self._refused(session, row_id, exc)
             await session.commit()
         if failure is not None:
             raise failure
-        return len(published), len(rows) == self._batch_size
+        return len(rows) - len(unsent), len(rows) == self._batch_size
 
     async def _refused(self, session: AsyncSession, row_id: Any, exc: APIError) -> None:
         """JetStream refused the row itself: count it, and give up on it after max_attempts."""
         error = f"{type(exc).__name__} {exc.err_code}: {exc.description}"
-        attempts = await session.scalar(
+        attempts = outbox.c.attempts + 1
+        failed_at = await session.scalar(
             update(outbox)
             .where(outbox.c.id == row_id)
-            .values(attempts=outbox.c.attempts + 1, last_error=error[:2000])
-            .returning(outbox.c.attempts)
-        )
-        if attempts is not None and attempts >= self._max_attempts:
-            await session.execute(
-                update(outbox).where(outbox.c.id == row_id).values(failed_at=func.now())
+            .values(
+                attempts=attempts,
+                last_error=error[:2000],
+                failed_at=case((attempts >= self._max_attempts, func.now())),
             )
-            log.error("outbox row %s refused %d times, marked failed: %s", row_id, attempts, error)
+            .returning(outbox.c.failed_at)
+        )
+        if failed_at is not None:
+            log.error(
+                "outbox row %s refused %d times, marked failed: %s",
+                row_id,
+                self._max_attempts,
+                error,
+            )
 
     async def _prune(self) -> None:
         loop_time = asyncio.get_running_loop().time()
