@@ -60,7 +60,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 from pydantic import ValidationError
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Text, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -684,6 +685,21 @@ class _Running:
     index: int | None = None
 
 
+# Built once, its rows as two arrays: one prepared statement for a batch of any size.
+_RECORD_IN_INBOX = (
+    insert(inbox)
+    .from_select(
+        ["event_id", "subject"],
+        select(
+            func.unnest(bindparam("event_ids", type_=ARRAY(UUID(as_uuid=True)))),
+            func.unnest(bindparam("subjects", type_=ARRAY(Text))),
+        ),
+    )
+    .on_conflict_do_nothing()
+    .returning(inbox.c.event_id)
+)
+
+
 async def apply_once(sessionmaker: async_sessionmaker[AsyncSession], unit: _Unit) -> None:
     """Run the handler and record the event id in one transaction (the unit of work of an
     event); an event id seen before has no effect."""
@@ -701,19 +717,13 @@ async def apply_in(
     """Record the events' ids in the inbox (one statement), then run the handler of each one
     seen for the first time, in turn, in ``session``'s transaction."""
     first_time = set(
-        (
-            await session.execute(
-                insert(inbox)
-                .values(
-                    [
-                        {"event_id": unit.envelope.id, "subject": unit.envelope.subject.value}
-                        for unit in units
-                    ]
-                )
-                .on_conflict_do_nothing()
-                .returning(inbox.c.event_id)
-            )
-        ).scalars()
+        await session.scalars(
+            _RECORD_IN_INBOX,
+            {
+                "event_ids": [unit.envelope.id for unit in units],
+                "subjects": [unit.envelope.subject.value for unit in units],
+            },
+        )
     )
     running = running or _Running()
     for index, unit in enumerate(units):

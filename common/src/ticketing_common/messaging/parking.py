@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, Text, any_, case, delete, func, literal, select
-from sqlalchemy.dialects.postgresql import array, insert
+from sqlalchemy import Row, Text, any_, bindparam, case, delete, func, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from ticketing_common.db import transaction
@@ -89,6 +89,14 @@ async def park(
     )
 
 
+# Built once, the keys as one array: one prepared statement for a batch of any size.
+_PARKED_AMONG = (
+    select(parked_events.c.entity_key)
+    .where(parked_events.c.entity_key == any_(bindparam("keys", type_=ARRAY(Text))))
+    .distinct()
+)
+
+
 async def parked_entities(
     sessionmaker: async_sessionmaker[AsyncSession], keys: set[str]
 ) -> set[str]:
@@ -97,13 +105,9 @@ async def parked_entities(
     the check either); one found parked takes ``park_if_held``'s locked check."""
     async with sessionmaker() as session:
         # One statement, so no transaction around it: one round trip, not three (BEGIN and
-        # ROLLBACK), for every fetched batch. The keys as one array: one prepared statement.
+        # ROLLBACK), for every fetched batch.
         connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        found = await connection.scalars(
-            select(parked_events.c.entity_key)
-            .where(parked_events.c.entity_key == any_(array(sorted(keys), type_=Text)))
-            .distinct()
-        )
+        found = await connection.scalars(_PARKED_AMONG, {"keys": sorted(keys)})
         return {key for key in found if key is not None}
 
 
