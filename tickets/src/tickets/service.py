@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ticketing_common.errors import BadRequestError, ForbiddenError, NotFoundError
 from ticketing_common.events import TicketCreated, TicketUpdated
 from ticketing_common.messaging import RetryLater, publish
-from tickets.models import CancelledOrder, Ticket
+from tickets.models import Base, CancelledOrder, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +63,18 @@ async def create_ticket(
     )
     # A plain INSERT: the answer needs nothing back from the row, so the ORM's unit of work
     # (and its RETURNING of the server defaults) would be cost without use.
-    await session.execute(
-        insert(Ticket).values(
-            id=ticket.id, title=title, price=price, user_id=user_id, order_id=None, version=0
-        )
-    )
+    row = {"id": ticket.id, "title": title, "price": price, "user_id": user_id, "version": 0}
+    await session.execute(_INSERT_TICKET, row)
     await publish(
         session,
         TicketCreated(id=ticket.id, version=0, title=title, price=price, user_id=user_id),
     )
     return ticket
+
+
+# Built once, run with each ticket's row (the columns the row names): composing a statement
+# per request cost more CPU than PostgreSQL spends running it.
+_INSERT_TICKET = Base.metadata.tables[Ticket.__tablename__].insert()
 
 
 async def get_ticket(session: AsyncSession, ticket_id: uuid.UUID) -> Ticket:
