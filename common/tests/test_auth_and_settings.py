@@ -7,7 +7,13 @@ import jwt
 import pytest
 from pydantic import ValidationError
 
-from ticketing_common.auth import UserClaims, create_session_token, decode_session_token
+from ticketing_common import auth
+from ticketing_common.auth import (
+    CLOCK_SKEW_SECONDS,
+    UserClaims,
+    create_session_token,
+    decode_session_token,
+)
 from ticketing_common.settings import ServiceSettings
 
 KEY = "k" * 40
@@ -109,6 +115,22 @@ def test_token_issued_a_few_seconds_in_the_future_is_accepted() -> None:
         algorithm="HS256",
     )
     assert decode_session_token(token, settings()) is not None
+
+
+def test_a_token_accepted_before_is_refused_once_it_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its signature is checked once and remembered; its expiry is checked on every use."""
+    user = UserClaims(id=uuid.uuid4(), email="a@b.c")
+    token = create_session_token(user, settings(session_ttl_seconds=60))
+    assert decode_session_token(token, settings()) == user
+    later = datetime.now(UTC) + timedelta(seconds=60 + CLOCK_SKEW_SECONDS + 1)
+    monkeypatch.setattr(auth, "utcnow", lambda: later)
+    assert decode_session_token(token, settings()) is None
+    # Still refused with another key, though the same token was accepted with ours.
+    monkeypatch.undo()
+    assert decode_session_token(token, settings(jwt_key="x" * 40)) is None
+    assert decode_session_token(token, settings()) == user
 
 
 def test_production_accepts_a_strong_key(monkeypatch: pytest.MonkeyPatch) -> None:

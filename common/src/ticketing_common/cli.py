@@ -151,6 +151,9 @@ def serve(app: FastAPI, settings: WebSettings, host: str, port: int) -> None:
         log_config=None,
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
+        # Ours (observability.RequestIdMiddleware) has the request id; uvicorn's would still
+        # format its arguments per request before finding its logger disabled.
+        access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
 
