@@ -4,6 +4,9 @@ PYTHON ?= python3
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
+# checkov (tests/infra) in an environment of its own, locked in tools/checkov/: in .venv its
+# dependencies would be imported by the services merely by being installed (aiohttp by nats-py).
+CHECKOV := $(TOOLS)/checkov
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
@@ -26,7 +29,11 @@ $(VENV)/.synced: $(UV) uv.lock pyproject.toml */pyproject.toml
 	$(UV) sync --all-packages --locked --python $(PYTHON)
 	@touch $@
 
-install: $(VENV)/.synced
+$(CHECKOV)/.synced: $(UV) tools/checkov/uv.lock tools/checkov/pyproject.toml
+	UV_PROJECT_ENVIRONMENT=$(abspath $(CHECKOV)) $(UV) sync --project tools/checkov --locked --python $(PYTHON)
+	@touch $@
+
+install: $(VENV)/.synced $(CHECKOV)/.synced
 
 test: install
 	UV=$(abspath $(UV)) $(VENV)/bin/pytest

@@ -76,3 +76,32 @@ def test_event_contracts_import_pydantic_alone() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def _fresh_interpreter(code: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()
+
+
+def test_a_service_imports_nothing_from_the_dev_tools() -> None:
+    # nats-py imports aiohttp whenever it is installed: checkov, which depends on it, has an
+    # environment of its own (tools/checkov/) so that no service carries it.
+    probe = (
+        "import sys, ticketing_common.app, ticketing_common.cli;"
+        "print([m for m in ('aiohttp', 'checkov') if m in sys.modules])"
+    )
+    assert _fresh_interpreter(probe) == "[]"
+
+
+def test_the_server_loads_no_websocket_protocol() -> None:
+    probe = (
+        "import sys; from fastapi import FastAPI;"
+        "from ticketing_common.cli import make_server;"
+        "from ticketing_common.settings import WebSettings;"
+        "server = make_server(FastAPI(), WebSettings(jwt_key='k'), '127.0.0.1', 0);"
+        "server.config.load();"
+        "print(server.config.http_protocol_class is not None, 'websockets' in sys.modules)"
+    )
+    assert _fresh_interpreter(probe) == "True False"

@@ -24,9 +24,10 @@ OVERLAYS = ("dev", "prod")
 
 
 def tool(name: str) -> str:
-    """A command installed into the project's environment (a dev dependency from PyPI)."""
-    path = Path(sys.executable).parent / name
-    found = str(path) if path.exists() else shutil.which(name)
+    """A command ``make install`` installed: a dev dependency in the project's environment, or
+    a tool in an environment of its own under ``.tools/`` (checkov, see ``tools/checkov/``)."""
+    paths = (Path(sys.executable).parent / name, ROOT / ".tools" / name / "bin" / name)
+    found = next((str(p) for p in paths if p.exists()), None) or shutil.which(name)
     assert found, f"{name} is missing: run `make install`"
     return found
 
