@@ -30,6 +30,7 @@ from nats.js import JetStreamContext
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ticketing_common.cli import settle_garbage_collector
 from ticketing_common.db import make_engine, make_sessionmaker
 from ticketing_common.embedded import EmbeddedNats, EmbeddedPostgres
 from ticketing_common.events import TicketCreated
@@ -99,6 +100,7 @@ async def measure(events: int, per_transaction: int, folder: Path) -> PipelineRa
         nc = await nats.connect(nats_server.url)
         js = nc.jetstream()
         await ensure_stream(js)
+        settle_garbage_collector()  # as a service does once started
         bare = await bare_publish(js, events)
 
         stopwatch = _Stopwatch()

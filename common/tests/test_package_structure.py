@@ -105,3 +105,23 @@ def test_the_server_loads_no_websocket_protocol() -> None:
         "print(server.config.http_protocol_class is not None, 'websockets' in sys.modules)"
     )
     assert _fresh_interpreter(probe) == "True False"
+
+
+def test_a_started_server_has_moved_start_up_out_of_the_garbage_collectors_reach() -> None:
+    probe = (
+        "import asyncio, gc; from fastapi import FastAPI;"
+        "from ticketing_common.cli import YOUNG_GENERATION_THRESHOLD, make_server;"
+        "from ticketing_common.settings import WebSettings\n"
+        "async def started():\n"
+        "    while not server.started: await asyncio.sleep(0.01)\n"
+        "async def main():\n"
+        "    serving = asyncio.create_task(server.serve())\n"
+        "    await asyncio.wait_for(started(), 30)\n"
+        "    young = gc.get_threshold()[0]\n"
+        "    print(gc.get_freeze_count() > 0, young == YOUNG_GENERATION_THRESHOLD)\n"
+        "    server.should_exit = True\n"
+        "    await serving\n"
+        "server = make_server(FastAPI(), WebSettings(jwt_key='k'), '127.0.0.1', 0)\n"
+        "asyncio.run(main())"
+    )
+    assert _fresh_interpreter(probe) == "True True"
