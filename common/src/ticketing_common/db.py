@@ -1,9 +1,9 @@
 """Database helpers: the async engine, the unit of work, naming conventions.
 
 A unit of work is one session in one transaction, owned by the entry point: the request's
-``SessionDep`` on HTTP paths, the consumer runner (``messaging.consumer.apply_once``) on event
-paths. Service functions read, change and ``publish`` in the session they are given; they never
-commit.
+``SessionDep`` on HTTP paths, the consumer runner (``messaging.consumer``: one event, or a batch
+of events of different entities) on event paths. Service functions read, change and ``publish``
+in the session they are given; they never commit.
 """
 
 from __future__ import annotations

@@ -622,7 +622,7 @@ class ConsumerRunner:
             try:
                 async with asyncio.timeout(self._handler_timeout):
                     async with transaction(self._sessionmaker) as session:
-                        await apply_in(
+                        await _apply_in(
                             session,
                             [_unit(item) for item in items],
                             running=running,
@@ -704,10 +704,10 @@ async def apply_once(sessionmaker: async_sessionmaker[AsyncSession], unit: _Unit
     """Run the handler and record the event id in one transaction (the unit of work of an
     event); an event id seen before has no effect."""
     async with transaction(sessionmaker) as session:
-        await apply_in(session, [unit])
+        await _apply_in(session, [unit])
 
 
-async def apply_in(
+async def _apply_in(
     session: AsyncSession,
     units: list[_Unit],
     *,
