@@ -128,17 +128,20 @@ class OutboxRelay:
         self._next_listen = 0.0
         # Flushes that failed in a row (NATS or the database unreachable); 0 when healthy.
         self.consecutive_failures = 0
-        # Built once: it runs on every wake-up.
-        pending = (
+        # Built once: it runs on every wake-up. The rows chosen once (MATERIALIZED), so that no
+        # plan can run the locking, limited choice twice and claim more than a batch.
+        claimed = (
             select(outbox.c.id)
             .where(outbox.c.published_at.is_(None), outbox.c.failed_at.is_(None))
             .order_by(outbox.c.position)
             .limit(batch_size)
             .with_for_update(skip_locked=True)
+            .cte("claimed")
+            .prefix_with("MATERIALIZED")
         )
         self._claim = (
             update(outbox)
-            .where(outbox.c.id.in_(pending.scalar_subquery()))
+            .where(outbox.c.id == claimed.c.id)
             .values(published_at=func.now())
             .returning(
                 outbox.c.id,
