@@ -1,7 +1,8 @@
 """The platform as ``make up`` runs it, for the system tests: start it, drive it, crash it.
 
-``platform`` (one per test module) is ``python -m ticketing_local`` in a subprocess, on a
-temporary data folder and a free port. Besides HTTP, tests read only the launcher's status
+``platform`` is ``python -m ticketing_local`` in a subprocess, on a temporary data folder and a
+free port: one shared by the modules that only use it, one of its own for a module that kills or
+restarts its processes (see conftest.py). Besides HTTP, tests read only the launcher's status
 file (which process has which pid), to play the part of a crash and to check that stopping
 leaves nothing behind. A step that depends on another service having caught up is polled with
 a timeout (``wait_until``), as a patient user would retry; nothing sleeps for a fixed time.
@@ -26,6 +27,9 @@ T = TypeVar("T")
 
 READY_TIMEOUT = 180.0
 STOP_TIMEOUT = 60.0
+# The shared platform's reservations (conftest.py): short enough for a test to wait one out,
+# long enough to pay comfortably before.
+SHARED_EXPIRATION_SECONDS = 15
 
 
 def wait_until(

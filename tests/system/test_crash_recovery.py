@@ -22,6 +22,12 @@ from .local_platform import LocalPlatform, User, available_ids, live_processes
 pytestmark = pytest.mark.timeout(420)
 
 
+@pytest.fixture(scope="module")
+def platform_env() -> dict[str, str]:
+    """A platform of its own: these tests kill every one of its processes."""
+    return {"ORDER_EXPIRATION_SECONDS": "60"}
+
+
 def commit_some_data(new_user: Callable[[], User]) -> tuple[User, str]:
     """A user and a ticket of theirs, both acknowledged (so committed) by the platform."""
     user = new_user()

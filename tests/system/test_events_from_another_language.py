@@ -3,7 +3,8 @@
 The platform runs as ``make up`` runs it (``python -m ticketing_local`` on a temporary data folder
 and a free port). A seller lists two tickets; a buyer buys one and pays, and lets the other's
 reservation expire. Then the Node.js consumer reads the whole EVENTS stream from the start and
-validates every event against ``common/contracts/events.schema.json``.
+validates every event against ``common/contracts/events.schema.json`` (on the shared platform,
+the events of the other modules' tests as well).
 
 payment.refunded is not driven here: it needs a payment and an expiry to race, which a test
 cannot bring about from outside. The Node consumer is shown to accept it in
@@ -23,21 +24,16 @@ import pytest
 from ticketing_common.events import Subject
 from ticketing_common.testing import eventually
 
-from .local_platform import LocalPlatform
+from .local_platform import SHARED_EXPIRATION_SECONDS, LocalPlatform
 
 pytestmark = pytest.mark.timeout(420)
 
-EXPIRATION_SECONDS = 15  # long enough to pay in time, short enough to wait for an expiry
+EXPIRATION_SECONDS = SHARED_EXPIRATION_SECONDS  # the shared platform's (conftest.py)
 EVENTUAL = 30.0  # seconds for an event to travel from one service to another
 
 
 def nats_url(platform: LocalPlatform) -> str:
     return f"nats://127.0.0.1:{platform.status()['processes']['nats']['port']}"
-
-
-@pytest.fixture(scope="module")
-def platform_env() -> dict[str, str]:
-    return {"ORDER_EXPIRATION_SECONDS": str(EXPIRATION_SECONDS)}
 
 
 class Person:

@@ -30,6 +30,12 @@ from .local_platform import (
 pytestmark = pytest.mark.timeout(420)
 
 
+@pytest.fixture(scope="module")
+def platform_env() -> dict[str, str]:
+    """A platform of its own: these tests kill, stop and restart its processes."""
+    return {"ORDER_EXPIRATION_SECONDS": "60"}
+
+
 def test_sign_up_list_buy_pay_complete(
     platform: LocalPlatform, new_user: Callable[[], User]
 ) -> None:

@@ -65,6 +65,7 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def platform_env() -> dict[str, str]:
+    """A platform of its own: the screenshots show the site with these tests' tickets only."""
     return {"ORDER_EXPIRATION_SECONDS": str(ORDER_EXPIRATION_SECONDS)}
 
 
