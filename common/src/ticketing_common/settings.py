@@ -78,9 +78,9 @@ class ServiceSettings(WebSettings):
     outbox_poll_seconds: float = Field(default=2.0, gt=0)
     consumer_max_deliveries: int = Field(default=8, ge=1)
     consumer_ack_wait_seconds: float = Field(default=30.0, gt=0)
-    # Handlers running at once, each on a different entity (a ticket, an order). Each holds a
-    # database connection, from the same pool as the requests (``make_engine``'s 20): the
-    # default leaves most of it to the requests.
+    # A consumer's transactions at once (an event, or a batch of events of different entities:
+    # tickets, orders). Each holds a database connection, from the same pool as the requests
+    # (``make_engine``'s 20): the default leaves most of it to the requests.
     consumer_concurrency: int = Field(default=8, ge=1, le=256)
 
     @field_validator("database_url")

@@ -299,16 +299,19 @@ def _created_body(
     ticket: tuple[str, Decimal],
     expires_at: datetime,
 ) -> dict[str, Any]:
-    """The answer to a new order (what ``order_out`` makes of it once read back)."""
+    """The answer to a new order, as ``order_out`` gives it (the row is not read back)."""
     title, price = ticket
-    return OrderOut(
+    order = Order(
         id=order_id,
-        status=OrderStatus.CREATED,
         user_id=user_id,
+        ticket_id=ticket_id,
+        ticket_title=title,
+        ticket_price=price,
+        status=OrderStatus.CREATED,
         expires_at=expires_at,
         version=0,
-        ticket=OrderTicketOut(id=ticket_id, title=title, price=price),
-    ).model_dump(mode="json", by_alias=True)
+    )
+    return order_out(order).model_dump(mode="json", by_alias=True)
 
 
 async def list_orders(session: AsyncSession, user_id: uuid.UUID) -> list[OrderOut]:
