@@ -45,11 +45,13 @@ COPY common common
 COPY ${SERVICE} ${SERVICE}
 
 # `skaffold dev`: the code installed editable from /src, owned by the user the container
-# runs as, so skaffold's file sync can replace a file in place.
+# runs as, so skaffold's file sync can replace a file in place; and watchfiles, which restarts
+# the server on such a change (the dev overlay's command). Only here: uvicorn would import it
+# in every service merely because it is installed.
 FROM sources AS dev
 ARG SERVICE
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --package "${SERVICE}" \
+    uv sync --frozen --no-dev --group reload --package "${SERVICE}" \
  && chown -R app:app /src
 USER 10001:10001
 

@@ -95,6 +95,19 @@ def test_a_service_imports_nothing_from_the_dev_tools() -> None:
     assert _fresh_interpreter(probe) == "[]"
 
 
+def test_a_service_loads_neither_pydantics_v1_layer_nor_a_reloader() -> None:
+    # FastAPI imports pydantic.v1 on every route only to refuse v1 models; uvicorn imports
+    # watchfiles whenever it is installed (only the dev image has it: see the Dockerfile).
+    probe = (
+        "import sys; from fastapi import FastAPI; import ticketing_common.cli;"
+        "from auth.app import create_app; from auth.settings import AuthSettings;"
+        "app = create_app(AuthSettings(jwt_key='k' * 32));"
+        "loaded = [m for m in ('pydantic.v1', 'watchfiles') if sys.modules.get(m)];"
+        "print(len(app.routes) > 3, loaded)"
+    )
+    assert _fresh_interpreter(probe) == "True []"
+
+
 def test_the_server_loads_no_websocket_protocol() -> None:
     probe = (
         "import sys; from fastapi import FastAPI;"

@@ -14,12 +14,13 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from .manifests import ROOT, WORKLOADS
+from .manifests import ROOT, WORKLOADS, Overlay
 
 RELEASE_STAGE = "release"
 FAST_OFFLINE_UV = {"UV_OFFLINE": "1", "UV_LINK_MODE": "hardlink", "UV_COMPILE_BYTECODE": "0"}
@@ -218,7 +219,35 @@ def test_the_release_image_installs_and_runs(
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+    # Nothing uvicorn would import merely because it is there (the dev image's reloader).
+    site_packages = replay.path("/app/.venv").glob("lib/python*/site-packages")
+    assert not [p for folder in site_packages for p in folder.glob("watchfiles*")]
     assert "serve" in result.stdout
     # Installed as wheels, not editable: nothing points back at the sources.
     for path_file in replay.path("/app/.venv").rglob("*.pth"):
         assert str(replay.path("/src")) not in path_file.read_text(), path_file.name
+
+
+def sync_groups(stage: Stage) -> set[str]:
+    """The dependency groups a stage's ``uv sync`` installs."""
+    return {
+        group
+        for instruction, rest in stage.instructions
+        if instruction == "RUN" and "uv sync" in rest
+        for group in re.findall(r"--group[ =](\S+)", rest)
+    }
+
+
+def test_only_the_dev_image_holds_the_reloader_that_the_dev_overlay_runs(dev: Overlay) -> None:
+    """The dev overlay's command is watchfiles: the dev stage installs it, from a group of
+    its own; the release image does not (uvicorn would import it in every service)."""
+    groups = tomllib.loads((ROOT / "pyproject.toml").read_text())["dependency-groups"]
+    stages = dockerfile_stages()
+    dev_groups = set().union(*(sync_groups(stage) for stage in stage_chain(stages, "dev")))
+    release_groups = set().union(*(sync_groups(stage) for stage in stage_chain(stages, "build")))
+    for _, pod in dev.pod_templates():
+        command = pod["spec"]["containers"][0].get("command")
+        if command is None:  # NATS and PostgreSQL
+            continue
+        (group,) = [g for g in dev_groups if any(r.startswith(command[0]) for r in groups[g])]
+        assert group not in release_groups
