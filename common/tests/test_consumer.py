@@ -25,7 +25,7 @@ from ticketing_common.messaging import (
     TemporaryFailure,
     ensure_stream,
 )
-from ticketing_common.messaging.parking import list_parked
+from ticketing_common.messaging.parking import Parkable, list_parked, park
 from ticketing_common.messaging.tables import inbox
 from ticketing_common.observability import REQUEST_ID_HEADER, request_id_var
 from ticketing_common.testing.helpers import eventually
@@ -549,3 +549,33 @@ async def test_a_slow_handler_is_taken_out_of_its_batch_the_others_go_on(
         await eventually(lambda: _notes_are(sessionmaker, [*others, "slow"]))
     # Slow is not a failure: nothing is parked.
     assert await list_parked(sessionmaker) == []
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["in-a-batch", "alone"])
+async def test_an_entity_parked_elsewhere_has_its_later_events_parked_behind(
+    sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext, together: bool
+) -> None:
+    """Parked by another replica, or before a restart: no later event of that entity is
+    applied here, whether it comes with others' events or alone; it waits behind."""
+    ticket_a = uuid.uuid4()
+    first = ticket_event(ticket_a, "a-1")
+    raw = first.model_dump(mode="json", by_alias=True)
+    await park(
+        sessionmaker,
+        Parkable(first.id, "ticket.created", raw, {}, f"ticket:{ticket_a}"),
+        error="failed elsewhere",
+        failures=MAX_DELIVERIES,
+    )
+    others = [f"b-{n}" for n in range(5)] if together else []
+    await _sent_before_the_runner_starts(jetstream, others)
+    await send(jetstream, "a-2", envelope=ticket_event(ticket_a, "a-2", 1))
+    async with running(consumer := make_consumer(set(), set(), []), jetstream, sessionmaker):
+        rows = await eventually(lambda: _parked_count(sessionmaker, 2), timeout=20)
+        await eventually(lambda: _notes_are(sessionmaker, others))
+        await send(jetstream, "b-last")  # applied after a-2 was settled: nothing else comes
+        await eventually(lambda: _notes_are(sessionmaker, [*others, "b-last"]))
+    assert [row["waiting_behind"] for row in rows] == [None, first.id]
+    assert "a-2" not in await notes(sessionmaker)
+    # Replayed, the entity's events apply in order.
+    assert await consumer.replay(sessionmaker, first.id) is True
+    assert [n for n in await notes(sessionmaker) if n.startswith("a-")] == ["a-1", "a-2"]
