@@ -23,10 +23,11 @@ counted as below. So a handler stuck on one ticket holds up that ticket's later 
 Retries are counted honestly, in the runner: only failures of the handler itself count toward
 parking, a handler that runs past its time budget included. After ``max_deliveries`` of them
 the event is parked in ``parked_events`` (and acked), and the later events of its entity are
-parked behind it (see ``messaging.parking``): the entities of a fetched batch are looked up
-there in one query, and only an event of a parked entity (or one tried before) takes the
-locked check. Two other outcomes are retried with backoff,
-uncounted, for as long as their cause lasts:
+parked behind it (see ``messaging.parking``). Each unit of work looks its events' entities up
+there in the statement that records them in the inbox: an event whose entity is parked is
+rolled back (its batch goes on without it) and takes the locked check, as does one tried
+before. Two other outcomes are retried with backoff, uncounted, for as long as their cause
+lasts:
 
 - "not yet" (:class:`RetryLater`, say a version from the future): the event steps aside, so
   the entity's events behind it (maybe the missing version) are tried first;
@@ -60,7 +61,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 from pydantic import ValidationError
-from sqlalchemy import Text, bindparam, func, select
+from sqlalchemy import Text, any_, bindparam, func, select
 from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -68,15 +69,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ticketing_common.db import connection_lost, transaction
 from ticketing_common.events import Event, EventEnvelope, Subject
 from ticketing_common.events.catalog import entity_key, scheduled_subjects
-from ticketing_common.messaging.parking import (
-    Parkable,
-    park,
-    park_if_held,
-    parked_entities,
-    replay_parked,
-)
+from ticketing_common.messaging.parking import Parkable, park, park_if_held, replay_parked
 from ticketing_common.messaging.streams import STREAM_NAME, ensure_stream
-from ticketing_common.messaging.tables import inbox
+from ticketing_common.messaging.tables import inbox, parked_events
 from ticketing_common.observability import REQUEST_ID_HEADER, request_id_var
 
 log = logging.getLogger(__name__)
@@ -188,6 +183,15 @@ class _Outcome(enum.Enum):
     NOT_YET = enum.auto()
     OUTAGE = enum.auto()
     FAILED = enum.auto()
+    HELD = enum.auto()  # its entity is parked: the locked check decides
+
+
+class _EntityParked(Exception):  # noqa: N818 - it is a signal, not an error
+    """Units (by index) whose entity the inbox statement found parked: rolled back."""
+
+    def __init__(self, indexes: list[int]) -> None:
+        super().__init__(indexes)
+        self.indexes = indexes
 
 
 @dataclass
@@ -201,7 +205,7 @@ class _InHand:
     headers: dict[str, str]
     key: str  # the entity's
     held_since: float  # loop time it was fetched
-    # Take the locked parked check before the next try: the batch's lookup found its entity
+    # Take the locked parked check before the next try: its unit of work found its entity
     # parked, or it was tried before (time has passed; another replica may have parked it).
     check_parked: bool = False
     tries: int = 0  # only a first try may share a transaction with others
@@ -298,7 +302,7 @@ class ConsumerRunner:
         # Room for a batch in hand while the next is fetched.
         self._capacity = max(4 * concurrency, 2 * batch_size)
         # First tries waiting for a transaction to share, each with the future of its outcome.
-        self._gathering: list[tuple[_InHand, asyncio.Future[bool]]] = []
+        self._gathering: list[tuple[_InHand, _Unit, asyncio.Future[bool]]] = []
         self._stream_replicas = stream_replicas
         self._scheduled = {subject.value for subject in scheduled_subjects()}
         self._stopping = asyncio.Event()
@@ -307,7 +311,7 @@ class ConsumerRunner:
         self._in_hand: dict[int, _InHand] = {}  # by id(msg): a Msg is not hashable
         self._lanes: dict[str, _Lane] = {}
         # Entities this runner parked an event of: their later events always take the locked
-        # check (a batch looked up before the park committed must not slip past it).
+        # check first.
         self._parked_here: set[str] = set()
         self._workers: set[asyncio.Task[None]] = set()
 
@@ -431,25 +435,14 @@ class ConsumerRunner:
                         await item.msg.in_progress()
 
     async def _dispatch(self, messages: list[Msg]) -> None:
-        """Put a fetched batch in its entities' lanes, after one look for parked entities."""
-        items: list[_InHand] = []
+        """Put each fetched message in its entity's lane."""
         for msg in messages:
             try:
                 if (item := await self._read(msg)) is not None:
-                    items.append(item)
+                    self._enqueue(item)
             except Exception:
                 # Never let one message end the loop; it comes back after ack_wait.
                 log.exception("could not dispatch a message")
-        if not items:
-            return
-        try:
-            parked = await parked_entities(self._sessionmaker, {item.key for item in items})
-        except Exception as exc:
-            log.warning("cannot look up parked entities, checking each event: %r", exc)
-            parked = {item.key for item in items}
-        for item in items:
-            item.check_parked = item.key in parked
-            self._enqueue(item)
 
     async def _read(self, msg: Msg) -> _InHand | None:
         """The message as an event in hand; None for one dropped or parked unread."""
@@ -515,11 +508,11 @@ class ConsumerRunner:
 
     async def _step(self, key: str, lane: _Lane, item: _InHand) -> bool:
         """One try at an event of a lane: True once it is acked or parked."""
-        check = item.check_parked or key in self._parked_here
-        if check and await park_if_held(self._sessionmaker, item.parkable()):
+        checked = item.check_parked or key in self._parked_here
+        if checked and await park_if_held(self._sessionmaker, item.parkable()):
             await item.msg.ack()
             return True
-        outcome = await self._attempt(item)
+        outcome = await self._attempt(item, checked=checked)
         if outcome is _Outcome.DONE:
             await item.msg.ack()
             lane.something_applied()
@@ -527,7 +520,9 @@ class ConsumerRunner:
         if outcome is _Outcome.FAILED and item.failures >= self._max_failures:
             await self._park(item)
             return True
-        if outcome is _Outcome.NOT_YET:
+        if outcome is _Outcome.HELD:
+            item.not_before = 0.0  # the locked check, at once
+        elif outcome is _Outcome.NOT_YET:
             lane.step_aside(item)
             item.retry_after(retry_delay(item.waits + 1), counted=False)
         elif outcome is _Outcome.OUTAGE:
@@ -536,20 +531,27 @@ class ConsumerRunner:
             item.retry_after(retry_delay(item.failures), counted=True)
         return False
 
-    async def _attempt(self, item: _InHand) -> _Outcome:
+    async def _attempt(self, item: _InHand, *, checked: bool) -> _Outcome:
         """Run the handler once, within its time budget, and say how it went: a first try
-        together with others if it can, else (or if it was taken out) alone."""
+        together with others if it can, else (or if it was taken out) alone. ``checked``: the
+        locked parked check was just taken, so the unit of work does not look again."""
         item.tries += 1
-        if item.tries == 1 and await self._together(item):
+        unit = _unit(item, checked=checked)
+        if item.tries == 1 and await self._together(item, unit):
             return _Outcome.DONE
+        if item.check_parked and not checked:  # found parked in the batch
+            return _Outcome.HELD
         envelope = item.envelope
         token = request_id_var.set(item.headers.get(REQUEST_ID_HEADER))
         budget = asyncio.timeout(self._handler_timeout)
         try:
             async with self._transactions, budget:
-                await apply_once(self._sessionmaker, _unit(item))
+                await apply_once(self._sessionmaker, unit)
             item.waits = 0
             return _Outcome.DONE
+        except _EntityParked:
+            item.check_parked = True
+            return _Outcome.HELD
         except RetryLater as exc:
             log.info("event %s %s not yet: %r", envelope.subject, envelope.id, exc)
             return _Outcome.NOT_YET
@@ -581,11 +583,11 @@ class ConsumerRunner:
         finally:
             request_id_var.reset(token)
 
-    async def _together(self, item: _InHand) -> bool:
+    async def _together(self, item: _InHand, unit: _Unit) -> bool:
         """Wait for a transaction shared with the other first tries ready now: True once
         applied in it; False to be tried alone (a batch of one, or taken out of a batch)."""
         applied: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._gathering.append((item, applied))
+        self._gathering.append((item, unit, applied))
         if len(self._gathering) == 1:
             self._start(self._run_batch())
         return await applied
@@ -606,17 +608,20 @@ class ConsumerRunner:
             applied: set[int] = set()
             if len(batch) > 1:
                 try:
-                    applied = {id(i) for i in await self._apply_together([i for i, _ in batch])}
+                    together = [(item, unit) for item, unit, _ in batch]
+                    applied = {id(item) for item in await self._apply_together(together)}
                 except Exception:
                     log.exception("a batch of %d events could not be applied", len(batch))
-        for item, outcome in batch:
+        for item, _, outcome in batch:
             outcome.set_result(id(item) in applied)
 
-    async def _apply_together(self, items: list[_InHand]) -> list[_InHand]:
-        """Apply ``items`` in one transaction; the ones applied are returned. A handler that
-        raises or runs long is taken out and the rest tried again; a failure no handler can be
-        blamed for (the inbox insert, the commit, the database gone) leaves them all to be
-        tried alone."""
+    async def _apply_together(self, batch: list[tuple[_InHand, _Unit]]) -> list[_InHand]:
+        """Apply a batch in one transaction; the events applied are returned. Those of a
+        parked entity are taken out (for the locked check), and so is a handler that raises or
+        runs long, and the rest tried again; a failure no handler can be blamed for (the inbox
+        insert, the commit, the database gone) leaves them all to be tried alone."""
+        items = [item for item, _ in batch]
+        units = [unit for _, unit in batch]
         while len(items) > 1:
             running = _Running()
             try:
@@ -624,11 +629,17 @@ class ConsumerRunner:
                     async with transaction(self._sessionmaker) as session:
                         await _apply_in(
                             session,
-                            [_unit(item) for item in items],
+                            units,
                             running=running,
                             handler_seconds=BATCH_HANDLER_SECONDS,
                         )
                 return items
+            except _EntityParked as held:
+                for index in held.indexes:
+                    items[index].check_parked = True
+                items = [item for i, item in enumerate(items) if i not in held.indexes]
+                units = [unit for i, unit in enumerate(units) if i not in held.indexes]
+                continue
             except Exception as exc:
                 if running.index is None:
                     log.info("a batch of %d events failed, each goes alone: %r", len(items), exc)
@@ -639,7 +650,7 @@ class ConsumerRunner:
                     len(items),
                     exc,
                 )
-                items = items[: running.index] + items[running.index + 1 :]
+                del items[running.index], units[running.index]
         return []
 
     async def _park(self, item: _InHand) -> None:
@@ -672,10 +683,19 @@ class _Unit:
     event: Event
     handler: Handler
     request_id: str | None = None
+    # Its entity, to be found not parked before it applies; None when the locked check was
+    # just taken (or for a replay of the parked events themselves).
+    unparked_entity: str | None = None
 
 
-def _unit(item: _InHand) -> _Unit:
-    return _Unit(item.envelope, item.event, item.handler, item.headers.get(REQUEST_ID_HEADER))
+def _unit(item: _InHand, *, checked: bool) -> _Unit:
+    return _Unit(
+        item.envelope,
+        item.event,
+        item.handler,
+        item.headers.get(REQUEST_ID_HEADER),
+        None if checked else item.key,
+    )
 
 
 @dataclass
@@ -685,8 +705,10 @@ class _Running:
     index: int | None = None
 
 
-# Built once, its rows as two arrays: one prepared statement for a batch of any size.
-_RECORD_IN_INBOX = (
+# Built once, its rows as arrays: one prepared statement for a batch of any size. It records
+# the events in the inbox and, in the same round trip, finds which of their entities are
+# parked: (the event ids recorded now, the parked entities among ``entities``).
+_RECORDED = (
     insert(inbox)
     .from_select(
         ["event_id", "subject"],
@@ -697,6 +719,13 @@ _RECORD_IN_INBOX = (
     )
     .on_conflict_do_nothing()
     .returning(inbox.c.event_id)
+    .cte("recorded")
+)
+_RECORD_IN_INBOX = select(
+    select(func.array_agg(_RECORDED.c.event_id)).scalar_subquery(),
+    select(func.array_agg(parked_events.c.entity_key))
+    .where(parked_events.c.entity_key == any_(bindparam("entities", type_=ARRAY(Text))))
+    .scalar_subquery(),
 )
 
 
@@ -714,17 +743,24 @@ async def _apply_in(
     running: _Running | None = None,
     handler_seconds: float | None = None,
 ) -> None:
-    """Record the events' ids in the inbox (one statement), then run the handler of each one
-    seen for the first time, in turn, in ``session``'s transaction."""
-    first_time = set(
-        await session.scalars(
+    """Record the events' ids in the inbox and check their entities (one statement), then
+    run the handler of each one seen for the first time, in turn, in ``session``'s transaction.
+    :class:`_EntityParked` if an entity is parked: the caller rolls back."""
+    recorded, parked = (
+        await session.execute(
             _RECORD_IN_INBOX,
             {
                 "event_ids": [unit.envelope.id for unit in units],
                 "subjects": [unit.envelope.subject.value for unit in units],
+                "entities": [unit.unparked_entity for unit in units if unit.unparked_entity],
             },
         )
-    )
+    ).one()
+    if parked:
+        held = [i for i, unit in enumerate(units) if unit.unparked_entity in parked]
+        if held:
+            raise _EntityParked(held)
+    first_time = set(recorded or ())
     running = running or _Running()
     for index, unit in enumerate(units):
         if unit.envelope.id not in first_time:

@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, Text, any_, bindparam, case, delete, func, literal, select
-from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy import Row, case, delete, func, literal, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from ticketing_common.db import transaction
@@ -87,28 +87,6 @@ async def park(
         failures,
         error,
     )
-
-
-# Built once, the keys as one array: one prepared statement for a batch of any size.
-_PARKED_AMONG = (
-    select(parked_events.c.entity_key)
-    .where(parked_events.c.entity_key == any_(bindparam("keys", type_=ARRAY(Text))))
-    .distinct()
-)
-
-
-async def parked_entities(
-    sessionmaker: async_sessionmaker[AsyncSession], keys: set[str]
-) -> set[str]:
-    """Those of ``keys`` with a parked event: one unlocked query for a batch of events. An entity
-    found clear here is as clear as ``park_if_held`` would find it (its lock does not outlast
-    the check either); one found parked takes ``park_if_held``'s locked check."""
-    async with sessionmaker() as session:
-        # One statement, so no transaction around it: one round trip, not three (BEGIN and
-        # ROLLBACK), for every fetched batch.
-        connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        found = await connection.scalars(_PARKED_AMONG, {"keys": sorted(keys)})
-        return {key for key in found if key is not None}
 
 
 async def park_if_held(sessionmaker: async_sessionmaker[AsyncSession], event: Parkable) -> bool:
