@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import httpx
 import pytest
 
+from auth.service import Passwords
 from auth.settings import AuthSettings
-from ticketing_common.testing import TestDatabase
+from ticketing_common.database_url import PLAIN, with_driver
+from ticketing_common.testing import ServiceHarness, TestDatabase
 from ticketing_common.testing.helpers import eventually
 from ticketing_common.testing.plugin import NatsServer
 
@@ -260,3 +263,59 @@ async def test_failures_older_than_the_window_are_deleted(
         "SELECT failed_at > now() - interval '1 minute' AS recent FROM signin_failures"
     )
     assert [r["recent"] for r in rows] == [True]
+
+
+class _HashInHand(Passwords):
+    """The real hasher, held at the start of each hash and check until released: what the
+    database holds meanwhile can be looked at."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        super().__init__(settings)
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _held(self) -> None:
+        self.started.set()
+        await self.release.wait()
+
+    async def hash(self, password: str) -> str:
+        await self._held()
+        return await super().hash(password)
+
+    async def verify(self, password: str, password_hash: str | None) -> bool:
+        await self._held()
+        return await super().verify(password, password_hash)
+
+
+@pytest.mark.parametrize("path", [SIGNUP, SIGNIN])
+async def test_no_database_transaction_is_held_through_a_password_hash(
+    harness: ServiceHarness, settings: AuthSettings, db: TestDatabase, path: str
+) -> None:
+    """A hash takes tens of milliseconds by design: held open through it, a transaction would
+    keep one of the pool's connections from everyone else that long, for every sign-up."""
+    passwords = _HashInHand(settings)
+    async with harness.client() as client:
+        if path == SIGNIN:
+            passwords.release.set()
+            harness.app.state.passwords = passwords
+            assert (await signup(client)).status_code == 201
+            client.cookies.clear()
+            passwords.started.clear()
+            passwords.release.clear()
+        harness.app.state.passwords = passwords
+        answer = asyncio.create_task(
+            client.post(path, json={"email": "ada@example.com", "password": PASSWORD})
+        )
+        await asyncio.wait_for(passwords.started.wait(), 10)
+        watcher = await asyncpg.connect(with_driver(db.url, driver=PLAIN))
+        try:
+            # A transaction of this request, its last statement about users, waiting on us.
+            held = await watcher.fetch(
+                "SELECT query FROM pg_stat_activity WHERE datname = current_database()"
+                " AND state LIKE 'idle in transaction%' AND query LIKE '%users%'"
+            )
+        finally:
+            await watcher.close()
+        passwords.release.set()
+        assert (await answer).status_code in {200, 201}
+    assert held == []
