@@ -2,6 +2,8 @@
 
 A client that serves many people in turn must never keep a cookie jar (it would hand one
 person's session to the next request); ``outbound_client`` is the one place that makes sure.
+The one client a library builds, the Stripe SDK's, is given the same jar (the payments tests
+show Stripe's cookies are never sent back).
 Tests build their own clients (each plays one user, whose cookies it should keep).
 """
 

@@ -87,6 +87,8 @@ class FakeStripe:
         response = self._handle(request.method, request.url.path, form)
         if request.method == "POST" and key:
             self._replays[(request.url.path, key)] = (response.status_code, bytes(response.body))
+        # As a load balancer in front of an API may: our client must never send it back.
+        response.set_cookie("lb-affinity", f"node-{len(self.requests)}")
         return response
 
     def _handle(self, method: str, path: str, form: dict[str, str]) -> JSONResponse:

@@ -77,6 +77,9 @@ async def test_pays_with_a_payment_intent(
     assert confirm.headers["idempotency-key"] == f"confirm-{intent_id}-{method_id}"
     [payment] = await orders.payments(order_id)
     assert payment["provider"] == "stripe" and payment["intent_ref"] == intent_id
+    # Stripe's answers set a cookie; no request of ours, of any buyer, ever sends one back.
+    assert len(stripe_fake.requests) >= 3
+    assert [r.path for r in stripe_fake.requests if "cookie" in r.headers] == []
     event = await event_probe.wait_for("payment.created")
     assert event.data["providerRef"] == intent_id
 

@@ -23,6 +23,12 @@ class _RefuseAllCookies(DefaultCookiePolicy):
         return False
 
 
+def cookie_jar_keeping_nothing() -> CookieJar:
+    """The jar every outbound client has: a client built by a library (a payment provider's
+    SDK, say) is given one too."""
+    return CookieJar(policy=_RefuseAllCookies())
+
+
 def outbound_client(
     *,
     timeout: httpx.Timeout | float,
@@ -41,5 +47,5 @@ def outbound_client(
         headers=headers,
         transport=transport,
         trust_env=False,
-        cookies=CookieJar(policy=_RefuseAllCookies()),
+        cookies=cookie_jar_keeping_nothing(),
     )

@@ -22,6 +22,7 @@ from payments.providers import (
     ProviderUnavailableError,
     to_minor_units,
 )
+from ticketing_common.http import cookie_jar_keeping_nothing
 
 # Stripe failures worth retrying: unreachable, timed out, rate limited or failing on its side.
 _UNAVAILABLE = (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError)
@@ -40,10 +41,15 @@ class StripeProvider:
         timeout: float = 5.0,
         max_network_retries: int = 1,
     ) -> None:
+        http_client = stripe.HTTPXClient(timeout=timeout)
+        # The SDK builds its own httpx client, with a cookie jar: it would send Stripe's
+        # cookies from one buyer's call with the next. Like every outbound client here
+        # (ticketing_common.http), it keeps none.
+        http_client._client_async.cookies = cookie_jar_keeping_nothing()
         self._client = stripe.StripeClient(
             api_key,
             base_addresses={"api": api_base} if api_base else None,
-            http_client=stripe.HTTPXClient(timeout=timeout),
+            http_client=http_client,
             # The SDK retries network errors and 409s (a concurrent request with the same
             # idempotency key) with the same key: safe, never a second charge. Few retries and
             # a short timeout keep one call well inside a consumer handler's time budget; the
