@@ -337,3 +337,35 @@ def test_paths_in_normal_form_still_reach_their_service(platform: LocalPlatform)
     status, body = send(platform, "GET", "/api/users/currentuser")
     assert (status, json.loads(body)) == (200, {"currentUser": None})
     assert send(platform, "GET", "/api/tickets?limit=1")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "body"),
+    [
+        ("GET", "/api/users/currentuser", [], None),  # a service's answer
+        ("POST", "/api/tickets", [("Content-Type", "application/json")], b"{"),  # its error
+        ("GET", "/api/nowhere", [], None),  # the edge's 404
+        ("GET", "/api/users/../users", [], None),  # the edge's 400
+        ("POST", "/api/tickets", [("Content-Length", str(2 * 1024 * 1024))], b""),  # its 413
+    ],
+    ids=["service", "service-error", "edge-404", "edge-400", "edge-413"],
+)
+def test_no_answer_names_the_software_behind_it(
+    platform: LocalPlatform, method: str, path: str, headers: list[tuple[str, str]], body: bytes
+) -> None:
+    """``Server`` and ``Via`` would tell an attacker which proxy and server to look up."""
+    conn = http.client.HTTPConnection("127.0.0.1", platform.port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for name, value in headers:
+            conn.putheader(name, value)
+        if body is not None and not any(name == "Content-Length" for name, _ in headers):
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    assert response.status < 500
+    named = {k: v for k, v in response.getheaders() if k.lower() in {"server", "via"}}
+    assert named == {}, (response.status, named)

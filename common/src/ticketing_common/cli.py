@@ -170,6 +170,8 @@ def make_server(app: FastAPI, settings: WebSettings, host: str, port: int) -> uv
         # Ours (observability.RequestIdMiddleware) has the request id; uvicorn's would still
         # format its arguments per request before finding its logger disabled.
         access_log=False,
+        # No `Server: uvicorn`: an answer does not name the software behind it.
+        server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     return _Server(config)

@@ -140,6 +140,7 @@ def edge_config(
         "read_idle_timeout": "-1s",
         "idle_timeout": IDLE_TIMEOUT,
         "routes": [
+            _hide_the_software(),
             _refuse_abnormal_paths(),
             {"match": [{"path": INTERNAL_PATHS}], "handle": [_error(404, "Not found")]},
             _refuse_declared_oversize(),
@@ -161,6 +162,17 @@ def edge_config(
                 "servers": {"edge": server, **_balancers(upstreams, balancers or {})},
             }
         },
+    }
+
+
+def _hide_the_software() -> dict[str, Any]:
+    """No answer says which proxy or server made it (``Server: Caddy``, the services' own, and
+    the ``Via`` the proxy adds): an attacker would know which flaws to look up. Deferred, so
+    it applies to the headers as they are written, whoever set them."""
+    return {
+        "handle": [
+            {"handler": "headers", "response": {"delete": ["Server", "Via"], "deferred": True}}
+        ]
     }
 
 
@@ -346,6 +358,7 @@ td{{padding:.15rem .8rem .15rem 0}}</style></head>
 def _error_routes() -> list[dict[str, Any]]:
     """Errors raised inside Caddy (a service down, a body too large), in the common shape."""
     return [
+        _hide_the_software(),
         {
             # A service that cannot be reached is restarting (the launcher brings it back).
             "match": [{"expression": "{http.error.status_code} == 502"}],
