@@ -58,6 +58,7 @@ def test_money_accepts_ascii_digits_and_exact_numbers(json_value: str, amount: s
         '""',
         '"12,50"',
         "-5",
+        "-0.0",  # equals 0, but would be "-0.00" on the wire
         "12.345",
         "0.30000000000000004",
         "true",
@@ -71,7 +72,9 @@ def test_money_refuses_anything_else(json_value: str) -> None:
     assert [e["loc"] for e in caught.value.errors()] == [("price",)]
 
 
-@pytest.mark.parametrize("value", [Decimal("1.234"), Decimal("-1"), Decimal("NaN"), float("inf")])
+@pytest.mark.parametrize(
+    "value", [Decimal("1.234"), Decimal("-1"), Decimal("-0"), -0.0, Decimal("NaN"), float("inf")]
+)
 def test_money_refuses_inexact_or_negative_python_values(value: Any) -> None:
     with pytest.raises(ValidationError):
         Priced(price=value)

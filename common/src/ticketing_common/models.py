@@ -37,10 +37,17 @@ def _parse_money(value: object) -> Decimal:
         return Decimal(value)
     if isinstance(value, float) and math.isfinite(value):
         # The shortest text that reads back as this float: 0.1 is "0.1", not 0.1000000000000000055.
-        return Decimal(repr(value))
+        return _unsigned_zero(Decimal(repr(value)))
     if isinstance(value, Decimal) and value.is_finite():
-        return value
+        return _unsigned_zero(value)
     raise ValueError(MONEY_ERROR)
+
+
+def _unsigned_zero(amount: Decimal) -> Decimal:
+    # -0 passes "never negative" (it equals 0) but would go on the wire as "-0.00".
+    if amount.is_zero() and amount.is_signed():
+        raise ValueError(MONEY_ERROR)
+    return amount
 
 
 # Money is exact: at most two decimal places, never a binary float, never negative. On the wire it
