@@ -66,23 +66,20 @@ def test_the_cycle_check_finds_a_cycle() -> None:
     assert find_cycle(graph) == ["a", "b", "c", "a"]
 
 
-def test_event_contracts_import_pydantic_alone() -> None:
-    # A fresh interpreter: this one has long imported everything.
-    probe = (
-        "import sys, ticketing_common.events, ticketing_common.events.catalog;"
-        "print([m for m in ('fastapi', 'sqlalchemy', 'starlette', 'nats') if m in sys.modules])"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "[]"
-
-
 def _fresh_interpreter(code: str) -> str:
+    """What ``code`` prints in a fresh interpreter: this one has long imported everything."""
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     return result.stdout.strip()
+
+
+def test_event_contracts_import_pydantic_alone() -> None:
+    probe = (
+        "import sys, ticketing_common.events, ticketing_common.events.catalog;"
+        "print([m for m in ('fastapi', 'sqlalchemy', 'starlette', 'nats') if m in sys.modules])"
+    )
+    assert _fresh_interpreter(probe) == "[]"
 
 
 def test_a_service_imports_nothing_from_the_dev_tools() -> None:

@@ -620,37 +620,33 @@ class ConsumerRunner:
         parked entity are taken out (for the locked check), and so is a handler that raises or
         runs long, and the rest tried again; a failure no handler can be blamed for (the inbox
         insert, the commit, the database gone) leaves them all to be tried alone."""
-        items = [item for item, _ in batch]
-        units = [unit for _, unit in batch]
-        while len(items) > 1:
+        while len(batch) > 1:
             running = _Running()
             try:
                 async with asyncio.timeout(self._handler_timeout):
                     async with transaction(self._sessionmaker) as session:
                         await _apply_in(
                             session,
-                            units,
+                            [unit for _, unit in batch],
                             running=running,
                             handler_seconds=BATCH_HANDLER_SECONDS,
                         )
-                return items
+                return [item for item, _ in batch]
             except _EntityParked as held:
                 for index in held.indexes:
-                    items[index].check_parked = True
-                items = [item for i, item in enumerate(items) if i not in held.indexes]
-                units = [unit for i, unit in enumerate(units) if i not in held.indexes]
-                continue
+                    batch[index][0].check_parked = True
+                batch = [pair for i, pair in enumerate(batch) if i not in held.indexes]
             except Exception as exc:
                 if running.index is None:
-                    log.info("a batch of %d events failed, each goes alone: %r", len(items), exc)
+                    log.info("a batch of %d events failed, each goes alone: %r", len(batch), exc)
                     return []
                 log.info(
                     "event %s taken out of a batch of %d, goes alone: %r",
-                    items[running.index].envelope.id,
-                    len(items),
+                    batch[running.index][0].envelope.id,
+                    len(batch),
                     exc,
                 )
-                del items[running.index], units[running.index]
+                batch = batch[: running.index] + batch[running.index + 1 :]
         return []
 
     async def _park(self, item: _InHand) -> None:

@@ -20,7 +20,7 @@ from sqlalchemy import Row, case, delete, func, literal, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
-from ticketing_common.db import transaction
+from ticketing_common.db import advisory_xact_lock, transaction
 from ticketing_common.messaging.tables import parked_events
 from ticketing_common.observability import REQUEST_ID_HEADER, request_id_var
 
@@ -28,10 +28,6 @@ log = logging.getLogger(__name__)
 
 # Runs one parked envelope's handler with its inbox entry (the consumer's unit of work).
 Apply = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-async def _lock_entity(session: AsyncSession, entity_key: str) -> None:
-    await session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(entity_key, 0))))
 
 
 async def _first_parked(session: AsyncSession, entity_key: str) -> Row[Any] | None:
@@ -93,7 +89,7 @@ async def park_if_held(sessionmaker: async_sessionmaker[AsyncSession], event: Pa
     """Park the event behind its entity's first parked event, if it has one: True if parked."""
     assert event.entity_key is not None
     async with transaction(sessionmaker) as session:
-        await _lock_entity(session, event.entity_key)
+        await advisory_xact_lock(session, event.entity_key)
         first = await _first_parked(session, event.entity_key)
         if first is None or first.event_id == event.event_id:
             return False
@@ -140,7 +136,7 @@ async def replay_parked(
     while True:
         if entity_key is not None:
             async with transaction(sessionmaker) as session:
-                await _lock_entity(session, entity_key)
+                await advisory_xact_lock(session, entity_key)
                 row = await _first_parked(session, entity_key)
             if row is None:
                 return True
