@@ -9,14 +9,23 @@ per event in that stage (PostgreSQL's and NATS's are not in it): on a busy machi
 swing with the load, the CPU per event much less. ``make bench`` runs it as one of its phases.
 
     .venv/bin/python bench/event_pipeline.py --events 5000
+
+A backlog is the consumer's best case: 64 events per fetch and per transaction. With
+``--arriving-at RATE``, events come instead from another process at a steady RATE a second, as
+on the platform, and it prints the consumer's CPU per event (a no-op handler: the machinery
+alone) beside nats-py's own fetch-and-ack loop fed the same way:
+
+    .venv/bin/python bench/event_pipeline.py --arriving-at 150 --events 1500
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import resource
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -26,14 +35,16 @@ from pathlib import Path
 
 import nats
 import uvloop
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ticketing_common.cli import settle_garbage_collector
 from ticketing_common.db import make_engine, make_sessionmaker
 from ticketing_common.embedded import EmbeddedNats, EmbeddedPostgres
-from ticketing_common.events import TicketCreated
+from ticketing_common.events import EventEnvelope, TicketCreated
 from ticketing_common.messaging import Consumer, ConsumerRunner, OutboxRelay, ensure_stream, publish
 from ticketing_common.messaging.streams import STREAM_NAME
 from ticketing_common.messaging.tables import inbox, messaging_metadata, outbox
@@ -174,6 +185,120 @@ async def measure(events: int, per_transaction: int, folder: Path) -> PipelineRa
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class ArrivalCosts:
+    """This process's CPU milliseconds per event while events arrive at ``rate`` a second."""
+
+    rate: float
+    events: int
+    nats_py_alone: float  # a pull consumer's fetch(64) and ack, nothing else
+    consumer: float  # ConsumerRunner: the same, plus its unit of work with a no-op handler
+
+
+def ticket_created() -> EventEnvelope:
+    return EventEnvelope.wrap(
+        TicketCreated(
+            id=uuid.uuid4(), version=0, title="t", price=Decimal("9.99"), user_id=uuid.uuid4()
+        )
+    )
+
+
+async def publish_at(url: str, subject: str | None, rate: float, count: int) -> None:
+    """The other process: ``count`` events at ``rate`` a second (to ``subject``, or to each
+    event's own), each published once the last is acked, as a relay does under light load."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i in range(count):
+        envelope = ticket_created()
+        await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+        await js.publish(
+            subject or envelope.subject.value,
+            envelope.model_dump_json(by_alias=True).encode(),
+            headers={"Nats-Msg-Id": str(envelope.id)},
+        )
+    await nc.close()
+
+
+async def _cpu_per_event(
+    nats_url: str, subject: str | None, rate: float, count: int, done: asyncio.Event
+) -> float:
+    """Milliseconds of this process's CPU per event, from the first sent until ``done``."""
+    publisher = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--publish-to", nats_url, "--subject", subject or "",
+        "--arriving-at", str(rate), "--events", str(count),
+    )  # fmt: skip
+    started = time.process_time()
+    await asyncio.wait_for(done.wait(), 60 + 2 * count / rate)
+    spent = time.process_time() - started
+    if await publisher.wait() != 0:
+        raise RuntimeError("the publishing process failed")
+    return 1000 * spent / count
+
+
+async def measure_arrivals(rate: float, count: int, folder: Path) -> ArrivalCosts:
+    postgres, nats_server = EmbeddedPostgres(folder / "pg"), EmbeddedNats(folder / "nats")
+    postgres.start()
+    nats_server.start()
+    try:
+        database = await TestDatabase.create(postgres.url, "bench")
+        engine = make_engine(database.url)
+        async with engine.begin() as conn:
+            await conn.run_sync(messaging_metadata.create_all)
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        await ensure_stream(js)
+        settle_garbage_collector()
+
+        # nats-py alone, on a subject of its own.
+        config = ConsumerConfig(
+            durable_name="nats-py", filter_subject=BARE_SUBJECT, ack_policy=AckPolicy.EXPLICIT
+        )
+        await js.add_consumer(STREAM_NAME, config)
+        sub = await js.pull_subscribe_bind(durable="nats-py", stream=STREAM_NAME)
+        acked = 0
+        all_acked = asyncio.Event()
+
+        async def fetch_and_ack() -> None:
+            nonlocal acked
+            while acked < count:
+                with contextlib.suppress(TimeoutError, NatsTimeoutError):
+                    for msg in await sub.fetch(64, timeout=5.0):
+                        await msg.ack()
+                        acked += 1
+            all_acked.set()
+
+        loop = asyncio.create_task(fetch_and_ack())
+        alone = await _cpu_per_event(nats_server.url, BARE_SUBJECT, rate, count, all_acked)
+        await loop
+
+        # The consumer runner, as a service runs it, with nothing for its handler to do.
+        consumer = Consumer("bench")
+        handled = 0
+        all_handled = asyncio.Event()
+
+        @consumer.on(TicketCreated)
+        async def handle(session: AsyncSession, event: TicketCreated) -> None:
+            nonlocal handled
+            handled += 1
+            if handled == count:
+                all_handled.set()
+
+        runner = ConsumerRunner(consumer, js, make_sessionmaker(engine))
+        task = asyncio.create_task(runner.run())
+        ours = await _cpu_per_event(nats_server.url, None, rate, count, all_handled)
+        runner.stop()
+        await task
+        await nc.close()
+        await engine.dispose()
+        return ArrivalCosts(rate, count, alone, ours)
+    finally:
+        nats_server.stop()
+        postgres.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def temporary_folder() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="ticketing-bench-"))
     folder.chmod(0o755)  # PostgreSQL's unprivileged user must reach it when run as root
@@ -186,7 +311,19 @@ def main() -> None:
     )
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--per-transaction", type=int, default=1)
+    parser.add_argument("--arriving-at", type=float, help="events a second, from another process")
+    parser.add_argument("--publish-to", help=argparse.SUPPRESS)  # that other process
+    parser.add_argument("--subject", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.publish_to:
+        asyncio.run(publish_at(args.publish_to, args.subject, args.arriving_at, args.events))
+        return
+    if args.arriving_at:
+        costs = uvloop.run(measure_arrivals(args.arriving_at, args.events, temporary_folder()))
+        print(f"{costs.events} events arriving at {costs.rate:g}/s, this process's CPU per event:")
+        print(f"nats-py alone (fetch, ack): {costs.nats_py_alone:6.3f} ms")
+        print(f"consumer runner, no-op    : {costs.consumer:6.3f} ms")
+        return
     # On uvloop, as every service runs (uvicorn takes it when installed).
     rates = uvloop.run(measure(args.events, args.per_transaction, temporary_folder()))
     print(f"events: {rates.events} ({args.per_transaction} per transaction)")

@@ -3,8 +3,10 @@
 Starts the platform as ``make up`` does, makes the tickets, then offers purchases at a steady
 rate while py-spy records each service and the edge (CPU samples only: idle threads are left
 out). Writes, per process, the raw collapsed stacks and a summary: the functions holding the
-most samples themselves (self) and under them (total). ``docs/bench/profile.md`` is written
-from those summaries. Sampling as root needs no setting; otherwise see py-spy's docs on ptrace.
+most samples themselves (self) and under them (total); and beside the CPU per purchase of every
+process, the transactions each service's database committed per purchase (how far events share
+them). ``docs/bench/profile.md`` is written from those summaries. Sampling as root needs no
+setting; otherwise see py-spy's docs on ptrace.
 
     .venv/bin/python bench/profiling.py --rate 80 --seconds 20
 """
@@ -19,6 +21,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import asyncpg
 import event_pipeline
 from platform_under_test import SERVICES, CpuSpan
 from progress import Progress
@@ -31,6 +34,9 @@ OUR_CODE = re.compile(
     r"\((ticketing_common|ticketing_local|auth|tickets|orders|expiration|payments)/(?!__main__)"
 )
 SAMPLES_PER_SECOND = 100
+# A backend reports its transaction counts at most once a second, and an idle one within
+# PostgreSQL's idle interval (10 s): the counts are read after that.
+STATS_REPORTED_SECONDS = 11.0
 # A sample of a thread running no Python code (py-spy's empty stack): compiled code alone.
 NO_PYTHON_FRAME = "(no Python frame)"
 # "function (package/module.py)" -> "package" (or "module.py" for a module of its own).
@@ -97,6 +103,19 @@ async def record(pid: int, seconds: float, output: Path, native: bool) -> bool:
     return process.returncode == 0
 
 
+async def commits(postgres_port: int) -> dict[str, int]:
+    """Transactions committed so far in each service's database."""
+    connection = await asyncpg.connect(host="127.0.0.1", port=postgres_port, user="postgres")
+    try:
+        rows = await connection.fetch(
+            "SELECT datname, xact_commit FROM pg_stat_database WHERE datname = ANY($1::text[])",
+            list(SERVICES),
+        )
+    finally:
+        await connection.close()
+    return {row["datname"]: row["xact_commit"] for row in rows}
+
+
 async def profile(rate: float, seconds: float, out: Path, native: bool) -> None:
     work = event_pipeline.temporary_folder()
     bench = Bench(Plan(), work, Progress(4 * seconds))
@@ -107,6 +126,9 @@ async def profile(rate: float, seconds: float, out: Path, native: bool) -> None:
         bench.progress.start(f"profiling under {rate:g} purchases/s", seconds)
         pids = bench.platform.processes()
         names = [name for name in (*SERVICES, "edge") if name in pids]
+        postgres_port = bench.platform.status["processes"]["postgres"]["port"]
+        await asyncio.sleep(STATS_REPORTED_SECONDS)  # the tickets' transactions counted first
+        committed_before = await commits(postgres_port)
         span = CpuSpan(bench.meter.cpu())
         load = asyncio.create_task(bench.steady(tickets, rate))
         recorded = await asyncio.gather(
@@ -114,14 +136,26 @@ async def profile(rate: float, seconds: float, out: Path, native: bool) -> None:
         )
         answers, propagation, _ = await load
         span.after = bench.meter.cpu()
+        await bench.settle()
+        await asyncio.sleep(STATS_REPORTED_SECONDS)
+        committed = await commits(postgres_port)
         purchases = max(len(propagation), 1)
         cpu = "\n".join(
             f"{name:<12}{1000 * s / purchases:7.2f} ms"
             for name, s in sorted(span.by_process.items(), key=lambda item: -item[1])
         )
+        # Unbatched, a purchase commits 8 times: the order, 4 events handled (tickets,
+        # expiration, payments, then orders), and the 3 relays' claims of what those sent.
+        per_database = "\n".join(
+            f"{name:<12}{(committed[name] - committed_before.get(name, 0)) / purchases:7.2f}"
+            for name in SERVICES
+            if name in committed
+        )
         (out / "cpu-per-purchase.txt").write_text(
             f"{len(answers)} orders at {rate:g}/s, {len(propagation)} propagated "
-            f"(py-spy sampling adds to the services' figures)\n{cpu}\n"
+            f"(py-spy sampling adds to the services' figures)\n{cpu}\n\n"
+            "database transactions committed per purchase (unbatched: 8 in all)\n"
+            f"{per_database}\n"
         )
         for name, ok in zip(names, recorded, strict=True):
             if ok:

@@ -71,3 +71,30 @@ def test_quick_bench_writes_a_well_formed_table_and_the_plots(tmp_path: Path) ->
 
     for plot in ("latency.png", "throughput.png", "cpu.png"):
         assert (tmp_path / plot).read_bytes().startswith(PNG_SIGNATURE), plot
+
+
+@pytest.mark.timeout(300)
+def test_the_pipeline_bench_feeds_events_at_a_steady_rate_from_another_process() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "event_pipeline.py"),
+            *("--arriving-at", "100", "--events", "30"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
+    assert "30 events arriving at 100/s" in run.stdout
+    figures = {
+        line.split(":")[0].strip(): float(line.split(":")[1].split()[0])
+        for line in run.stdout.splitlines()
+        if line.endswith(" ms")
+    }
+    # Each side got every event (or it would not have finished) and spent CPU on them.
+    assert figures.keys() == {"nats-py alone (fetch, ack)", "consumer runner, no-op"}, run.stdout
+    assert all(ms > 0 for ms in figures.values()), run.stdout

@@ -56,8 +56,10 @@ class LocalPlatform(LauncherProcess):
         self.log_dir = log_dir
         self._log_path: Path | None = None
         self._runs = 0
+        self.started_with: dict[str, str] = {}  # the settings of the last start
 
     def start(self, **env: str) -> None:
+        self.started_with = env
         self._runs += 1
         self._log_path = self.log_dir / f"launcher-{self._runs}.log"
         try:
@@ -72,6 +74,10 @@ class LocalPlatform(LauncherProcess):
 
     def output(self) -> str:
         return self._log_path.read_text(errors="replace") if self._log_path else ""
+
+    def output_of_every_start(self) -> str:
+        logs = (self.log_dir / f"launcher-{run}.log" for run in range(1, self._runs + 1))
+        return "".join(log.read_text(errors="replace") for log in logs if log.exists())
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM (a service manager) or SIGINT (Ctrl-C); the launcher's exit code."""

@@ -125,3 +125,13 @@ def test_a_killed_replica_is_skipped_until_it_is_back(
         )
 
     wait_until(back, EVENTUAL, f"{victim} to be restarted")
+
+    # And back in the edge's rotation once its fail duration is over: it serves again.
+    path = f"/api/tickets/replica-probe-{uuid.uuid4().hex}"
+
+    def serving_again() -> bool:
+        with platform.client() as http:
+            assert http.get(path).status_code < 500
+        return victim in served_by(platform, path)
+
+    wait_until(serving_again, EVENTUAL, f"{victim} to serve again", interval=0.5)
