@@ -238,6 +238,7 @@ async def _cpu_per_event(
 
 
 async def measure_arrivals(rate: float, count: int, folder: Path) -> ArrivalCosts:
+    # PostgreSQL durable, as a service's is: one event per transaction pays its commit here.
     postgres, nats_server = EmbeddedPostgres(folder / "pg"), EmbeddedNats(folder / "nats")
     postgres.start()
     nats_server.start()
@@ -269,9 +270,9 @@ async def measure_arrivals(rate: float, count: int, folder: Path) -> ArrivalCost
                         acked += 1
             all_acked.set()
 
-        loop = asyncio.create_task(fetch_and_ack())
+        fetching = asyncio.create_task(fetch_and_ack())
         alone = await _cpu_per_event(nats_server.url, BARE_SUBJECT, rate, count, all_acked)
-        await loop
+        await fetching
 
         # The consumer runner, as a service runs it, with nothing for its handler to do.
         consumer = Consumer("bench")
