@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -39,7 +40,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from ticketing_common.cli import settle_garbage_collector
 from ticketing_common.db import make_engine, make_sessionmaker
@@ -95,11 +96,19 @@ async def bare_publish(js: JetStreamContext, count: int) -> Stage:
     return stopwatch.lap(count)
 
 
-async def measure(events: int, per_transaction: int, folder: Path) -> PipelineRates:
-    postgres, nats_server = (
-        EmbeddedPostgres(folder / "pg", durable=False),
-        EmbeddedNats(folder / "nats"),
-    )
+@dataclass(frozen=True)
+class Servers:
+    """The bench's own PostgreSQL database (the outbox and inbox tables in it) and NATS."""
+
+    engine: AsyncEngine
+    nats_url: str
+    js: JetStreamContext
+
+
+@contextlib.asynccontextmanager
+async def servers(folder: Path, *, durable: bool) -> AsyncIterator[Servers]:
+    postgres = EmbeddedPostgres(folder / "pg", durable=durable)
+    nats_server = EmbeddedNats(folder / "nats")
     postgres.start()
     nats_server.start()
     try:
@@ -107,11 +116,23 @@ async def measure(events: int, per_transaction: int, folder: Path) -> PipelineRa
         engine = make_engine(database.url)
         async with engine.begin() as conn:
             await conn.run_sync(messaging_metadata.create_all)
-        sessionmaker = make_sessionmaker(engine)
         nc = await nats.connect(nats_server.url)
         js = nc.jetstream()
         await ensure_stream(js)
         settle_garbage_collector()  # as a service does once started
+        yield Servers(engine, nats_server.url, js)
+        await nc.close()
+        await engine.dispose()
+    finally:
+        nats_server.stop()
+        postgres.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def measure(events: int, per_transaction: int, folder: Path) -> PipelineRates:
+    async with servers(folder, durable=False) as bench:
+        engine, js = bench.engine, bench.js
+        sessionmaker = make_sessionmaker(engine)
         bare = await bare_publish(js, events)
 
         stopwatch = _Stopwatch()
@@ -169,20 +190,14 @@ async def measure(events: int, per_transaction: int, folder: Path) -> PipelineRa
         info = await js.stream_info(STREAM_NAME)
         if info.state.messages != 2 * events:
             raise RuntimeError(f"the stream holds {info.state.messages} messages, not {2 * events}")
-        await nc.close()
-        await engine.dispose()
-        return PipelineRates(
-            events=events,
-            bare_publish=bare,
-            commit=commit,
-            relay=relay,
-            consume=consume,
-            peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        )
-    finally:
-        nats_server.stop()
-        postgres.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+    return PipelineRates(
+        events=events,
+        bare_publish=bare,
+        commit=commit,
+        relay=relay,
+        consume=consume,
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
 
 
 @dataclass(frozen=True)
@@ -239,19 +254,8 @@ async def _cpu_per_event(
 
 async def measure_arrivals(rate: float, count: int, folder: Path) -> ArrivalCosts:
     # PostgreSQL durable, as a service's is: one event per transaction pays its commit here.
-    postgres, nats_server = EmbeddedPostgres(folder / "pg"), EmbeddedNats(folder / "nats")
-    postgres.start()
-    nats_server.start()
-    try:
-        database = await TestDatabase.create(postgres.url, "bench")
-        engine = make_engine(database.url)
-        async with engine.begin() as conn:
-            await conn.run_sync(messaging_metadata.create_all)
-        nc = await nats.connect(nats_server.url)
-        js = nc.jetstream()
-        await ensure_stream(js)
-        settle_garbage_collector()
-
+    async with servers(folder, durable=True) as bench:
+        js = bench.js
         # nats-py alone, on a subject of its own.
         config = ConsumerConfig(
             durable_name="nats-py", filter_subject=BARE_SUBJECT, ack_policy=AckPolicy.EXPLICIT
@@ -271,7 +275,7 @@ async def measure_arrivals(rate: float, count: int, folder: Path) -> ArrivalCost
             all_acked.set()
 
         fetching = asyncio.create_task(fetch_and_ack())
-        alone = await _cpu_per_event(nats_server.url, BARE_SUBJECT, rate, count, all_acked)
+        alone = await _cpu_per_event(bench.nats_url, BARE_SUBJECT, rate, count, all_acked)
         await fetching
 
         # The consumer runner, as a service runs it, with nothing for its handler to do.
@@ -286,18 +290,12 @@ async def measure_arrivals(rate: float, count: int, folder: Path) -> ArrivalCost
             if handled == count:
                 all_handled.set()
 
-        runner = ConsumerRunner(consumer, js, make_sessionmaker(engine))
+        runner = ConsumerRunner(consumer, js, make_sessionmaker(bench.engine))
         task = asyncio.create_task(runner.run())
-        ours = await _cpu_per_event(nats_server.url, None, rate, count, all_handled)
+        ours = await _cpu_per_event(bench.nats_url, None, rate, count, all_handled)
         runner.stop()
         await task
-        await nc.close()
-        await engine.dispose()
-        return ArrivalCosts(rate, count, alone, ours)
-    finally:
-        nats_server.stop()
-        postgres.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+    return ArrivalCosts(rate, count, alone, ours)
 
 
 def temporary_folder() -> Path:

@@ -22,21 +22,27 @@ REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.timeout(900)
-def test_quick_bench_writes_a_well_formed_table_and_the_plots(tmp_path: Path) -> None:
+def run_bench(script: str, *args: str, timeout: float) -> str:
+    """A bench script's output, once it has succeeded."""
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     run = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--out", str(tmp_path)],
+        [sys.executable, str(REPO / "bench" / script), *args],
         env=env,
         capture_output=True,
         text=True,
-        timeout=840,
+        timeout=timeout,
         check=False,
     )
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
+    return run.stdout
+
+
+@pytest.mark.timeout(900)
+def test_quick_bench_writes_a_well_formed_table_and_the_plots(tmp_path: Path) -> None:
+    stdout = run_bench("run.py", "--quick", "--out", str(tmp_path), timeout=840)
 
     table = (tmp_path / "results.md").read_text()
-    assert table in run.stdout  # the table printed is the one written
+    assert table in stdout  # the table printed is the one written
     lines = [line for line in table.splitlines() if line.startswith("|")]
     header = ["what", "ours", "reference", "ours / reference", "target", "met"]
     assert [cell.strip() for cell in lines[0].strip("|").split("|")] == header
@@ -75,26 +81,13 @@ def test_quick_bench_writes_a_well_formed_table_and_the_plots(tmp_path: Path) ->
 
 @pytest.mark.timeout(300)
 def test_the_pipeline_bench_feeds_events_at_a_steady_rate_from_another_process() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "event_pipeline.py"),
-            *("--arriving-at", "100", "--events", "30"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
-    assert "30 events arriving at 100/s" in run.stdout
+    stdout = run_bench("event_pipeline.py", "--arriving-at", "100", "--events", "30", timeout=240)
+    assert "30 events arriving at 100/s" in stdout
     figures = {
         line.split(":")[0].strip(): float(line.split(":")[1].split()[0])
-        for line in run.stdout.splitlines()
+        for line in stdout.splitlines()
         if line.endswith(" ms")
     }
     # Each side got every event (or it would not have finished) and spent CPU on them.
-    assert figures.keys() == {"nats-py alone (fetch, ack)", "consumer runner, no-op"}, run.stdout
-    assert all(ms > 0 for ms in figures.values()), run.stdout
+    assert figures.keys() == {"nats-py alone (fetch, ack)", "consumer runner, no-op"}, stdout
+    assert all(ms > 0 for ms in figures.values()), stdout
