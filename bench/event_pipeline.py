@@ -87,6 +87,13 @@ class _Stopwatch:
         return stage
 
 
+def new_ticket(title: str) -> TicketCreated:
+    """The event both measures send: a ticket listed by someone new."""
+    return TicketCreated(
+        id=uuid.uuid4(), version=0, title=title, price=Decimal("9.99"), user_id=uuid.uuid4()
+    )
+
+
 async def bare_publish(js: JetStreamContext, count: int) -> Stage:
     """Messages per second nats-py alone gets into the stream, one awaited at a time."""
     stopwatch = _Stopwatch()
@@ -139,16 +146,7 @@ async def measure(events: int, per_transaction: int, folder: Path) -> PipelineRa
         for start in range(0, events, per_transaction):
             async with sessionmaker() as session:
                 for i in range(start, min(start + per_transaction, events)):
-                    await publish(
-                        session,
-                        TicketCreated(
-                            id=uuid.uuid4(),
-                            version=0,
-                            title=f"t{i}",
-                            price=Decimal("9.99"),
-                            user_id=uuid.uuid4(),
-                        ),
-                    )
+                    await publish(session, new_ticket(f"t{i}"))
                 await session.commit()
         commit = stopwatch.lap(events)
         published = await OutboxRelay(engine, sessionmaker, js).flush()
@@ -210,14 +208,6 @@ class ArrivalCosts:
     consumer: float  # ConsumerRunner: the same, plus its unit of work with a no-op handler
 
 
-def ticket_created() -> EventEnvelope:
-    return EventEnvelope.wrap(
-        TicketCreated(
-            id=uuid.uuid4(), version=0, title="t", price=Decimal("9.99"), user_id=uuid.uuid4()
-        )
-    )
-
-
 async def publish_at(url: str, subject: str | None, rate: float, count: int) -> None:
     """The other process: ``count`` events at ``rate`` a second (to ``subject``, or to each
     event's own), each published once the last is acked, as a relay does under light load."""
@@ -226,7 +216,7 @@ async def publish_at(url: str, subject: str | None, rate: float, count: int) -> 
     loop = asyncio.get_running_loop()
     start = loop.time()
     for i in range(count):
-        envelope = ticket_created()
+        envelope = EventEnvelope.wrap(new_ticket(f"t{i}"))
         await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
         await js.publish(
             subject or envelope.subject.value,

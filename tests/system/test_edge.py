@@ -34,6 +34,30 @@ NOT_NORMAL = {
 }
 
 
+def exchange(
+    platform: LocalPlatform,
+    method: str,
+    path: str,
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes | None = None,
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """One request with ``path`` sent byte for byte as given; (status, headers, body). The body's
+    Content-Length is sent unless ``headers`` declare one."""
+    conn = http.client.HTTPConnection("127.0.0.1", platform.port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for name, value in headers or []:
+            conn.putheader(name, value)
+        declared = any(name.lower() == "content-length" for name, _ in headers or [])
+        if body is not None and not declared:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return response.status, response.getheaders(), response.read()
+    finally:
+        conn.close()
+
+
 def send(
     platform: LocalPlatform,
     method: str,
@@ -41,19 +65,9 @@ def send(
     headers: list[tuple[str, str]] | None = None,
     body: bytes | None = None,
 ) -> tuple[int, bytes]:
-    """One request with ``path`` sent byte for byte as given; (status, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", platform.port, timeout=30)
-    try:
-        conn.putrequest(method, path, skip_accept_encoding=True)
-        for name, value in headers or []:
-            conn.putheader(name, value)
-        if body is not None:
-            conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
+    """(status, body) of :func:`exchange`."""
+    status, _, answer = exchange(platform, method, path, headers, body)
+    return status, answer
 
 
 def status_of_oversized(platform: LocalPlatform, request: bytes) -> int:
@@ -354,18 +368,7 @@ def test_no_answer_names_the_software_behind_it(
     platform: LocalPlatform, method: str, path: str, headers: list[tuple[str, str]], body: bytes
 ) -> None:
     """``Server`` and ``Via`` would tell an attacker which proxy and server to look up."""
-    conn = http.client.HTTPConnection("127.0.0.1", platform.port, timeout=30)
-    try:
-        conn.putrequest(method, path, skip_accept_encoding=True)
-        for name, value in headers:
-            conn.putheader(name, value)
-        if body is not None and not any(name == "Content-Length" for name, _ in headers):
-            conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body)
-        response = conn.getresponse()
-        response.read()
-    finally:
-        conn.close()
-    assert response.status < 500
-    named = {k: v for k, v in response.getheaders() if k.lower() in {"server", "via"}}
-    assert named == {}, (response.status, named)
+    status, answer_headers, _ = exchange(platform, method, path, headers, body)
+    assert status < 500
+    named = {k: v for k, v in answer_headers if k.lower() in {"server", "via"}}
+    assert named == {}, (status, named)
