@@ -21,6 +21,7 @@ from ticketing_common.events import EventEnvelope, TicketCreated
 from ticketing_common.messaging import (
     Consumer,
     ConsumerRunner,
+    Received,
     RetryLater,
     TemporaryFailure,
     ensure_stream,
@@ -549,6 +550,93 @@ async def test_a_slow_handler_is_taken_out_of_its_batch_the_others_go_on(
         await eventually(lambda: _notes_are(sessionmaker, [*others, "slow"]))
     # Slow is not a failure: nothing is parked.
     assert await list_parked(sessionmaker) == []
+
+
+@dataclass
+class BatchHandling:
+    """A consumer with a batch handler beside its handler, and what each of them saw."""
+
+    consumer: Consumer = field(default_factory=lambda: Consumer("batch-handler-test"))
+    batches: list[list[str]] = field(default_factory=list)  # titles, per batch handler call
+    one_at_a_time: dict[str, str | None] = field(default_factory=dict)  # title: request id
+    # "raises" after writing, or "leaves copies": returns events it was not given.
+    misbehaves: str | None = None
+
+    def __post_init__(self) -> None:
+        @self.consumer.on(TicketCreated)
+        async def record(session: AsyncSession, event: TicketCreated) -> None:
+            self.one_at_a_time[event.title] = request_id_var.get()
+            await session.execute(effects.insert().values(note=event.title))
+
+        @self.consumer.on_batch(TicketCreated)
+        async def record_several(
+            session: AsyncSession, events: list[Received[TicketCreated]]
+        ) -> list[Received[TicketCreated]]:
+            self.batches.append([received.event.title for received in events])
+            taken = [r for r in events if not r.event.title.startswith("left")]
+            if taken:
+                await session.execute(
+                    effects.insert(),
+                    [{"note": f"{r.event.title} ({r.request_id})"} for r in taken],
+                )
+            if self.misbehaves == "raises":  # after writing: its writes must not survive
+                raise ValueError("the batch handler fails")
+            if self.misbehaves == "leaves copies":  # the runner cannot tell what it left
+                return [Received(r.event, r.request_id) for r in events]
+            return [r for r in events if r not in taken]
+
+
+async def test_a_batch_handler_takes_several_events_and_leaves_the_rest_to_their_handler(
+    sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
+) -> None:
+    handling = BatchHandling()
+    taken = [f"taken-{n}" for n in range(8)]
+    left = ["left-1", "left-2"]
+    await _sent_before_the_runner_starts(jetstream, [*taken[:4], *left, *taken[4:]])
+    expected = [f"{title} (req-{title})" for title in taken] + left
+    async with running(handling.consumer, jetstream, sessionmaker):
+        await eventually(lambda: _sorted_notes_are(sessionmaker, expected))
+    # Several at once (only the batch handler writes the request id), each with its own; what
+    # it left went to the events' handler, with theirs; the rest never did.
+    assert set(taken) <= {title for batch in handling.batches for title in batch}
+    assert handling.one_at_a_time == {title: f"req-{title}" for title in left}
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(inbox)) == 10
+
+
+@pytest.mark.parametrize("misbehaves", ["raises", "leaves copies"])
+async def test_a_failing_batch_handler_sends_its_events_alone_to_their_own_handler(
+    sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext, misbehaves: str
+) -> None:
+    handling = BatchHandling(misbehaves=misbehaves)
+    titles = [f"t{n}" for n in range(10)]
+    await _sent_before_the_runner_starts(jetstream, titles)
+    # One failure of its own would park an event: the batch's must not count.
+    async with running(handling.consumer, jetstream, sessionmaker, max_deliveries=1):
+        await eventually(lambda: _sorted_notes_are(sessionmaker, titles))
+    # The batch's writes rolled back; each event applied once, by its own handler, and none
+    # counted as a failure.
+    assert handling.batches
+    assert sorted(await notes(sessionmaker)) == titles
+    assert handling.one_at_a_time == {title: f"req-{title}" for title in titles}
+    assert await list_parked(sessionmaker) == []
+
+
+async def _sorted_notes_are(
+    sessionmaker: async_sessionmaker[AsyncSession], expected: list[str]
+) -> bool:
+    return sorted(await notes(sessionmaker)) == sorted(expected)
+
+
+def test_a_batch_handler_needs_the_handler_of_its_events_first() -> None:
+    consumer = Consumer("no-handler")
+    with pytest.raises(ValueError, match="on\\(\\) first"):
+
+        @consumer.on_batch(TicketCreated)
+        async def several(
+            session: AsyncSession, events: list[Received[TicketCreated]]
+        ) -> list[Received[TicketCreated]]:
+            return events
 
 
 @pytest.mark.parametrize("together", [True, False], ids=["in-a-batch", "alone"])

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ticketing_common.db import transaction
 from ticketing_common.events import TicketCreated
-from ticketing_common.messaging import OutboxRelay, ensure_stream, publish
+from ticketing_common.messaging import OutboxRelay, Outgoing, ensure_stream, publish, publish_all
 from ticketing_common.messaging.tables import outbox
 from ticketing_common.observability import request_id_var
 from ticketing_common.testing import EventProbe
@@ -97,6 +97,58 @@ async def test_committed_event_is_published_promptly_with_its_id(
         await commit_and_receive("req-1")
         await commit_and_receive("req-2")
     assert await unpublished(pipeline.sessionmaker) == 0
+
+
+async def test_events_published_together_go_out_in_order_each_with_its_request_id(
+    pipeline: Pipeline,
+) -> None:
+    """``publish_all``: one statement for several events (a consumer's batch), each with the
+    request id of its own cause, and a subject and headers of its own if given."""
+    events = [ticket_created(f"together {n}") for n in range(5)]
+    outgoing = [
+        Outgoing(event, request_id=f"req-{n}" if n != 2 else None) for n, event in enumerate(events)
+    ]
+    # A scheduled subject would need a schedule: another subject of the stream shows the same.
+    outgoing[3] = Outgoing(
+        events[3], nats_subject="ticket.updated", headers={"X-Note": "own"}, request_id="req-3"
+    )
+    request_id_var.set("the-request-being-handled")  # not theirs: each names its own
+    try:
+        async with transaction(pipeline.sessionmaker) as session:
+            envelopes = await publish_all(session, outgoing)
+    finally:
+        request_id_var.set(None)
+    assert [envelope.event() for envelope in envelopes] == events
+    async with pipeline.sessionmaker() as session:
+        stored = (await session.execute(select(outbox.c.id).order_by(outbox.c.position))).all()
+    assert [row.id for row in stored] == [envelope.id for envelope in envelopes]
+
+    async with pipeline.running_relay(poll_seconds=60):  # woken by the commit's NOTIFY
+        await eventually(lambda: _no_unpublished(pipeline.sessionmaker), timeout=5)
+    sub = await pipeline.jetstream.pull_subscribe("ticket.*", stream="EVENTS")
+    messages = await sub.fetch(5, timeout=5)
+    assert [msg.headers["Nats-Msg-Id"] for msg in messages if msg.headers] == [
+        str(envelope.id) for envelope in envelopes
+    ]
+    assert [msg.subject for msg in messages] == [
+        "ticket.created",
+        "ticket.created",
+        "ticket.created",
+        "ticket.updated",
+        "ticket.created",
+    ]
+    assert [(msg.headers or {}).get("X-Request-Id") for msg in messages] == [
+        "req-0",
+        "req-1",
+        None,
+        "req-3",
+        "req-4",
+    ]
+    assert (messages[3].headers or {})["X-Note"] == "own"
+
+
+async def _no_unpublished(sessionmaker: async_sessionmaker[AsyncSession]) -> bool:
+    return await unpublished(sessionmaker) == 0
 
 
 async def test_each_transaction_wakes_the_relay_a_rolled_back_savepoint_notwithstanding(

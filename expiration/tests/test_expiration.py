@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -10,12 +11,14 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from expiration.service import at_header, schedule_subject
+from expiration.service import at_header, schedule_expirations, schedule_subject
+from ticketing_common.db import transaction
 from ticketing_common.events import (
     EventEnvelope,
     OrderCreated,
@@ -23,7 +26,7 @@ from ticketing_common.events import (
     OrderStatus,
     Subject,
 )
-from ticketing_common.messaging import ensure_stream
+from ticketing_common.messaging import Received, ensure_stream
 from ticketing_common.messaging.streams import STREAM_NAME
 from ticketing_common.testing import EventProbe, ServiceHarness, TestDatabase, send_event
 from ticketing_common.testing.helpers import eventually
@@ -185,3 +188,27 @@ async def test_duplicate_order_created_fires_once(
     await eventually(lambda: all_published(db, 2))
     await eventually(lambda: schedule_gone(jetstream, event.id))
     assert len(await fired(jetstream, event.id)) == 1
+
+
+async def test_timers_scheduled_together_each_fire_with_their_request_id(
+    client: httpx.AsyncClient, app: FastAPI, jetstream: JetStreamContext, event_probe: EventProbe
+) -> None:
+    """The batch handler: the timers of several orders in one statement; each fires at its
+    own expiresAt and carries the request id of the order that set it."""
+    orders = [order_created(timedelta(seconds=1 + n / 2)) for n in range(3)]
+    batch = [Received(order, f"req-{n}") for n, order in enumerate(orders)]
+    async with transaction(app.state.sessionmaker) as session:
+        assert await schedule_expirations(session, batch) == []  # it leaves none
+
+    for n, order in enumerate(orders):
+        await event_probe.wait_for(
+            "expiration.complete", functools.partial(_for_order, order.id), timeout=10
+        )
+        [msg] = await fired(jetstream, order.id)
+        assert msg.metadata.timestamp is not None
+        assert msg.metadata.timestamp >= order.expires_at - timedelta(milliseconds=50)
+        assert (msg.headers or {})["X-Request-Id"] == f"req-{n}"
+
+
+def _for_order(order_id: uuid.UUID, envelope: EventEnvelope) -> bool:
+    return bool(envelope.data["orderId"] == str(order_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from decimal import Decimal
@@ -10,10 +11,14 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from fastapi import FastAPI
 from nats.js import JetStreamContext
 
+from orders import service
 from ticketing_common.database_url import PLAIN, with_driver
+from ticketing_common.db import transaction
 from ticketing_common.events import ExpirationComplete, TicketCreated, TicketUpdated
+from ticketing_common.messaging import Received
 from ticketing_common.testing import EventProbe, TestDatabase, send_event
 from ticketing_common.testing.helpers import eventually
 from ticketing_common.testing.plugin import Deliver
@@ -302,3 +307,79 @@ async def test_a_payment_waits_for_the_reservation(
     await db.wait_handled(payment.id)
     [row] = await db.fetch("SELECT status FROM orders")
     assert row["status"] == "complete"
+
+
+async def test_ticket_changes_applied_together_the_unusual_left_to_update_ticket(
+    tickets: TicketsStandIn, app: FastAPI, db: TestDatabase, deliver: Deliver
+) -> None:
+    """The batch handler: the next version of several tickets in one statement; an older
+    version, one from the future, an unknown ticket or a refusal is left to ``update_ticket``."""
+    usual = [await tickets.create(title=f"t{n}") for n in range(3)]
+    older, ahead, refusing = [await tickets.create(title=t) for t in ("old", "ahead", "refuse")]
+    await deliver(updated(older, 1, "older v1"))
+    unknown = TicketCreated(
+        id=uuid.uuid4(), version=0, title="unknown", price=Decimal(1), user_id=uuid.uuid4()
+    )
+    changes = [updated(ticket, 1, f"{ticket.title} v1", uuid.uuid4()) for ticket in usual]
+    unusual = [
+        updated(older, 1, "older v1 again"),
+        updated(ahead, 2, "ahead v2"),
+        updated(unknown, 1, "unknown v1"),
+        updated(refusing, 1, "refusing v1").model_copy(update={"refused_order_id": uuid.uuid4()}),
+    ]
+    batch = [Received(change, None) for change in [changes[0], *unusual, *changes[1:]]]
+    async with transaction(app.state.sessionmaker) as session:
+        left = await service.update_tickets(session, batch)
+
+    assert [received.event for received in left] == unusual
+    for change in changes:
+        row = await replica(db, change.id)
+        assert (row["title"], row["price"], row["version"]) == (change.title, change.price, 1)
+    [holder] = await db.fetch("SELECT order_id FROM tickets WHERE id = $1", changes[0].id)
+    assert holder["order_id"] == changes[0].order_id
+    assert (await replica(db, older.id))["title"] == "older v1"  # as it was
+    assert (await replica(db, ahead.id))["version"] == 0
+    assert (await replica(db, refusing.id))["version"] == 0
+
+
+async def test_orders_expired_together_each_announced_the_rest_left_to_cancel_order(
+    shop: Shop, app: FastAPI, db: TestDatabase, deliver: Deliver
+) -> None:
+    """The batch handler: several live orders cancelled in two statements, each announced with
+    the request id of its expiry; an order complete, cancelled already or unknown is left to
+    ``cancel_order``, untouched."""
+    live = [await shop.ordered() for _ in range(3)]
+    complete, cancelled = await shop.ordered(), await shop.ordered()
+    await paid(deliver, complete.ticket, complete.id)
+    assert (await shop.cancel(cancelled.id, cancelled.buyer)).status_code == 204
+    unknown = uuid.uuid4()
+    expiries = [
+        Received(ExpirationComplete(order_id=uuid.UUID(ordered.id)), f"req-{n}")
+        for n, ordered in enumerate(live)
+    ]
+    unusual = [
+        Received(ExpirationComplete(order_id=order_id), None)
+        for order_id in (uuid.UUID(complete.id), uuid.UUID(cancelled.id), unknown)
+    ]
+    async with transaction(app.state.sessionmaker) as session:
+        left = await service.expire_orders(session, [expiries[0], *unusual, *expiries[1:]])
+
+    assert left == unusual
+    rows = await db.fetch("SELECT id, status, version FROM orders")
+    state = {str(row["id"]): (row["status"], row["version"]) for row in rows}
+    assert [state[ordered.id] for ordered in live] == [("cancelled", 1)] * 3
+    assert state[complete.id] == ("complete", 1) and state[cancelled.id] == ("cancelled", 1)
+    announced = await db.fetch(
+        "SELECT envelope->'data' AS data, headers->>'X-Request-Id' AS request_id FROM outbox"
+        " WHERE nats_subject = 'order.cancelled'"
+    )
+    # One order.cancelled per live order, with its expiry's request id; the other one is the
+    # buyer's own cancellation, from before.
+    announcements = [(json.loads(row["data"]), row["request_id"]) for row in announced]
+    assert sorted(data["id"] for data, _ in announcements) == sorted(
+        [*(ordered.id for ordered in live), cancelled.id]
+    )
+    for n, ordered in enumerate(live):
+        [(data, request_id)] = [a for a in announcements if a[0]["id"] == ordered.id]
+        assert data == {"id": ordered.id, "version": 1, "ticket": {"id": str(ordered.ticket.id)}}
+        assert request_id == f"req-{n}"

@@ -7,23 +7,23 @@ import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from nats.js import JetStreamContext
 
+from payments import service
 from payments.app import create_app
 from payments.providers import IntentClosedError, ProviderUnavailableError, SandboxProvider
 from payments.settings import PaymentsSettings
+from ticketing_common.db import transaction
 from ticketing_common.events import (
     OrderCancelled,
     OrderCancelledTicket,
-    OrderCreated,
-    OrderCreatedTicket,
-    OrderStatus,
 )
+from ticketing_common.messaging import Received
 from ticketing_common.testing import EventProbe, ServiceHarness, TestDatabase, session_cookie
 from ticketing_common.testing.helpers import eventually
 from ticketing_common.testing.stand_ins import OrdersStandIn
@@ -233,14 +233,7 @@ async def test_order_cancelled_and_created_in_either_order_end_cancelled(
     cancelled_first: bool,
 ) -> None:
     order_id, user_id = uuid.uuid4(), uuid.uuid4()
-    created = OrderCreated(
-        id=order_id,
-        version=0,
-        status=OrderStatus.CREATED,
-        user_id=user_id,
-        expires_at=datetime.now(UTC) + timedelta(minutes=15),
-        ticket=OrderCreatedTicket(id=uuid.uuid4(), price=Decimal("5.00")),
-    )
+    created = orders.new_order(order_id=order_id, user_id=user_id, price="5.00")
     cancelled = OrderCancelled(id=order_id, version=1, ticket=OrderCancelledTicket(id=uuid.uuid4()))
     first, second = (cancelled, created) if cancelled_first else (created, cancelled)
 
@@ -407,3 +400,39 @@ async def test_payment_and_cancellation_racing_never_keep_money(
         # Every capture was given back, each exactly once.
         assert sorted(provider.refunds) == sorted(provider.captures)
         assert len(set(provider.captures)) == len(provider.captures)
+
+
+async def test_orders_added_together_the_unusual_left_to_add_order(
+    client: httpx.AsyncClient, orders: OrdersStandIn, app: FastAPI
+) -> None:
+    """The batch handler: several new orders in two statements; an order whose cancellation
+    came first (a tombstone waits), or one already here, is left to ``add_order``."""
+
+    usual = [orders.new_order(price="7.25") for _ in range(4)]
+    cancelled_first, already_here = orders.new_order(), orders.new_order()
+    cancelled = OrderCancelled(
+        id=cancelled_first.id, version=1, ticket=OrderCancelledTicket(id=uuid.uuid4())
+    )
+    await orders.db.wait_handled((await orders.emit(cancelled)).id, timeout=5)
+    await orders.db.wait_handled((await orders.emit(already_here)).id, timeout=5)
+    batch = [
+        Received(order, None) for order in [usual[0], cancelled_first, *usual[1:], already_here]
+    ]
+    async with transaction(app.state.sessionmaker) as session:
+        left = await service.add_orders(session, batch)
+
+    assert [received.event for received in left] == [cancelled_first, already_here]
+    rows = await orders.db.fetch(
+        "SELECT id, status, version, user_id, price, expires_at FROM orders"
+    )
+    stored = {row["id"]: tuple(row)[1:] for row in rows}
+    for order in usual:
+        assert stored[order.id] == (
+            "created",
+            0,
+            order.user_id,
+            order.ticket.price,
+            order.expires_at,
+        )
+    assert cancelled_first.id not in stored  # left with its tombstone, for add_order
+    assert len(await orders.db.fetch("SELECT 1 FROM cancelled_orders")) == 1

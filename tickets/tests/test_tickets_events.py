@@ -6,15 +6,21 @@ import asyncio
 import functools
 import uuid
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from nats.js import JetStreamContext
 
+from ticketing_common.db import transaction
+from ticketing_common.events import OrderCreatedTicket
+from ticketing_common.messaging import Received
 from ticketing_common.testing import EventProbe, TestDatabase, Users, send_event
 from ticketing_common.testing.helpers import eventually
 from ticketing_common.testing.plugin import Deliver
+from tickets import service
 
 from .helpers import create, order_cancelled, order_created, update
 
@@ -189,3 +195,50 @@ async def test_all_pooled_connections_terminated_http_and_events_go_on(
     assert await holder_and_version(db) == (second, 3)
     assert await db.fetch("SELECT 1 FROM parked_events") == []
     assert await shown() == [200] * 5
+
+
+async def test_orders_reserved_together_each_announced_the_unusual_left_to_reserve(
+    client: httpx.AsyncClient, users: Users, app: FastAPI, db: TestDatabase, deliver: Deliver
+) -> None:
+    """The batch handler: the usual case (a free ticket at the order's price) for several
+    orders in three statements; a ticket held, repriced, missing, or an order with a tombstone
+    is left to ``reserve`` or dropped, as ``reserve`` would."""
+    free = [await create(client, users, title=f"free {n}") for n in range(3)]
+    held, repriced, with_tombstone = [await create(client, users) for _ in range(3)]
+    held_by = uuid.uuid4()
+    await deliver(order_created(held, held_by))
+    cancelled_first = uuid.uuid4()
+    await deliver(order_cancelled(with_tombstone, cancelled_first))
+    missing = {"id": str(uuid.uuid4()), "price": "20.00"}
+    orders = [order_created(ticket) for ticket in free]
+    unusual = [
+        order_created(held),
+        order_created(repriced).model_copy(
+            update={"ticket": OrderCreatedTicket(id=repriced["id"], price=Decimal("1.00"))}
+        ),
+        order_created(missing),
+    ]
+    tombstoned = order_created(with_tombstone, cancelled_first)
+    received = [
+        Received(order, f"req-{n}")
+        for n, order in enumerate([*orders[:2], *unusual, tombstoned, orders[2]])
+    ]
+    async with transaction(app.state.sessionmaker) as session:
+        left = await service.reserve_all(session, received)
+
+    assert [r.event for r in left] == unusual
+    rows = await db.fetch("SELECT id, order_id, version FROM tickets")
+    state = {row["id"]: (row["order_id"], row["version"]) for row in rows}
+    for order in orders:
+        assert state[order.ticket.id] == (order.id, 1)
+    assert state[uuid.UUID(with_tombstone["id"])] == (None, 0)  # cancelled first: not reserved
+    assert state[uuid.UUID(repriced["id"])] == (None, 0)  # left as it was, for reserve()
+    announced = await db.fetch(
+        "SELECT envelope->'data'->>'orderId' AS order_id, headers->>'X-Request-Id' AS request_id"
+        " FROM outbox WHERE nats_subject = 'ticket.updated' AND envelope->'data'->>'version' = '1'"
+    )
+    # One ticket.updated per order reserved (the held ticket's came from its own delivery),
+    # each with the request id of the order that caused it.
+    expected = {str(r.event.id): r.request_id for r in received if r.event in orders}
+    expected[str(held_by)] = None
+    assert {row["order_id"]: row["request_id"] for row in announced} == expected

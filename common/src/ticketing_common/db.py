@@ -9,12 +9,13 @@ in the session they are given; they never commit.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Annotated
 
 import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import MetaData, Text, bindparam, event, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -127,11 +128,20 @@ async def advisory_xact_lock(session: AsyncSession, key: str) -> None:
     await session.execute(_ADVISORY_XACT_LOCK, {"key": key})
 
 
+async def advisory_xact_locks(session: AsyncSession, keys: Iterable[str]) -> None:
+    """``advisory_xact_lock`` on several keys, in one statement. Taken in the keys' sorted
+    order, as every caller takes them: two callers never each hold a key the other waits for."""
+    await session.execute(_ADVISORY_XACT_LOCKS, {"keys": sorted(keys)})
+
+
 # Built once, like every statement on a path each event or request takes: composing one costs
 # more CPU than PostgreSQL spends running it.
 _ADVISORY_XACT_LOCK = select(
     func.pg_advisory_xact_lock(func.hashtextextended(bindparam("key", type_=Text), 0))
 )
+# One lock per element, in the array's order.
+_LOCK_KEY = func.unnest(bindparam("keys", type_=ARRAY(Text))).column_valued("key")
+_ADVISORY_XACT_LOCKS = select(func.pg_advisory_xact_lock(func.hashtextextended(_LOCK_KEY, 0)))
 
 
 def constraint_name(exc: BaseException) -> str | None:

@@ -33,9 +33,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ticketing_common.events import ExpirationComplete, Subject
-from ticketing_common.messaging import publish
+from ticketing_common.events import ExpirationComplete, OrderCreated, Subject
+from ticketing_common.messaging import Outgoing, Received, publish_all
 from ticketing_common.messaging.streams import SCHEDULE_SUBJECT_PREFIX
+from ticketing_common.observability import request_id_var
 
 
 def schedule_subject(order_id: uuid.UUID) -> str:
@@ -53,12 +54,28 @@ async def schedule_expiration(
     session: AsyncSession, order_id: uuid.UUID, expires_at: datetime
 ) -> None:
     """Have JetStream publish expiration.complete for this order at ``expires_at``."""
-    await publish(
-        session,
+    await publish_all(session, [_schedule(order_id, expires_at, request_id_var.get())])
+
+
+async def schedule_expirations(
+    session: AsyncSession, orders: list[Received[OrderCreated]]
+) -> list[Received[OrderCreated]]:
+    """``schedule_expiration`` for several orders at once, in one statement; leaves none."""
+    schedules = [
+        _schedule(received.event.id, received.event.expires_at, received.request_id)
+        for received in orders
+    ]
+    await publish_all(session, schedules)
+    return []
+
+
+def _schedule(order_id: uuid.UUID, expires_at: datetime, request_id: str | None) -> Outgoing:
+    return Outgoing(
         ExpirationComplete(order_id=order_id),
         nats_subject=schedule_subject(order_id),
         headers={
             "Nats-Schedule": at_header(expires_at),
             "Nats-Schedule-Target": Subject.EXPIRATION_COMPLETE.value,
         },
+        request_id=request_id,
     )

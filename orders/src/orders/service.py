@@ -15,8 +15,19 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, literal, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    Integer,
+    Numeric,
+    Text,
+    and_,
+    bindparam,
+    delete,
+    func,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import ReturningInsert
@@ -27,6 +38,7 @@ from ticketing_common.clock import utcnow
 from ticketing_common.db import constraint_name
 from ticketing_common.errors import BadRequestError, ForbiddenError, NotFoundError
 from ticketing_common.events import (
+    ExpirationComplete,
     OrderCancelled,
     OrderCancelledTicket,
     OrderCreated,
@@ -35,7 +47,7 @@ from ticketing_common.events import (
     TicketUpdated,
 )
 from ticketing_common.events import OrderCreatedTicket as EventTicket
-from ticketing_common.messaging import RetryLater, publish
+from ticketing_common.messaging import Outgoing, Received, RetryLater, publish, publish_all
 
 log = logging.getLogger(__name__)
 
@@ -394,6 +406,46 @@ async def cancel_order(
     )
 
 
+async def expire_orders(
+    session: AsyncSession, expiries: list[Received[ExpirationComplete]]
+) -> list[Received[ExpirationComplete]]:
+    """``cancel_order`` for several orders whose time ran out, in two statements: the usual
+    case, a live order. Returns the expiries left to ``cancel_order`` (an order complete,
+    cancelled already, or unknown)."""
+    cancelled = (
+        await session.execute(
+            _EXPIRE_LIVE_ORDERS, {"ids": [received.event.order_id for received in expiries]}
+        )
+    ).all()
+    request_ids = {received.event.order_id: received.request_id for received in expiries}
+    announced = [
+        Outgoing(
+            OrderCancelled(
+                id=order.id, version=order.version, ticket=OrderCancelledTicket(id=order.ticket_id)
+            ),
+            request_id=request_ids[order.id],
+        )
+        for order in cancelled
+    ]
+    if announced:
+        await publish_all(session, announced)
+    done = {order.id for order in cancelled}
+    return [received for received in expiries if received.event.order_id not in done]
+
+
+_ORDERS = Base.metadata.tables[Order.__tablename__]
+_EXPIRING = func.unnest(bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))).column_valued(
+    "expiring_id"
+)
+# Each row waits for its lock (a payment completing it, say), then checks its status as it is.
+_EXPIRE_LIVE_ORDERS = (
+    update(_ORDERS)
+    .where(_ORDERS.c.id == _EXPIRING, _ORDERS.c.status == OrderStatus.CREATED)
+    .values(status=OrderStatus.CANCELLED, version=_ORDERS.c.version + 1)
+    .returning(_ORDERS.c.id, _ORDERS.c.version, _ORDERS.c.ticket_id)
+)
+
+
 async def complete_order(session: AsyncSession, order_id: uuid.UUID, payment_id: uuid.UUID) -> None:
     """The order is paid. One cancelled meanwhile stays cancelled: payments refunds it. Until
     tickets has answered the order (reserved the ticket for it, or refused it) the payment
@@ -426,31 +478,81 @@ async def add_ticket(session: AsyncSession, ticket: TicketCreated) -> None:
     )
 
 
-# Built once (every ticket change takes it): composing a statement costs more CPU than running it.
+# Built once (every ticket change takes them): composing a statement costs more CPU than running
+# it. Core (the table), its values as arrays: one prepared statement for any number of changes.
 _LOCK_TICKET = select(Ticket).where(Ticket.id == bindparam("ticket_id")).with_for_update()
+_TICKETS = Base.metadata.tables[Ticket.__tablename__]
 
 
-async def update_ticket(session: AsyncSession, update: TicketUpdated) -> None:
+async def update_tickets(
+    session: AsyncSession, changes: list[Received[TicketUpdated]]
+) -> list[Received[TicketUpdated]]:
+    """``update_ticket`` for several tickets at once, in one statement: the usual case, each
+    the next version with no refused order. Returns the changes left to ``update_ticket``
+    (an older version, one from the future, a ticket not here yet, a refusal)."""
+    usual = [received for received in changes if received.event.refused_order_id is None]
+    values: dict[str, list[Any]] = {
+        "ids": [],
+        "titles": [],
+        "prices": [],
+        "order_ids": [],
+        "versions": [],
+    }
+    for received in usual:
+        change = received.event
+        values["ids"].append(change.id)
+        values["titles"].append(change.title)
+        values["prices"].append(change.price)
+        values["order_ids"].append(change.order_id)
+        values["versions"].append(change.version)
+    applied = set((await session.scalars(_APPLY_NEXT_VERSIONS, values)).all()) if usual else set()
+    return [received for received in changes if received.event.id not in applied]
+
+
+_CHANGING = select(
+    func.unnest(bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))).label("id"),
+    func.unnest(bindparam("titles", type_=ARRAY(Text))).label("title"),
+    func.unnest(bindparam("prices", type_=ARRAY(Numeric(9, 2)))).label("price"),
+    func.unnest(bindparam("order_ids", type_=ARRAY(UUID(as_uuid=True)))).label("order_id"),
+    func.unnest(bindparam("versions", type_=ARRAY(Integer))).label("version"),
+).subquery("changing")
+# Each row waits for its lock, then checks its version as it is then.
+_APPLY_NEXT_VERSIONS = (
+    update(_TICKETS)
+    .where(_TICKETS.c.id == _CHANGING.c.id, _TICKETS.c.version == _CHANGING.c.version - 1)
+    .values(
+        title=_CHANGING.c.title,
+        price=_CHANGING.c.price,
+        order_id=_CHANGING.c.order_id,
+        version=_CHANGING.c.version,
+    )
+    .returning(_TICKETS.c.id)
+)
+
+
+async def update_ticket(session: AsyncSession, change: TicketUpdated) -> None:
     """Apply a ticket change to the replica in version order: an older one is dropped, one
     from the future waits for those before it."""
-    ticket = await session.scalar(_LOCK_TICKET, {"ticket_id": update.id})
+    if not await update_tickets(session, [Received(change, None)]):
+        return  # the usual case: the next version, in one statement
+    ticket = await session.scalar(_LOCK_TICKET, {"ticket_id": change.id})
     if ticket is None:
         raise RetryLater(
-            f"ticket {update.id} v{update.version}: its ticket.created has not arrived"
+            f"ticket {change.id} v{change.version}: its ticket.created has not arrived"
         )
-    if update.version <= ticket.version:
+    if change.version <= ticket.version:
         log.info(
             "ticket %s v%d is older than our v%d; dropped",
-            update.id,
-            update.version,
+            change.id,
+            change.version,
             ticket.version,
         )
         return
-    if update.version > ticket.version + 1:
-        raise RetryLater(f"ticket {update.id} v{update.version} is ahead of our v{ticket.version}")
-    ticket.title = update.title
-    ticket.price = update.price
-    ticket.order_id = update.order_id
-    ticket.version = update.version
-    if update.refused_order_id is not None:
-        await cancel_order(session, update.refused_order_id, reason=TICKET_CHANGED)
+    if change.version > ticket.version + 1:
+        raise RetryLater(f"ticket {change.id} v{change.version} is ahead of our v{ticket.version}")
+    ticket.title = change.title
+    ticket.price = change.price
+    ticket.order_id = change.order_id
+    ticket.version = change.version
+    if change.refused_order_id is not None:
+        await cancel_order(session, change.refused_order_id, reason=TICKET_CHANGED)

@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from payments import service
 from payments.providers import PaymentProvider
 from ticketing_common.events import OrderCancelled, OrderCreated
-from ticketing_common.messaging import Consumer
+from ticketing_common.messaging import Consumer, Received
 
 
 def make_consumer(provider: PaymentProvider) -> Consumer:
@@ -17,6 +17,12 @@ def make_consumer(provider: PaymentProvider) -> Consumer:
     @consumer.on(OrderCreated)
     async def on_order_created(session: AsyncSession, event: OrderCreated) -> None:
         await service.add_order(session, provider, event)
+
+    @consumer.on_batch(OrderCreated)
+    async def on_orders_created(
+        session: AsyncSession, orders: list[Received[OrderCreated]]
+    ) -> list[Received[OrderCreated]]:
+        return await service.add_orders(session, orders)
 
     @consumer.on(OrderCancelled)
     async def on_order_cancelled(session: AsyncSession, event: OrderCancelled) -> None:

@@ -28,8 +28,8 @@ import logging
 import uuid
 from decimal import Decimal
 
-from sqlalchemy import bindparam, delete, func, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import DateTime, Integer, Numeric, Text, bindparam, delete, exists, func, select
+from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from payments.models import Base, CancelledOrder, Order, Payment, PaymentStatus
@@ -42,10 +42,10 @@ from payments.providers import (
 )
 from ticketing_common.auth import UserClaims
 from ticketing_common.clock import utcnow
-from ticketing_common.db import advisory_xact_lock, transaction
+from ticketing_common.db import advisory_xact_lock, advisory_xact_locks, transaction
 from ticketing_common.errors import BadRequestError, ForbiddenError, NotFoundError
 from ticketing_common.events import OrderCreated, OrderStatus, PaymentCreated, PaymentRefunded
-from ticketing_common.messaging import publish
+from ticketing_common.messaging import Received, publish
 
 log = logging.getLogger(__name__)
 
@@ -277,10 +277,14 @@ _ADD_ORDER = (
     )
     .on_conflict_do_nothing(index_elements=[_ORDERS.c.id])
 )
-_TAKE_TOMBSTONE = (
+# The replica's row added and its tombstone (if its order.cancelled came first) taken, in one
+# round trip. Under the order's lock, taken by the statement before: this statement's snapshot
+# is taken after that wait, so it sees a tombstone committed meanwhile.
+_ADD_ORDER_TAKING_TOMBSTONE = (
     delete(_TOMBSTONES)
-    .where(_TOMBSTONES.c.order_id == bindparam("order_id"))
+    .where(_TOMBSTONES.c.order_id == bindparam("id"))
     .returning(_TOMBSTONES.c.version)
+    .add_cte(_ADD_ORDER.cte("added"))
 )
 
 
@@ -296,14 +300,58 @@ async def add_order(session: AsyncSession, provider: PaymentProvider, order: Ord
         "price": order.ticket.price,
         "expires_at": order.expires_at,
     }
-    await session.execute(_ADD_ORDER, row)
-    tombstone = await session.scalar(_TAKE_TOMBSTONE, {"order_id": order.id})
+    tombstone = await session.scalar(_ADD_ORDER_TAKING_TOMBSTONE, row)
     if tombstone is not None:
         log.info("order %s was cancelled before it reached us; stored cancelled", order.id)
         replica = await _order(session, order.id, lock=True)
         if replica is None:
             raise PaymentStateError(f"order {order.id} replica missing right after insert")
         await _apply_cancellation(session, provider, replica, tombstone)
+
+
+async def add_orders(
+    session: AsyncSession, orders: list[Received[OrderCreated]]
+) -> list[Received[OrderCreated]]:
+    """``add_order`` for several orders at once, in two statements: the usual case, an order
+    whose cancellation has not come first. Returns the orders left to ``add_order``."""
+    await advisory_xact_locks(session, (f"order:{received.event.id}" for received in orders))
+    # Under the orders' locks, taken by the statement before (see _ADD_ORDER_TAKING_TOMBSTONE).
+    added = set(
+        (
+            await session.scalars(
+                _ADD_ORDERS_WITHOUT_TOMBSTONE,
+                {
+                    "ids": [received.event.id for received in orders],
+                    "versions": [received.event.version for received in orders],
+                    "statuses": [received.event.status.value for received in orders],
+                    "user_ids": [received.event.user_id for received in orders],
+                    "prices": [received.event.ticket.price for received in orders],
+                    "expiries": [received.event.expires_at for received in orders],
+                },
+            )
+        ).all()
+    )
+    return [received for received in orders if received.event.id not in added]
+
+
+_ADDING = select(
+    func.unnest(bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))).label("id"),
+    func.unnest(bindparam("versions", type_=ARRAY(Integer))).label("version"),
+    func.unnest(bindparam("statuses", type_=ARRAY(Text))).label("status"),
+    func.unnest(bindparam("user_ids", type_=ARRAY(UUID(as_uuid=True)))).label("user_id"),
+    func.unnest(bindparam("prices", type_=ARRAY(Numeric(11, 2)))).label("price"),
+    func.unnest(bindparam("expiries", type_=ARRAY(DateTime(timezone=True)))).label("expires_at"),
+).subquery("adding")
+# An order with a tombstone (or already here) is not added: add_order takes it.
+_ADD_ORDERS_WITHOUT_TOMBSTONE = (
+    insert(_ORDERS)
+    .from_select(
+        list(_ADDING.c.keys()),
+        select(_ADDING).where(~exists().where(_TOMBSTONES.c.order_id == _ADDING.c.id)),
+    )
+    .on_conflict_do_nothing(index_elements=[_ORDERS.c.id])
+    .returning(_ORDERS.c.id)
+)
 
 
 async def cancel_order(

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import bindparam, select, tuple_
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import any_, bindparam, exists, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from ticketing_common.errors import BadRequestError, ForbiddenError, NotFoundError
-from ticketing_common.events import TicketCreated, TicketUpdated
-from ticketing_common.messaging import RetryLater, publish
+from ticketing_common.events import OrderCreated, TicketCreated, TicketUpdated
+from ticketing_common.messaging import Outgoing, Received, RetryLater, publish, publish_all
 from tickets.models import Base, CancelledOrder, Ticket
 
 log = logging.getLogger(__name__)
@@ -132,14 +133,31 @@ async def reserve(
     ticket = await _ticket_of_order(session, ticket_id, order_id)
     if ticket.order_id == order_id:
         return
-    cancelled = await session.scalar(_TOMBSTONE, {"order_id": order_id})
-    if cancelled is not None:
+    if ticket.order_id is not None:
+        if await session.scalar(_TOMBSTONE, {"order_id": order_id}) is None:
+            raise RetryLater(f"ticket {ticket.id} is still held by order {ticket.order_id}")
         log.info("order %s was cancelled before it reached us; not reserving", order_id)
         return
-    if ticket.order_id is not None:
-        raise RetryLater(f"ticket {ticket.id} is still held by order {ticket.order_id}")
-    ticket.version += 1
-    if ticket.price != price:
+    refused = ticket.price != price
+    # The tombstone check and the change in one statement, under the row lock taken above: its
+    # snapshot, taken after that wait, sees a tombstone committed meanwhile.
+    changed = (
+        await session.execute(
+            _RESERVE_ALL_UNLESS_CANCELLED,
+            {
+                "ticket_ids": [ticket.id],
+                "order_ids": [order_id],
+                "held_by": [None if refused else order_id],
+            },
+        )
+    ).one_or_none()
+    if changed is None:
+        log.info("order %s was cancelled before it reached us; not reserving", order_id)
+        return
+    # The row changed under the ORM's copy: set it to what was written, as written (no flush).
+    set_committed_value(ticket, "version", changed.version)
+    set_committed_value(ticket, "order_id", None if refused else order_id)
+    if refused:
         log.info(
             "order %s priced at %s, ticket %s costs %s: refused",
             order_id,
@@ -149,8 +167,89 @@ async def reserve(
         )
         await publish(session, _updated_event(ticket, refused_order_id=order_id))
         return
-    ticket.order_id = order_id
     await publish(session, _updated_event(ticket))
+
+
+_TICKETS = Base.metadata.tables[Ticket.__tablename__]
+_TOMBSTONES = Base.metadata.tables[CancelledOrder.__tablename__]
+
+
+async def reserve_all(
+    session: AsyncSession, orders: list[Received[OrderCreated]]
+) -> list[Received[OrderCreated]]:
+    """``reserve`` for several orders of different tickets at once, in three statements: the
+    usual case, a free ticket at the order's price. Returns the orders left to ``reserve``
+    (a ticket held, already theirs, missing, or priced otherwise)."""
+    by_ticket = {received.event.ticket.id: received for received in orders}
+    if len(by_ticket) < len(orders):  # never from the runner (one ticket, one lane): one by one
+        return orders
+    # Locked in the order of their ids, as every batch locks them: two never wait on each other.
+    tickets = (await session.execute(_LOCK_TICKETS, {"ticket_ids": sorted(by_ticket)})).all()
+    free = [
+        ticket
+        for ticket in tickets
+        if ticket.order_id is None and ticket.price == by_ticket[ticket.id].event.ticket.price
+    ]
+    if not free:
+        return orders
+    # The tombstone checks and the changes, under the locks taken above (see reserve()).
+    reserved: dict[uuid.UUID, int] = dict(
+        (
+            await session.execute(
+                _RESERVE_ALL_UNLESS_CANCELLED,
+                {
+                    "ticket_ids": [ticket.id for ticket in free],
+                    "order_ids": [by_ticket[ticket.id].event.id for ticket in free],
+                    "held_by": [by_ticket[ticket.id].event.id for ticket in free],
+                },
+            )
+        ).all()
+    )
+    announced = []
+    for ticket in free:
+        received = by_ticket[ticket.id]
+        if ticket.id not in reserved:
+            log.info(
+                "order %s was cancelled before it reached us; not reserving", received.event.id
+            )
+            continue
+        event = TicketUpdated(
+            id=ticket.id,
+            version=reserved[ticket.id],
+            title=ticket.title,
+            price=ticket.price,
+            user_id=ticket.user_id,
+            order_id=received.event.id,
+        )
+        announced.append(Outgoing(event, request_id=received.request_id))
+    if announced:
+        await publish_all(session, announced)
+    taken = {ticket.id for ticket in free}
+    return [received for received in orders if received.event.ticket.id not in taken]
+
+
+_LOCK_TICKETS = (
+    select(_TICKETS)
+    .where(_TICKETS.c.id == any_(bindparam("ticket_ids", type_=ARRAY(UUID(as_uuid=True)))))
+    .order_by(_TICKETS.c.id)
+    .with_for_update()
+)
+_RESERVING = select(
+    func.unnest(bindparam("ticket_ids", type_=ARRAY(UUID(as_uuid=True)))).label("ticket_id"),
+    func.unnest(bindparam("order_ids", type_=ARRAY(UUID(as_uuid=True)))).label("order_id"),
+    func.unnest(bindparam("held_by", type_=ARRAY(UUID(as_uuid=True)))).label("held_by"),
+).subquery("reserving")
+# Each ticket takes the next version and is held by ``held_by``, unless the order has a
+# tombstone. A refusal (``held_by`` null) takes a version too: orders waits for every version.
+_RESERVE_ALL_UNLESS_CANCELLED = (
+    update(_TICKETS)
+    .where(
+        _TICKETS.c.id == _RESERVING.c.ticket_id,
+        ~exists().where(_TOMBSTONES.c.order_id == _RESERVING.c.order_id),
+    )
+    .values(version=_TICKETS.c.version + 1, order_id=_RESERVING.c.held_by)
+    .returning(_TICKETS.c.id, _TICKETS.c.version)
+)
 
 
 async def release(session: AsyncSession, ticket_id: uuid.UUID, *, order_id: uuid.UUID) -> None:

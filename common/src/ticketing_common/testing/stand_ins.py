@@ -86,20 +86,29 @@ class OrdersStandIn:
     ) -> tuple[uuid.UUID, dict[str, str]]:
         """A new order (replicated unless ``wait`` is False) and its owner's cookies."""
         user_id = user_id or uuid.uuid4()
-        order_id = uuid.uuid4()
-        await self.emit(
-            OrderCreated(
-                id=order_id,
-                version=0,
-                status=OrderStatus.CREATED,
-                user_id=user_id,
-                expires_at=datetime.now(UTC) + timedelta(seconds=expires_in),
-                ticket=OrderCreatedTicket(id=uuid.uuid4(), price=Decimal(price)),
-            )
-        )
+        order = self.new_order(user_id=user_id, price=price, expires_in=expires_in)
+        await self.emit(order)
         if wait:
-            await eventually(lambda: self.replica_status(order_id))
-        return order_id, session_cookie(self.settings, user_id)
+            await eventually(lambda: self.replica_status(order.id))
+        return order.id, session_cookie(self.settings, user_id)
+
+    @staticmethod
+    def new_order(
+        *,
+        order_id: uuid.UUID | None = None,
+        user_id: uuid.UUID | None = None,
+        price: str = "12.50",
+        expires_in: float = 900,
+    ) -> OrderCreated:
+        """An order.created as orders would publish it, for a ticket of its own."""
+        return OrderCreated(
+            id=order_id or uuid.uuid4(),
+            version=0,
+            status=OrderStatus.CREATED,
+            user_id=user_id or uuid.uuid4(),
+            expires_at=datetime.now(UTC) + timedelta(seconds=expires_in),
+            ticket=OrderCreatedTicket(id=uuid.uuid4(), price=Decimal(price)),
+        )
 
     async def cancel(self, order_id: uuid.UUID, *, wait: bool = True) -> None:
         await self.emit(
