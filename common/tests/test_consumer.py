@@ -510,6 +510,49 @@ async def test_events_ready_together_are_applied_in_one_transaction(
         assert await session.scalar(select(func.count()).select_from(inbox)) == 20
 
 
+def transaction_recording_consumer(name: str, transactions: dict[str, int]) -> Consumer:
+    """A consumer noting each event's title and the transaction it was applied in."""
+    consumer = Consumer(name)
+
+    @consumer.on(TicketCreated)
+    async def record(session: AsyncSession, event: TicketCreated) -> None:
+        transactions[event.title] = await session.scalar(text("SELECT txid_current()"))
+        await session.execute(effects.insert().values(note=event.title))
+
+    return consumer
+
+
+async def test_events_arriving_after_a_drained_fetch_share_the_next_one(
+    sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
+) -> None:
+    """After a fetch that drained the stream, the runner lets more arrive before fetching
+    again: events sent one by one meanwhile come together, in one transaction."""
+    transactions: dict[str, int] = {}
+    consumer = transaction_recording_consumer("pause-test", transactions)
+    async with running(consumer, jetstream, sessionmaker, fetch_pause_seconds=1.0):
+        await send(jetstream, "first")
+        await eventually(lambda: _notes_are(sessionmaker, ["first"]))
+        # The runner now pauses for a second (its fetch got one of the many it asked for).
+        later = [f"later-{n}" for n in range(5)]
+        for title in later:
+            await send(jetstream, title)
+        await eventually(lambda: _notes_are(sessionmaker, ["first", *later]))
+    assert len({transactions[title] for title in later}) == 1
+
+
+async def test_a_backlog_is_fetched_without_pauses(
+    sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
+) -> None:
+    """Full fetches follow each other at once: with a minute's pause after a drained fetch,
+    a backlog of several fetches still drains in seconds."""
+    transactions: dict[str, int] = {}
+    consumer = transaction_recording_consumer("backlog-test", transactions)
+    titles = [f"b{n:03d}" for n in range(150)]  # three fetches of 64 at most
+    await _sent_before_the_runner_starts(jetstream, titles)
+    async with running(consumer, jetstream, sessionmaker, fetch_pause_seconds=60.0):
+        await eventually(lambda: _notes_are(sessionmaker, titles), timeout=15)
+
+
 async def test_a_failing_handler_is_taken_out_of_its_batch_the_others_applied_once(
     sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
 ) -> None:

@@ -14,11 +14,14 @@ while are still in progress, so none is handed to another replica meanwhile.
 Batches: an event's first try shares its transaction with the first tries of other entities'
 events that are ready at the same moment (up to ``batch_size``): one ``BEGIN``, one inbox
 ``INSERT`` for all, each handler in turn, one ``COMMIT``. A transaction per event was the
-consumer's main cost. The batch is all or nothing, so a handler that raises, or runs past
-``BATCH_HANDLER_SECONDS`` (stuck, say), is taken out and the others are applied together again
-without it; the one taken out is tried alone at once, where its outcome is told apart and
-counted as below. So a handler stuck on one ticket holds up that ticket's later events only
-(others for a second at most). Under light load a batch is one event, which goes alone.
+consumer's main cost. After a fetch that drained the stream the runner waits a moment
+(``FETCH_PAUSE_SECONDS``) before the next, so that events arriving one by one still come
+several to a batch; after a full fetch (a backlog) it fetches again at once. The batch is all
+or nothing, so a handler that raises, or runs past ``BATCH_HANDLER_SECONDS`` (stuck, say), is
+taken out and the others are applied together again without it; the one taken out is tried
+alone at once, where its outcome is told apart and counted as below. So a handler stuck on one
+ticket holds up that ticket's later events only (others for a second at most). Under light
+load a batch is one event, which goes alone.
 
 A handler's statement, a round trip through the session, costs more CPU than the runner spends
 on an event of a batch, so a service may also register a batch handler for a subject
@@ -101,6 +104,11 @@ BatchHandler = Callable[[AsyncSession, list[Any]], Awaitable[list[Any]]]
 
 # How long a pull request waits for messages; the server holds it that long.
 FETCH_SECONDS = 5.0
+# After a fetch that drained the stream (fewer messages than asked for), how long to let more
+# arrive before the next: they then share a fetch, a transaction and a batch handler's
+# statements, which costs less than the pause adds. A fetch that came back full (a backlog) is
+# followed at once.
+FETCH_PAUSE_SECONDS = 0.02
 # Set by JetStream on a message fired from a schedule.
 SCHEDULER_HEADER = "Nats-Scheduler"
 # A handler running longer than this in a batch is taken out of it (and tried alone, with the
@@ -329,6 +337,7 @@ class ConsumerRunner:
         concurrency: int = 8,
         batch_size: int = 64,
         stream_replicas: int = 1,
+        fetch_pause_seconds: float = FETCH_PAUSE_SECONDS,
     ) -> None:
         self.consumer = consumer
         self._js = js
@@ -340,6 +349,7 @@ class ConsumerRunner:
         # Transactions running at once, a batch's or a single event's.
         self._transactions = asyncio.Semaphore(concurrency)
         self._batch_size = batch_size
+        self._fetch_pause = fetch_pause_seconds
         # Room for a batch in hand while the next is fetched.
         self._capacity = max(4 * concurrency, 2 * batch_size)
         # First tries waiting for a transaction to share, each with the future of its outcome.
@@ -402,9 +412,8 @@ class ConsumerRunner:
                 room = self._capacity - len(self._in_hand)
                 if self._stopping.is_set() or room <= 0:
                     continue
-                fetch = asyncio.ensure_future(
-                    sub.fetch(min(room, self._batch_size), timeout=FETCH_SECONDS)
-                )
+                asked = min(room, self._batch_size)
+                fetch = asyncio.ensure_future(sub.fetch(asked, timeout=FETCH_SECONDS))
                 if not await self._until(fetch):
                     break
                 try:
@@ -420,6 +429,8 @@ class ConsumerRunner:
                         sub = await self._resubscribe(sub)
                     continue
                 await self._dispatch(messages)
+                if len(messages) < asked and self._fetch_pause:
+                    await self._pause(self._fetch_pause)
         finally:
             stop_wait.cancel()
 
