@@ -125,7 +125,7 @@ async def advisory_xact_lock(session: AsyncSession, key: str) -> None:
 
     For what a row lock cannot cover: a row that may not exist yet, or no row at all.
     """
-    await session.execute(_ADVISORY_XACT_LOCK, {"key": key})
+    await advisory_xact_locks(session, [key])
 
 
 async def advisory_xact_locks(session: AsyncSession, keys: Iterable[str]) -> None:
@@ -135,11 +135,7 @@ async def advisory_xact_locks(session: AsyncSession, keys: Iterable[str]) -> Non
 
 
 # Built once, like every statement on a path each event or request takes: composing one costs
-# more CPU than PostgreSQL spends running it.
-_ADVISORY_XACT_LOCK = select(
-    func.pg_advisory_xact_lock(func.hashtextextended(bindparam("key", type_=Text), 0))
-)
-# One lock per element, in the array's order.
+# more CPU than PostgreSQL spends running it. One lock per element, in the array's order.
 _LOCK_KEY = func.unnest(bindparam("keys", type_=ARRAY(Text))).column_valued("key")
 _ADVISORY_XACT_LOCKS = select(func.pg_advisory_xact_lock(func.hashtextextended(_LOCK_KEY, 0)))
 

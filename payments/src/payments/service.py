@@ -42,7 +42,7 @@ from payments.providers import (
 )
 from ticketing_common.auth import UserClaims
 from ticketing_common.clock import utcnow
-from ticketing_common.db import advisory_xact_lock, advisory_xact_locks, transaction
+from ticketing_common.db import advisory_xact_locks, transaction
 from ticketing_common.errors import BadRequestError, ForbiddenError, NotFoundError
 from ticketing_common.events import OrderCreated, OrderStatus, PaymentCreated, PaymentRefunded
 from ticketing_common.messaging import Received, publish
@@ -254,13 +254,13 @@ async def release_payment(
     log.info("refunded payment %s of cancelled order %s", payment.id, payment.order_id)
 
 
-async def _lock_order_events(session: AsyncSession, order_id: uuid.UUID) -> None:
-    """Serialise the events of one order (any replica) until commit.
+async def _lock_order_events(session: AsyncSession, *order_ids: uuid.UUID) -> None:
+    """Serialise the events of each order (any replica) until commit.
 
     A row lock cannot do it while the replica does not exist yet: without this, an
     order.created and an order.cancelled handled at once could each miss the other's row.
     """
-    await advisory_xact_lock(session, f"order:{order_id}")
+    await advisory_xact_locks(session, (f"order:{order_id}" for order_id in order_ids))
 
 
 # Built once (every order.created takes them): composing a statement costs more CPU than running
@@ -314,7 +314,7 @@ async def add_orders(
 ) -> list[Received[OrderCreated]]:
     """``add_order`` for several orders at once, in two statements: the usual case, an order
     whose cancellation has not come first. Returns the orders left to ``add_order``."""
-    await advisory_xact_locks(session, (f"order:{received.event.id}" for received in orders))
+    await _lock_order_events(session, *(received.event.id for received in orders))
     # Under the orders' locks, taken by the statement before (see _ADD_ORDER_TAKING_TOMBSTONE).
     added = set(
         (

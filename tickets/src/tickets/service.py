@@ -13,8 +13,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import any_, bindparam, exists, func, select, tuple_, update
+from sqlalchemy import Row, any_, bindparam, exists, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -44,7 +45,9 @@ class InvalidCursorError(BadRequestError):
     field = "cursor"
 
 
-def _updated_event(ticket: Ticket, refused_order_id: uuid.UUID | None = None) -> TicketUpdated:
+def _updated_event(
+    ticket: Ticket | Row[Any], refused_order_id: uuid.UUID | None = None
+) -> TicketUpdated:
     return TicketUpdated(
         id=ticket.id,
         version=ticket.version,
@@ -183,7 +186,7 @@ async def reserve_all(
     by_ticket = {received.event.ticket.id: received for received in orders}
     if len(by_ticket) < len(orders):  # never from the runner (one ticket, one lane): one by one
         return orders
-    # Locked in the order of their ids, as every batch locks them: two never wait on each other.
+    # Locked in the order of their ids, as every batch locks them: two batches never deadlock.
     tickets = (await session.execute(_LOCK_TICKETS, {"ticket_ids": sorted(by_ticket)})).all()
     free = [
         ticket
@@ -193,18 +196,17 @@ async def reserve_all(
     if not free:
         return orders
     # The tombstone checks and the changes, under the locks taken above (see reserve()).
-    reserved: dict[uuid.UUID, int] = dict(
-        (
-            await session.execute(
-                _RESERVE_ALL_UNLESS_CANCELLED,
-                {
-                    "ticket_ids": [ticket.id for ticket in free],
-                    "order_ids": [by_ticket[ticket.id].event.id for ticket in free],
-                    "held_by": [by_ticket[ticket.id].event.id for ticket in free],
-                },
-            )
-        ).all()
-    )
+    reserved = {
+        row.id: row
+        for row in await session.execute(
+            _RESERVE_ALL_UNLESS_CANCELLED,
+            {
+                "ticket_ids": [ticket.id for ticket in free],
+                "order_ids": [by_ticket[ticket.id].event.id for ticket in free],
+                "held_by": [by_ticket[ticket.id].event.id for ticket in free],
+            },
+        )
+    }
     announced = []
     for ticket in free:
         received = by_ticket[ticket.id]
@@ -213,14 +215,8 @@ async def reserve_all(
                 "order %s was cancelled before it reached us; not reserving", received.event.id
             )
             continue
-        event = TicketUpdated(
-            id=ticket.id,
-            version=reserved[ticket.id],
-            title=ticket.title,
-            price=ticket.price,
-            user_id=ticket.user_id,
-            order_id=received.event.id,
-        )
+        # The row as the statement left it: its new version, held by the order.
+        event = _updated_event(reserved[ticket.id])
         announced.append(Outgoing(event, request_id=received.request_id))
     if announced:
         await publish_all(session, announced)
@@ -248,7 +244,7 @@ _RESERVE_ALL_UNLESS_CANCELLED = (
         ~exists().where(_TOMBSTONES.c.order_id == _RESERVING.c.order_id),
     )
     .values(version=_TICKETS.c.version + 1, order_id=_RESERVING.c.held_by)
-    .returning(_TICKETS.c.id, _TICKETS.c.version)
+    .returning(*_TICKETS.c)
 )
 
 

@@ -89,29 +89,31 @@ async def publish_all(session: AsyncSession, events: Sequence[Outgoing]) -> list
     """Add several events to the outbox in one statement, in this order (a consumer handling a
     batch of events publishes what they cause with this, each with its cause's request id)."""
     envelopes = [EventEnvelope.wrap(outgoing.event) for outgoing in events]
-    rows = [
-        {
-            "id": envelope.id,
-            "nats_subject": outgoing.nats_subject or envelope.subject.value,
-            "envelope": envelope.model_dump(mode="json", by_alias=True),
-            "headers": _headers(outgoing),
-        }
+    subjects = [
+        outgoing.nats_subject or envelope.subject.value
         for outgoing, envelope in zip(events, envelopes, strict=True)
     ]
+    headers = [_headers(outgoing) for outgoing in events]
     # The (sub)transaction's first statement here also wakes the relay, in the same statement:
     # delivered at commit, and only then. (A savepoint counts apart: rolled back, its NOTIFY is
     # gone.) Begun first: a session whose first statement this is has no transaction yet.
     await session.connection()
     transaction = session.get_nested_transaction() or session.get_transaction()
     notify = session.info.get(_NOTIFIED) is not transaction
-    if len(rows) == 1:
-        await session.execute(_ADD_ONE_AND_NOTIFY if notify else _ADD_ONE, rows[0])
+    if len(envelopes) == 1:
+        row = {
+            "id": envelopes[0].id,
+            "nats_subject": subjects[0],
+            "envelope": envelopes[0].model_dump(mode="json", by_alias=True),
+            "headers": headers[0],
+        }
+        await session.execute(_ADD_ONE_AND_NOTIFY if notify else _ADD_ONE, row)
     else:
         columns = {
-            "ids": [row["id"] for row in rows],
-            "subjects": [row["nats_subject"] for row in rows],
-            "envelopes": [json.dumps(row["envelope"]) for row in rows],
-            "headers": [json.dumps(row["headers"]) for row in rows],
+            "ids": [envelope.id for envelope in envelopes],
+            "subjects": subjects,
+            "envelopes": [envelope.model_dump_json(by_alias=True) for envelope in envelopes],
+            "headers": [json.dumps(one) for one in headers],
         }
         await session.execute(_ADD_SEVERAL_AND_NOTIFY if notify else _ADD_SEVERAL, columns)
     session.info[_NOTIFIED] = transaction
