@@ -35,7 +35,7 @@ from sqlalchemy.sql.dml import ReturningInsert
 from orders.models import LIVE_ORDER, Base, IdempotencyKey, Order, Ticket
 from orders.schemas import OrderIn, OrderOut, OrderTicketOut, SaleOut
 from ticketing_common.clock import utcnow
-from ticketing_common.db import constraint_name
+from ticketing_common.db import DriverStatement, constraint_name
 from ticketing_common.errors import BadRequestError, ForbiddenError, NotFoundError
 from ticketing_common.events import (
     ExpirationComplete,
@@ -250,7 +250,7 @@ async def _insert_order(
         "ticket_id": ticket_id,
         "expires_at": expires_at,
     }
-    row = (await session.execute(_INSERT_ORDER, values)).one_or_none()
+    row = await _INSERT_ORDER.one_or_none(session, values)
     return None if row is None else (row.ticket_title, row.ticket_price)
 
 
@@ -287,7 +287,7 @@ def _insert_order_statement() -> ReturningInsert[tuple[str, Decimal]]:
 
 # Built once, run with each order's values: composing it per request cost more CPU than
 # PostgreSQL spends running it. Core (the tables), so that the values are one row's parameters.
-_INSERT_ORDER = _insert_order_statement()
+_INSERT_ORDER = DriverStatement(_insert_order_statement())
 
 
 async def _refuse(session: AsyncSession, user_id: uuid.UUID, ticket_id: uuid.UUID) -> None:
@@ -412,11 +412,9 @@ async def expire_orders(
     """``cancel_order`` for several orders whose time ran out, in two statements: the usual
     case, a live order. Returns the expiries left to ``cancel_order`` (an order complete,
     cancelled already, or unknown)."""
-    cancelled = (
-        await session.execute(
-            _EXPIRE_LIVE_ORDERS, {"ids": [received.event.order_id for received in expiries]}
-        )
-    ).all()
+    cancelled = await _EXPIRE_LIVE_ORDERS.all(
+        session, {"ids": [received.event.order_id for received in expiries]}
+    )
     request_ids = {received.event.order_id: received.request_id for received in expiries}
     announced = [
         Outgoing(
@@ -438,7 +436,7 @@ _EXPIRING = func.unnest(bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))).colum
     "expiring_id"
 )
 # Each row waits for its lock (a payment completing it, say), then checks its status as it is.
-_EXPIRE_LIVE_ORDERS = (
+_EXPIRE_LIVE_ORDERS = DriverStatement(
     update(_ORDERS)
     .where(_ORDERS.c.id == _EXPIRING, _ORDERS.c.status == OrderStatus.CREATED)
     .values(status=OrderStatus.CANCELLED, version=_ORDERS.c.version + 1)
@@ -505,7 +503,9 @@ async def update_tickets(
         values["prices"].append(change.price)
         values["order_ids"].append(change.order_id)
         values["versions"].append(change.version)
-    applied = set((await session.scalars(_APPLY_NEXT_VERSIONS, values)).all()) if usual else set()
+    if not usual:
+        return changes
+    applied = {row.id for row in await _APPLY_NEXT_VERSIONS.all(session, values)}
     return [received for received in changes if received.event.id not in applied]
 
 
@@ -517,7 +517,7 @@ _CHANGING = select(
     func.unnest(bindparam("versions", type_=ARRAY(Integer))).label("version"),
 ).subquery("changing")
 # Each row waits for its lock, then checks its version as it is then.
-_APPLY_NEXT_VERSIONS = (
+_APPLY_NEXT_VERSIONS = DriverStatement(
     update(_TICKETS)
     .where(_TICKETS.c.id == _CHANGING.c.id, _TICKETS.c.version == _CHANGING.c.version - 1)
     .values(

@@ -42,7 +42,7 @@ from payments.providers import (
 )
 from ticketing_common.auth import UserClaims
 from ticketing_common.clock import utcnow
-from ticketing_common.db import advisory_xact_locks, transaction
+from ticketing_common.db import DriverStatement, advisory_xact_locks, transaction
 from ticketing_common.errors import BadRequestError, ForbiddenError, NotFoundError
 from ticketing_common.events import OrderCreated, OrderStatus, PaymentCreated, PaymentRefunded
 from ticketing_common.messaging import Received, publish
@@ -280,7 +280,7 @@ _ADD_ORDER = (
 # The replica's row added and its tombstone (if its order.cancelled came first) taken, in one
 # round trip. Under the order's lock, taken by the statement before: this statement's snapshot
 # is taken after that wait, so it sees a tombstone committed meanwhile.
-_ADD_ORDER_TAKING_TOMBSTONE = (
+_ADD_ORDER_TAKING_TOMBSTONE = DriverStatement(
     delete(_TOMBSTONES)
     .where(_TOMBSTONES.c.order_id == bindparam("id"))
     .returning(_TOMBSTONES.c.version)
@@ -300,7 +300,8 @@ async def add_order(session: AsyncSession, provider: PaymentProvider, order: Ord
         "price": order.ticket.price,
         "expires_at": order.expires_at,
     }
-    tombstone = await session.scalar(_ADD_ORDER_TAKING_TOMBSTONE, row)
+    taken = await _ADD_ORDER_TAKING_TOMBSTONE.one_or_none(session, row)
+    tombstone = None if taken is None else taken.version
     if tombstone is not None:
         log.info("order %s was cancelled before it reached us; stored cancelled", order.id)
         replica = await _order(session, order.id, lock=True)
@@ -316,21 +317,18 @@ async def add_orders(
     whose cancellation has not come first. Returns the orders left to ``add_order``."""
     await _lock_order_events(session, *(received.event.id for received in orders))
     # Under the orders' locks, taken by the statement before (see _ADD_ORDER_TAKING_TOMBSTONE).
-    added = set(
-        (
-            await session.scalars(
-                _ADD_ORDERS_WITHOUT_TOMBSTONE,
-                {
-                    "ids": [received.event.id for received in orders],
-                    "versions": [received.event.version for received in orders],
-                    "statuses": [received.event.status.value for received in orders],
-                    "user_ids": [received.event.user_id for received in orders],
-                    "prices": [received.event.ticket.price for received in orders],
-                    "expiries": [received.event.expires_at for received in orders],
-                },
-            )
-        ).all()
+    rows = await _ADD_ORDERS_WITHOUT_TOMBSTONE.all(
+        session,
+        {
+            "ids": [received.event.id for received in orders],
+            "versions": [received.event.version for received in orders],
+            "statuses": [received.event.status.value for received in orders],
+            "user_ids": [received.event.user_id for received in orders],
+            "prices": [received.event.ticket.price for received in orders],
+            "expiries": [received.event.expires_at for received in orders],
+        },
     )
+    added = {row.id for row in rows}
     return [received for received in orders if received.event.id not in added]
 
 
@@ -343,7 +341,7 @@ _ADDING = select(
     func.unnest(bindparam("expiries", type_=ARRAY(DateTime(timezone=True)))).label("expires_at"),
 ).subquery("adding")
 # An order with a tombstone (or already here) is not added: add_order takes it.
-_ADD_ORDERS_WITHOUT_TOMBSTONE = (
+_ADD_ORDERS_WITHOUT_TOMBSTONE = DriverStatement(
     insert(_ORDERS)
     .from_select(
         list(_ADDING.c.keys()),

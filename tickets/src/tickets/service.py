@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from ticketing_common.db import DriverStatement
 from ticketing_common.errors import BadRequestError, ForbiddenError, NotFoundError
 from ticketing_common.events import OrderCreated, TicketCreated, TicketUpdated
 from ticketing_common.messaging import Outgoing, Received, RetryLater, publish, publish_all
@@ -68,7 +69,7 @@ async def create_ticket(
     # A plain INSERT: the answer needs nothing back from the row, so the ORM's unit of work
     # (and its RETURNING of the server defaults) would be cost without use.
     row = {"id": ticket.id, "title": title, "price": price, "user_id": user_id, "version": 0}
-    await session.execute(_INSERT_TICKET, row)
+    await _INSERT_TICKET.all(session, row)
     await publish(
         session,
         TicketCreated(id=ticket.id, version=0, title=title, price=price, user_id=user_id),
@@ -78,7 +79,11 @@ async def create_ticket(
 
 # Built once, run with each ticket's row (the columns the row names): composing a statement
 # per request cost more CPU than PostgreSQL spends running it.
-_INSERT_TICKET = Base.metadata.tables[Ticket.__tablename__].insert()
+_INSERT_TICKET = DriverStatement(
+    Base.metadata.tables[Ticket.__tablename__]
+    .insert()
+    .values({name: bindparam(name) for name in ("id", "title", "price", "user_id", "version")})
+)
 
 
 async def get_ticket(session: AsyncSession, ticket_id: uuid.UUID) -> Ticket:
@@ -144,16 +149,14 @@ async def reserve(
     refused = ticket.price != price
     # The tombstone check and the change in one statement, under the row lock taken above: its
     # snapshot, taken after that wait, sees a tombstone committed meanwhile.
-    changed = (
-        await session.execute(
-            _RESERVE_ALL_UNLESS_CANCELLED,
-            {
-                "ticket_ids": [ticket.id],
-                "order_ids": [order_id],
-                "held_by": [None if refused else order_id],
-            },
-        )
-    ).one_or_none()
+    changed = await _RESERVE_ALL_UNLESS_CANCELLED.one_or_none(
+        session,
+        {
+            "ticket_ids": [ticket.id],
+            "order_ids": [order_id],
+            "held_by": [None if refused else order_id],
+        },
+    )
     if changed is None:
         log.info("order %s was cancelled before it reached us; not reserving", order_id)
         return
@@ -187,7 +190,7 @@ async def reserve_all(
     if len(by_ticket) < len(orders):  # never from the runner (one ticket, one lane): one by one
         return orders
     # Locked in the order of their ids, as every batch locks them: two batches never deadlock.
-    tickets = (await session.execute(_LOCK_TICKETS, {"ticket_ids": sorted(by_ticket)})).all()
+    tickets = await _LOCK_TICKETS.all(session, {"ticket_ids": sorted(by_ticket)})
     free = [
         ticket
         for ticket in tickets
@@ -198,8 +201,8 @@ async def reserve_all(
     # The tombstone checks and the changes, under the locks taken above (see reserve()).
     reserved = {
         row.id: row
-        for row in await session.execute(
-            _RESERVE_ALL_UNLESS_CANCELLED,
+        for row in await _RESERVE_ALL_UNLESS_CANCELLED.all(
+            session,
             {
                 "ticket_ids": [ticket.id for ticket in free],
                 "order_ids": [by_ticket[ticket.id].event.id for ticket in free],
@@ -224,7 +227,7 @@ async def reserve_all(
     return [received for received in orders if received.event.ticket.id not in taken]
 
 
-_LOCK_TICKETS = (
+_LOCK_TICKETS = DriverStatement(
     select(_TICKETS)
     .where(_TICKETS.c.id == any_(bindparam("ticket_ids", type_=ARRAY(UUID(as_uuid=True)))))
     .order_by(_TICKETS.c.id)
@@ -237,7 +240,7 @@ _RESERVING = select(
 ).subquery("reserving")
 # Each ticket takes the next version and is held by ``held_by``, unless the order has a
 # tombstone. A refusal (``held_by`` null) takes a version too: orders waits for every version.
-_RESERVE_ALL_UNLESS_CANCELLED = (
+_RESERVE_ALL_UNLESS_CANCELLED = DriverStatement(
     update(_TICKETS)
     .where(
         _TICKETS.c.id == _RESERVING.c.ticket_id,

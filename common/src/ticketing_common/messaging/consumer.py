@@ -77,7 +77,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ticketing_common.db import connection_lost, transaction
+from ticketing_common.db import DriverStatement, connection_lost, transaction
 from ticketing_common.events import Event, EventEnvelope, Subject
 from ticketing_common.events.catalog import entity_key, scheduled_subjects
 from ticketing_common.messaging.parking import Parkable, park, park_if_held, replay_parked
@@ -771,11 +771,13 @@ _RECORDED = (
     .returning(inbox.c.event_id)
     .cte("recorded")
 )
-_RECORD_IN_INBOX = select(
-    select(func.array_agg(_RECORDED.c.event_id)).scalar_subquery(),
-    select(func.array_agg(parked_events.c.entity_key))
-    .where(parked_events.c.entity_key == any_(bindparam("entities", type_=ARRAY(Text))))
-    .scalar_subquery(),
+_RECORD_IN_INBOX = DriverStatement(
+    select(
+        select(func.array_agg(_RECORDED.c.event_id)).scalar_subquery(),
+        select(func.array_agg(parked_events.c.entity_key))
+        .where(parked_events.c.entity_key == any_(bindparam("entities", type_=ARRAY(Text))))
+        .scalar_subquery(),
+    )
 )
 
 
@@ -799,16 +801,14 @@ async def _apply_in(
     batch handler of each subject with two or more of them, then, in turn, each event's own
     handler for what those left. :class:`_EntityParked` if an entity is parked: the caller
     rolls back."""
-    recorded, parked = (
-        await session.execute(
-            _RECORD_IN_INBOX,
-            {
-                "event_ids": [unit.envelope.id for unit in units],
-                "subjects": [unit.envelope.subject.value for unit in units],
-                "entities": [unit.unparked_entity for unit in units if unit.unparked_entity],
-            },
-        )
-    ).one()
+    recorded, parked = await _RECORD_IN_INBOX.one(
+        session,
+        {
+            "event_ids": [unit.envelope.id for unit in units],
+            "subjects": [unit.envelope.subject.value for unit in units],
+            "entities": [unit.unparked_entity for unit in units if unit.unparked_entity],
+        },
+    )
     if parked:
         held = [i for i, unit in enumerate(units) if unit.unparked_entity in parked]
         if held:

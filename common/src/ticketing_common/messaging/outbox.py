@@ -40,6 +40,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ticketing_common.database_url import PLAIN, with_driver
+from ticketing_common.db import DriverStatement
 from ticketing_common.events import Event, EventEnvelope
 from ticketing_common.messaging.streams import ensure_stream
 from ticketing_common.messaging.tables import inbox, outbox
@@ -107,7 +108,7 @@ async def publish_all(session: AsyncSession, events: Sequence[Outgoing]) -> list
             "envelope": envelopes[0].model_dump(mode="json", by_alias=True),
             "headers": headers[0],
         }
-        await session.execute(_ADD_ONE_AND_NOTIFY if notify else _ADD_ONE, row)
+        await (_ADD_ONE_AND_NOTIFY if notify else _ADD_ONE).all(session, row)
     else:
         columns = {
             "ids": [envelope.id for envelope in envelopes],
@@ -115,7 +116,7 @@ async def publish_all(session: AsyncSession, events: Sequence[Outgoing]) -> list
             "envelopes": [envelope.model_dump_json(by_alias=True) for envelope in envelopes],
             "headers": [json.dumps(one) for one in headers],
         }
-        await session.execute(_ADD_SEVERAL_AND_NOTIFY if notify else _ADD_SEVERAL, columns)
+        await (_ADD_SEVERAL_AND_NOTIFY if notify else _ADD_SEVERAL).all(session, columns)
     session.info[_NOTIFIED] = transaction
     return envelopes
 
@@ -132,12 +133,12 @@ _NOTIFIED = "outbox_notified"
 # Built once: composing a statement per event cost more CPU than PostgreSQL spends running it.
 # One event's row as parameters: cheaper than the arrays below by about a tenth of a
 # millisecond, and most publishes are of one event (a request's).
-_ADD_ONE = outbox.insert().values(
+_ONE_ROW = outbox.insert().values(
     {name: bindparam(name) for name in ("id", "nats_subject", "envelope", "headers")}
 )
 # Several rows as arrays: one prepared statement for any number of events, the rows taking
 # their positions in the arrays' order.
-_ADD_SEVERAL = outbox.insert().from_select(
+_ROWS = outbox.insert().from_select(
     ["id", "nats_subject", "envelope", "headers"],
     select(
         func.unnest(bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))),
@@ -146,11 +147,13 @@ _ADD_SEVERAL = outbox.insert().from_select(
         cast(func.unnest(bindparam("headers", type_=ARRAY(Text))), JSONB),
     ),
 )
-_ADD_ONE_AND_NOTIFY = select(func.pg_notify(NOTIFY_CHANNEL, "")).add_cte(
-    _ADD_ONE.cte("added_to_outbox")
+_ADD_ONE = DriverStatement(_ONE_ROW)
+_ADD_SEVERAL = DriverStatement(_ROWS)
+_ADD_ONE_AND_NOTIFY = DriverStatement(
+    select(func.pg_notify(NOTIFY_CHANNEL, "")).add_cte(_ONE_ROW.cte("added_to_outbox"))
 )
-_ADD_SEVERAL_AND_NOTIFY = select(func.pg_notify(NOTIFY_CHANNEL, "")).add_cte(
-    _ADD_SEVERAL.cte("added_to_outbox")
+_ADD_SEVERAL_AND_NOTIFY = DriverStatement(
+    select(func.pg_notify(NOTIFY_CHANNEL, "")).add_cte(_ROWS.cte("added_to_outbox"))
 )
 
 
@@ -196,7 +199,7 @@ class OutboxRelay:
             .cte("claimed")
             .prefix_with("MATERIALIZED")
         )
-        self._claim = (
+        self._claim = DriverStatement(
             update(outbox)
             .where(outbox.c.id == claimed.c.id)
             .values(published_at=func.now())
@@ -292,7 +295,7 @@ class OutboxRelay:
         async with self._sessionmaker() as session:
             # Claimed and marked sent in one statement; a row not acked is unmarked before the
             # commit, and a crash in between rolls the marks back.
-            claimed = (await session.execute(self._claim)).all()
+            claimed = await self._claim.all(session)
             rows = sorted(claimed, key=lambda row: row.position)
             # Sent back to back, in order (each task sends before its first pause), and their
             # acks awaited together.
