@@ -74,6 +74,9 @@ def test_quick_bench_writes_a_well_formed_table_and_the_plots(tmp_path: Path) ->
     assert {"postgres", "nats", "edge", "orders", "tickets"} <= processes.keys()
     assert processes["orders"] > 0 and processes["postgres"] > 0
     assert raw["sweep"] and raw["sweep"][0]["offered"] > 0
+    expiries = raw["cpuMsPerExpiredOrder"]  # the cancellations' cost, everywhere they go
+    assert {"orders", "tickets", "payments", "postgres"} <= expiries.keys()
+    assert sum(expiries.values()) > 0  # (one process alone may spend less than a clock tick)
 
     for plot in ("latency.png", "throughput.png", "cpu.png"):
         assert (tmp_path / plot).read_bytes().startswith(PNG_SIGNATURE), plot
