@@ -436,3 +436,43 @@ async def test_orders_added_together_the_unusual_left_to_add_order(
         )
     assert cancelled_first.id not in stored  # left with its tombstone, for add_order
     assert len(await orders.db.fetch("SELECT 1 FROM cancelled_orders")) == 1
+
+
+async def test_orders_cancelled_together_the_unusual_left_to_cancel_order(
+    client: httpx.AsyncClient, orders: OrdersStandIn, app: FastAPI
+) -> None:
+    """The batch handler for cancellations: orders here and unpaid are cancelled in three
+    statements; one with a payment to release, one not here yet, or an older version is left
+    to ``cancel_order``."""
+
+    def cancellation(order_id: uuid.UUID, version: int = 1) -> OrderCancelled:
+        return OrderCancelled(
+            id=order_id, version=version, ticket=OrderCancelledTicket(id=uuid.uuid4())
+        )
+
+    usual = [orders.new_order() for _ in range(3)]
+    for order in usual:
+        await orders.db.wait_handled((await orders.emit(order)).id, timeout=5)
+    _, paid_order, _ = await paid(client, orders)
+    not_here = uuid.uuid4()
+    cancelled_later = orders.new_order()
+    await orders.db.wait_handled((await orders.emit(cancelled_later)).id, timeout=5)
+    await orders.db.wait_handled(
+        (await orders.emit(cancellation(cancelled_later.id, 2))).id, timeout=5
+    )
+    unusual = [cancellation(paid_order), cancellation(not_here), cancellation(cancelled_later.id)]
+    batch = [Received(event, None) for event in [cancellation(usual[0].id), *unusual]]
+    batch += [Received(cancellation(order.id), None) for order in usual[1:]]
+    async with transaction(app.state.sessionmaker) as session:
+        left = await service.cancel_orders(session, batch)
+
+    assert [received.event for received in left] == unusual
+    rows = await orders.db.fetch("SELECT id, status, version FROM orders")
+    stored = {row["id"]: (row["status"], row["version"]) for row in rows}
+    for order in usual:
+        assert stored[order.id] == ("cancelled", 1)
+    assert stored[paid_order] == ("created", 0)  # left for cancel_order to refund
+    assert stored[cancelled_later.id] == ("cancelled", 2)
+    assert not_here not in stored
+    [payment] = await orders.payments(paid_order)
+    assert payment["status"] == "succeeded"  # untouched here: cancel_order releases it

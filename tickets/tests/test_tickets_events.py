@@ -46,6 +46,12 @@ async def holder_and_version(db: TestDatabase) -> tuple[uuid.UUID | None, int]:
     return row["order_id"], row["version"]
 
 
+async def holders_and_versions(db: TestDatabase) -> dict[uuid.UUID, tuple[uuid.UUID | None, int]]:
+    """Each ticket's holder and version, by its id."""
+    rows = await db.fetch("SELECT id, order_id, version FROM tickets")
+    return {row["id"]: (row["order_id"], row["version"]) for row in rows}
+
+
 async def test_order_created_reserves_and_order_cancelled_releases(
     client: httpx.AsyncClient,
     ticket: dict[str, Any],
@@ -227,8 +233,7 @@ async def test_orders_reserved_together_each_announced_the_unusual_left_to_reser
         left = await service.reserve_all(session, received)
 
     assert [r.event for r in left] == unusual
-    rows = await db.fetch("SELECT id, order_id, version FROM tickets")
-    state = {row["id"]: (row["order_id"], row["version"]) for row in rows}
+    state = await holders_and_versions(db)
     for order in orders:
         assert state[order.ticket.id] == (order.id, 1)
     assert state[uuid.UUID(with_tombstone["id"])] == (None, 0)  # cancelled first: not reserved
@@ -242,3 +247,41 @@ async def test_orders_reserved_together_each_announced_the_unusual_left_to_reser
     expected = {str(r.event.id): r.request_id for r in received if r.event in orders}
     expected[str(held_by)] = None
     assert {row["order_id"]: row["request_id"] for row in announced} == expected
+
+
+async def test_orders_cancelled_together_free_their_tickets_the_unusual_left_to_release(
+    client: httpx.AsyncClient, users: Users, app: FastAPI, db: TestDatabase, deliver: Deliver
+) -> None:
+    """The batch handler for cancellations: each ticket held by its cancelled order is freed
+    and announced, in three statements; a ticket held by another order, or whose order.created
+    has not come yet, is left to ``release`` (which leaves the tombstone)."""
+    held = [await create(client, users, title=f"held {n}") for n in range(3)]
+    orders = [order_created(ticket) for ticket in held]
+    for order in orders:
+        await deliver(order)
+    someone_elses, not_yet = [await create(client, users) for _ in range(2)]
+    await deliver(order_created(someone_elses))
+    cancellations = [order_cancelled(t, order.id) for t, order in zip(held, orders, strict=True)]
+    unusual = [order_cancelled(someone_elses, uuid.uuid4()), order_cancelled(not_yet, uuid.uuid4())]
+    received = [
+        Received(cancellation, f"req-{n}")
+        for n, cancellation in enumerate([cancellations[0], *unusual, *cancellations[1:]])
+    ]
+    async with transaction(app.state.sessionmaker) as session:
+        left = await service.release_all(session, received)
+
+    assert [r.event for r in left] == unusual
+    state = await holders_and_versions(db)
+    for ticket in held:
+        assert state[uuid.UUID(ticket["id"])] == (None, 2)  # reserved at 1, released at 2
+    assert state[uuid.UUID(someone_elses["id"])][1] == 1  # still held by its own order
+    assert state[uuid.UUID(not_yet["id"])] == (None, 0)
+    assert await db.fetch("SELECT 1 FROM cancelled_orders") == []  # release() leaves those
+    announced = await db.fetch(
+        "SELECT envelope->'data'->>'id' AS ticket_id, envelope->'data'->>'orderId' AS order_id,"
+        " headers->>'X-Request-Id' AS request_id"
+        " FROM outbox WHERE nats_subject = 'ticket.updated' AND envelope->'data'->>'version' = '2'"
+    )
+    expected = {r.event.ticket.id: r.request_id for r in received if r.event in cancellations}
+    assert {uuid.UUID(row["ticket_id"]): row["request_id"] for row in announced} == expected
+    assert {row["order_id"] for row in announced} == {None}

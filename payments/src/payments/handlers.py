@@ -28,4 +28,10 @@ def make_consumer(provider: PaymentProvider) -> Consumer:
     async def on_order_cancelled(session: AsyncSession, event: OrderCancelled) -> None:
         await service.cancel_order(session, provider, event.id, event.version)
 
+    @consumer.on_batch(OrderCancelled)
+    async def on_orders_cancelled(
+        session: AsyncSession, cancellations: list[Received[OrderCancelled]]
+    ) -> list[Received[OrderCancelled]]:
+        return await service.cancel_orders(session, cancellations)
+
     return consumer

@@ -26,3 +26,10 @@ async def on_orders_created(
 @consumer.on(OrderCancelled)
 async def on_order_cancelled(session: AsyncSession, event: OrderCancelled) -> None:
     await service.release(session, event.ticket.id, order_id=event.id)
+
+
+@consumer.on_batch(OrderCancelled)
+async def on_orders_cancelled(
+    session: AsyncSession, cancellations: list[Received[OrderCancelled]]
+) -> list[Received[OrderCancelled]]:
+    return await service.release_all(session, cancellations)
