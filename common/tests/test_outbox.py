@@ -288,11 +288,18 @@ async def test_a_row_jetstream_refuses_is_set_aside_and_later_rows_flow(
 ) -> None:
     async with transaction(pipeline.sessionmaker) as session:
         # A schedule JetStream cannot parse: refused on every try.
-        refused = await publish(
+        (refused,) = await publish_all(
             session,
-            ticket_created("bad schedule"),
-            nats_subject="schedule.test.1",
-            headers={"Nats-Schedule": "@at not-a-time", "Nats-Schedule-Target": "ticket.created"},
+            [
+                Outgoing(
+                    ticket_created("bad schedule"),
+                    nats_subject="schedule.test.1",
+                    headers={
+                        "Nats-Schedule": "@at not-a-time",
+                        "Nats-Schedule-Target": "ticket.created",
+                    },
+                )
+            ],
         )
         await publish(session, ticket_created("after it"))
     relay = pipeline.relay(max_attempts=3)

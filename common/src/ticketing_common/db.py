@@ -127,7 +127,14 @@ SessionDep = Annotated[AsyncSession, Depends(request_transaction, scope="functio
 
 async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
     """The asyncpg connection under ``session``, its transaction begun: what is sent on it is
-    part of the session's unit of work, committed or rolled back with it."""
+    part of the session's unit of work, committed or rolled back with it (or with the savepoint
+    open). Looked up once per (sub)transaction: a unit of work runs several statements on it."""
+    transaction = innermost_transaction(session)
+    known = session.info.get(_DRIVER_CONNECTION)
+    if known is not None and transaction is not None and known[0] is transaction:
+        driver: asyncpg.Connection = known[1]
+        return driver
+    # Also sends a savepoint begun since the last statement: SQLAlchemy sends it lazily too.
     connection = await session.connection()
     pooled = await connection.get_raw_connection()
     adapted: Any = pooled.dbapi_connection
@@ -135,8 +142,18 @@ async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
     # only the transaction it began: one sent around it must begin it the same way.
     if adapted._transaction is None:
         await adapted._start_transaction()
-    driver: asyncpg.Connection = pooled.driver_connection
+    driver = pooled.driver_connection
+    session.info[_DRIVER_CONNECTION] = (innermost_transaction(session), driver)
     return driver
+
+
+def innermost_transaction(session: AsyncSession) -> object:
+    """The savepoint open in ``session``, else its transaction (None before it begins)."""
+    return session.get_nested_transaction() or session.get_transaction()
+
+
+# The session's key for (its transaction, that transaction's asyncpg connection).
+_DRIVER_CONNECTION = "driver_connection"
 
 
 _DRIVER_DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
@@ -169,6 +186,7 @@ class DriverStatement:
         # Known once the server has described the statement's result (a type's processor can
         # depend on the type the server sends): at its first run.
         self._results: list[_Processor] | None = None
+        self._driver_values_as_they_are = False
         self._row_type: Any = None
 
     async def all(
@@ -176,9 +194,8 @@ class DriverStatement:
     ) -> list[Any]:
         values = {**self._defaults, **params} if params else self._defaults
         arguments = [
-            value if process is None else process(value)
+            values[name] if process is None else process(values[name])
             for name, process in self._arguments
-            for value in (values[name],)
         ]
         connection = await driver_connection(session)
         if self._results is None:
@@ -211,14 +228,14 @@ class DriverStatement:
             )
             for column, attribute in zip(self._columns, attributes, strict=True)
         ]
+        self._driver_values_as_they_are = not any(self._results)
 
     def _row(self, record: asyncpg.Record) -> Any:
-        results = self._results or ()
-        if not any(results):  # the driver's values are the ones wanted
+        if self._driver_values_as_they_are:
             return self._row_type._make(record)
         return self._row_type._make(
             value if process is None else process(value)
-            for value, process in zip(record, results, strict=True)
+            for value, process in zip(record, self._results or (), strict=True)
         )
 
 

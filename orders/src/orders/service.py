@@ -489,6 +489,8 @@ async def update_tickets(
     the next version with no refused order. Returns the changes left to ``update_ticket``
     (an older version, one from the future, a ticket not here yet, a refusal)."""
     usual = [received for received in changes if received.event.refused_order_id is None]
+    if not usual:
+        return changes
     values: dict[str, list[Any]] = {
         "ids": [],
         "titles": [],
@@ -503,8 +505,6 @@ async def update_tickets(
         values["prices"].append(change.price)
         values["order_ids"].append(change.order_id)
         values["versions"].append(change.version)
-    if not usual:
-        return changes
     applied = {row.id for row in await _APPLY_NEXT_VERSIONS.all(session, values)}
     return [received for received in changes if received.event.id not in applied]
 

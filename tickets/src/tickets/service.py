@@ -13,9 +13,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Protocol
 
-from sqlalchemy import Row, any_, bindparam, exists, func, select, tuple_, update
+from sqlalchemy import any_, bindparam, exists, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -46,8 +46,19 @@ class InvalidCursorError(BadRequestError):
     field = "cursor"
 
 
+class _TicketState(Protocol):
+    """What ticket.updated tells of a ticket: a loaded ``Ticket``, or a row a statement gave."""
+
+    id: uuid.UUID
+    version: int
+    title: str
+    price: Decimal
+    user_id: uuid.UUID
+    order_id: uuid.UUID | None
+
+
 def _updated_event(
-    ticket: Ticket | Row[Any], refused_order_id: uuid.UUID | None = None
+    ticket: _TicketState, refused_order_id: uuid.UUID | None = None
 ) -> TicketUpdated:
     return TicketUpdated(
         id=ticket.id,

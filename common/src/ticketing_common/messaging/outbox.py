@@ -40,7 +40,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ticketing_common.database_url import PLAIN, with_driver
-from ticketing_common.db import DriverStatement
+from ticketing_common.db import DriverStatement, driver_connection, innermost_transaction
 from ticketing_common.events import Event, EventEnvelope
 from ticketing_common.messaging.streams import ensure_stream
 from ticketing_common.messaging.tables import inbox, outbox
@@ -68,21 +68,11 @@ class Outgoing:
     request_id: str | None = None
 
 
-async def publish(
-    session: AsyncSession,
-    event: Event,
-    *,
-    nats_subject: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> EventEnvelope:
-    """Add ``event`` to the outbox in ``session``'s transaction; it is sent after commit. It
-    carries the request id of the request (or event) being handled.
-
-    ``nats_subject`` and ``headers`` let a service send the envelope somewhere other than its
-    own subject (a JetStream message schedule, for instance).
-    """
-    outgoing = Outgoing(event, nats_subject, headers, request_id_var.get())
-    (envelope,) = await publish_all(session, [outgoing])
+async def publish(session: AsyncSession, event: Event) -> EventEnvelope:
+    """Add ``event`` to the outbox in ``session``'s transaction; it is sent after commit, to its
+    own subject. It carries the request id of the request (or event) being handled. (An event
+    for somewhere else, a JetStream message schedule say, goes as an ``Outgoing``.)"""
+    (envelope,) = await publish_all(session, [Outgoing(event, request_id=request_id_var.get())])
     return envelope
 
 
@@ -98,8 +88,8 @@ async def publish_all(session: AsyncSession, events: Sequence[Outgoing]) -> list
     # The (sub)transaction's first statement here also wakes the relay, in the same statement:
     # delivered at commit, and only then. (A savepoint counts apart: rolled back, its NOTIFY is
     # gone.) Begun first: a session whose first statement this is has no transaction yet.
-    await session.connection()
-    transaction = session.get_nested_transaction() or session.get_transaction()
+    await driver_connection(session)
+    transaction = innermost_transaction(session)
     notify = session.info.get(_NOTIFIED) is not transaction
     if len(envelopes) == 1:
         row = {
