@@ -2,8 +2,9 @@
 
 The platform is ``python -m ticketing_local`` on a data folder of its own and a free port;
 besides HTTP the bench reads only the launcher's status file (which process has which pid and
-port), like the system tests. Of the processes it reads CPU time and memory; of NATS it watches
-the events that say a purchase has propagated, and the consumers' backlog.
+port), like the system tests, and goes to orders' database once: the expiry phase places its
+orders there, through orders' own code. Of the processes it reads CPU time and memory; of
+NATS it watches the events that say a purchase has propagated, and the consumers' backlog.
 """
 
 from __future__ import annotations

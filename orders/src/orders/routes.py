@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Response, status
@@ -11,6 +12,7 @@ from orders import service
 from orders.schemas import OrderIn, OrderOut, SaleOut
 from orders.settings import OrdersSettings
 from ticketing_common.auth import CurrentUser
+from ticketing_common.clock import utcnow
 from ticketing_common.db import SessionDep
 from ticketing_common.errors import BadRequestError, error_responses
 from ticketing_common.settings import settings_dependency
@@ -58,7 +60,7 @@ async def create_order(
         session,
         user.id,
         body,
-        expiration_seconds=settings.order_expiration_seconds,
+        expires_at=utcnow() + timedelta(seconds=settings.order_expiration_seconds),
         idempotency_key=idempotency_key,
     )
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else None

@@ -145,10 +145,11 @@ async def create_order(
     user_id: uuid.UUID,
     request: OrderIn,
     *,
-    expiration_seconds: int,
+    expires_at: datetime,
     idempotency_key: str | None = None,
 ) -> Answer:
-    """Reserve a ticket. With an idempotency key, a retry gets the first answer back.
+    """Reserve a ticket until ``expires_at``. With an idempotency key, a retry gets the first
+    answer back.
 
     Only a created order is remembered under the key: a refusal changed nothing, so a retry
     simply asks again (and may succeed once, say, the ticket is released).
@@ -161,7 +162,6 @@ async def create_order(
             return stored
 
     order_id = uuid.uuid4()
-    expires_at = utcnow() + timedelta(seconds=expiration_seconds)
     # A second try only when the reason the first found nothing has gone by the time it is
     # asked: the ticket reached our replica, or its order ended, between the two statements.
     for _ in range(2):
