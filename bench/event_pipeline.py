@@ -13,7 +13,8 @@ swing with the load, the CPU per event much less. ``make bench`` runs it as one 
 A backlog is the consumer's best case: 64 events per fetch and per transaction. With
 ``--arriving-at RATE``, events come instead from another process at a steady RATE a second, as
 on the platform, and it prints the consumer's CPU per event (a no-op handler: the machinery
-alone) beside nats-py's own fetch-and-ack loop fed the same way:
+alone) beside nats-py's own fetch-and-ack loop fed the same way, and the relay's CPU per event
+when each is committed in a transaction of its own at that rate (as a service's requests are):
 
     .venv/bin/python bench/event_pipeline.py --arriving-at 150 --events 1500
 """
@@ -40,7 +41,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ticketing_common.cli import settle_garbage_collector
 from ticketing_common.db import make_engine, make_sessionmaker
@@ -53,6 +54,8 @@ from ticketing_common.testing import TestDatabase
 
 # Not a subject of the catalog: no consumer of the platform's would ever read it.
 BARE_SUBJECT = "ticket.bench"
+# Long enough for a relay to send the last event committed, short beside a run.
+RELAY_GRACE_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,9 @@ async def measure(events: int, per_transaction: int, folder: Path) -> PipelineRa
                     await publish(session, new_ticket(f"t{i}"))
                 await session.commit()
         commit = stopwatch.lap(events)
-        published = await OutboxRelay(engine, sessionmaker, js).flush()
+        flushing = OutboxRelay(engine, js)
+        published = await flushing.flush()
+        await flushing.close()
         relay = stopwatch.lap(events)
         if published != events:
             raise RuntimeError(f"the relay published {published} of {events} events")
@@ -179,11 +184,7 @@ async def measure(events: int, per_transaction: int, folder: Path) -> PipelineRa
         consume = stopwatch.lap(events)
         runner.stop()
         await task
-        async with sessionmaker() as session:
-            unsent = await session.scalar(
-                select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
-            )
-        if unsent:
+        if unsent := await _unsent(sessionmaker, 0.0):
             raise RuntimeError(f"{unsent} events are still in the outbox")
         info = await js.stream_info(STREAM_NAME)
         if info.state.messages != 2 * events:
@@ -206,6 +207,9 @@ class ArrivalCosts:
     events: int
     nats_py_alone: float  # a pull consumer's fetch(64) and ack, nothing else
     consumer: float  # ConsumerRunner: the same, plus its unit of work with a no-op handler
+    # OutboxRelay, each event committed in a transaction of its own at ``rate`` (this process's
+    # CPU committing them with the relay running, less committing them with no relay)
+    relay: float
 
 
 async def publish_at(url: str, subject: str | None, rate: float, count: int) -> None:
@@ -280,12 +284,52 @@ async def measure_arrivals(rate: float, count: int, folder: Path) -> ArrivalCost
             if handled == count:
                 all_handled.set()
 
-        runner = ConsumerRunner(consumer, js, make_sessionmaker(bench.engine))
+        sessionmaker = make_sessionmaker(bench.engine)
+        runner = ConsumerRunner(consumer, js, sessionmaker)
         task = asyncio.create_task(runner.run())
         ours = await _cpu_per_event(bench.nats_url, None, rate, count, all_handled)
         runner.stop()
         await task
-    return ArrivalCosts(rate, count, alone, ours)
+
+        committing = await _committing_at(sessionmaker, rate, count)
+        relay = OutboxRelay(bench.engine, js)
+        relaying = asyncio.create_task(relay.run())
+        with_relay = await _committing_at(sessionmaker, rate, count)
+        unsent = await _unsent(sessionmaker, RELAY_GRACE_SECONDS + 10.0)
+        relay.stop()
+        await relaying
+        if unsent:
+            raise RuntimeError(f"the running relay left {unsent} events in the outbox")
+    return ArrivalCosts(rate, count, alone, ours, with_relay - committing)
+
+
+async def _unsent(sessionmaker: async_sessionmaker[AsyncSession], timeout: float) -> int:
+    """Events still in the outbox once none is left, or ``timeout`` has passed."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        async with sessionmaker() as session:
+            unsent = await session.scalar(
+                select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+            )
+        if not unsent or asyncio.get_running_loop().time() > deadline:
+            return unsent or 0
+        await asyncio.sleep(0.05)
+
+
+async def _committing_at(
+    sessionmaker: async_sessionmaker[AsyncSession], rate: float, count: int
+) -> float:
+    """Milliseconds of this process's CPU per event, committing ``count`` events one per
+    transaction at ``rate`` a second (and a moment after, for a relay to send the last)."""
+    loop = asyncio.get_running_loop()
+    started, cpu = loop.time(), time.process_time()
+    for i in range(count):
+        await asyncio.sleep(max(0.0, started + i / rate - loop.time()))
+        async with sessionmaker() as session:
+            await publish(session, new_ticket(f"t{i}"))
+            await session.commit()
+    await asyncio.sleep(RELAY_GRACE_SECONDS)
+    return 1000 * (time.process_time() - cpu) / count
 
 
 def temporary_folder() -> Path:
@@ -312,6 +356,7 @@ def main() -> None:
         print(f"{costs.events} events arriving at {costs.rate:g}/s, this process's CPU per event:")
         print(f"nats-py alone (fetch, ack): {costs.nats_py_alone:6.3f} ms")
         print(f"consumer runner, no-op    : {costs.consumer:6.3f} ms")
+        print(f"outbox relay, one a commit: {costs.relay:6.3f} ms")
         return
     # On uvloop, as every service runs (uvicorn takes it when installed).
     rates = uvloop.run(measure(args.events, args.per_transaction, temporary_folder()))

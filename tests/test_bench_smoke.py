@@ -91,6 +91,9 @@ def test_the_pipeline_bench_feeds_events_at_a_steady_rate_from_another_process()
         for line in stdout.splitlines()
         if line.endswith(" ms")
     }
-    # Each side got every event (or it would not have finished) and spent CPU on them.
-    assert figures.keys() == {"nats-py alone (fetch, ack)", "consumer runner, no-op"}, stdout
-    assert all(ms > 0 for ms in figures.values()), stdout
+    # Each side got every event (or it would not have finished) and spent CPU on them; the
+    # relay sent every one (or the bench would have failed). Its figure is a difference of two
+    # runs, which a handful of events may leave at zero or below.
+    consumers = {"nats-py alone (fetch, ack)", "consumer runner, no-op"}
+    assert figures.keys() == consumers | {"outbox relay, one a commit"}, stdout
+    assert all(figures[name] > 0 for name in consumers), stdout

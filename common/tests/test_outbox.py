@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ticketing_common.db import transaction
@@ -38,9 +38,12 @@ class Pipeline:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     jetstream: JetStreamContext
+    relays: list[OutboxRelay] = field(default_factory=list)
 
     def relay(self, **options: Any) -> OutboxRelay:
-        return OutboxRelay(self.engine, self.sessionmaker, self.jetstream, **options)
+        relay = OutboxRelay(self.engine, self.jetstream, **options)
+        self.relays.append(relay)  # each closes its connection when the test ends
+        return relay
 
     @contextlib.asynccontextmanager
     async def running_relay(self, poll_seconds: float = 60.0) -> AsyncIterator[OutboxRelay]:
@@ -56,10 +59,13 @@ class Pipeline:
 @pytest.fixture
 async def pipeline(
     engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], jetstream: JetStreamContext
-) -> Pipeline:
+) -> AsyncIterator[Pipeline]:
     """Its stream made, as a service makes it at start."""
     await ensure_stream(jetstream)
-    return Pipeline(engine, sessionmaker, jetstream)
+    pipeline = Pipeline(engine, sessionmaker, jetstream)
+    yield pipeline
+    for relay in pipeline.relays:
+        await relay.close()
 
 
 async def unpublished(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
@@ -323,4 +329,29 @@ async def test_relay_recreates_a_deleted_stream(
         envelope = await publish(session, ticket_created("survivor"))
     assert await pipeline.relay().flush() == 1
     received = await event_probe.wait_for("ticket.created", timeout=5)
+    assert received.id == envelope.id
+
+
+async def test_relay_whose_connection_is_cut_makes_it_again_at_once(
+    pipeline: Pipeline, event_probe: EventProbe
+) -> None:
+    """PostgreSQL restarted, or the relay's backend terminated: the next commit still wakes it
+    (long before its poll), on a connection made again and LISTENing."""
+    async with pipeline.running_relay(poll_seconds=60):
+        async with transaction(pipeline.sessionmaker) as session:
+            await publish(session, ticket_created("before"))
+        await event_probe.wait_for("ticket.created", lambda e: e.data["title"] == "before")
+        async with pipeline.sessionmaker() as session:
+            terminated = await session.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = 'outbox-relay' AND datname = current_database()"
+                )
+            )
+        assert terminated == 1
+        async with transaction(pipeline.sessionmaker) as session:
+            envelope = await publish(session, ticket_created("after"))
+        received = await event_probe.wait_for(
+            "ticket.created", lambda e: e.data["title"] == "after", timeout=10
+        )
     assert received.id == envelope.id

@@ -75,7 +75,6 @@ async def run_service(
     await ensure_stream(js, replicas=settings.nats_stream_replicas)
     relay = OutboxRelay(
         engine,
-        sessionmaker,
         js,
         poll_seconds=settings.outbox_poll_seconds,
         stream_replicas=settings.nats_stream_replicas,

