@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 
 from ticketing_chaos.platform import Endpoints, Launcher, endpoints
+from ticketing_chaos.settle import settle
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -79,6 +80,30 @@ def test_a_small_chaos_run_passes_as_a_whole(
     """Besides the invariants: no answer is a 500, and every killed process came back."""
     assert chaos_run.returncode == 0, chaos_run.stdout + chaos_run.stderr
     assert "chaos: passed" in chaos_run.stdout
+
+
+async def test_settling_waits_for_every_order_timer_to_fire(
+    platform: Launcher, chaos_run: subprocess.CompletedProcess[str]
+) -> None:
+    """A paid or cancelled order's timer still fires at its expiresAt: until it has, the check
+    could read an ``expiration.complete`` in the stream that orders has not handled yet."""
+    assert await settle(platform.data, timeout=0) == []
+    orders = await asyncpg.connect(endpoints(platform.data).database_dsn("orders"))
+    try:
+        order_id, expires_at = await orders.fetchrow(
+            "UPDATE orders SET expires_at = now() + interval '1 hour'"
+            " FROM (SELECT id, expires_at FROM orders LIMIT 1) AS before"
+            " WHERE orders.id = before.id RETURNING orders.id, before.expires_at"
+        )
+        try:
+            pending = await settle(platform.data, timeout=0)
+        finally:
+            await orders.execute(
+                "UPDATE orders SET expires_at = $1 WHERE id = $2", expires_at, order_id
+            )
+    finally:
+        await orders.close()
+    assert pending == ["orders: 1 expiry timers still to fire"]
 
 
 async def seed_violations(where: Endpoints) -> dict[str, str]:

@@ -1,12 +1,18 @@
 """Waiting for the platform to settle after the chaos: every process back, every outbox
-drained, every consumer caught up, and every order either complete or cancelled (unpaid
-ones expire). Polled with a timeout; what was still pending is returned when it runs out.
+drained, every consumer caught up, every order either complete or cancelled (unpaid ones
+expire), and every order's timer fired. Polled with a timeout; what was still pending is
+returned when it runs out.
+
+The timers matter even for orders already paid or cancelled: each still fires at its
+``expiresAt`` (orders then records it and does nothing). One firing while the check reads the
+databases, then the stream, would be in the stream and not yet in orders' inbox.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 
 import asyncpg
 import nats
@@ -18,6 +24,10 @@ from ticketing_common.events.catalog import CATALOG
 from ticketing_common.messaging.permissions import durable_name
 from ticketing_common.messaging.streams import STREAM_NAME
 from ticketing_local.datafolder import DataFolder
+
+# JetStream fires a message schedule within its scheduler's tick (under a second) of its time;
+# once that long has passed, the consumer's backlog counts the fired event.
+TIMER_FIRED_WITHIN = timedelta(seconds=2)
 
 
 async def settle(data: DataFolder, timeout: float) -> list[str]:
@@ -59,6 +69,12 @@ async def _pending(data: DataFolder) -> list[str]:
                 )
                 if live:
                     pending.append(f"orders: {live} orders neither complete nor cancelled")
+                unfired = await conn.fetchval(
+                    "SELECT count(*) FROM orders WHERE expires_at > now() - $1::interval",
+                    TIMER_FIRED_WITHIN,
+                )
+                if unfired:
+                    pending.append(f"orders: {unfired} expiry timers still to fire")
         finally:
             await conn.close()
     monitor = data.monitor_credentials()
