@@ -1,11 +1,13 @@
 """Waiting for the platform to settle after the chaos: every process back, every outbox
 drained, every consumer caught up, every order either complete or cancelled (unpaid ones
-expire), and every order's timer fired. Polled with a timeout; what was still pending is
+expire), and no order's timer about to fire. Polled with a timeout; what was still pending is
 returned when it runs out.
 
 The timers matter even for orders already paid or cancelled: each still fires at its
 ``expiresAt`` (orders then records it and does nothing). One firing while the check reads the
-databases, then the stream, would be in the stream and not yet in orders' inbox.
+databases, then the stream, would be in the stream and not yet in orders' inbox. So settling
+waits for those due within the next half minute (far longer than the check takes); one due
+later fires after the check.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from ticketing_local.datafolder import DataFolder
 # JetStream fires a message schedule within its scheduler's tick (under a second) of its time;
 # once that long has passed, the consumer's backlog counts the fired event.
 TIMER_FIRED_WITHIN = timedelta(seconds=2)
+# A timer due later than this fires after the check has read everything.
+TIMER_DUE_WITHIN = timedelta(seconds=30)
 
 
 async def settle(data: DataFolder, timeout: float) -> list[str]:
@@ -69,12 +73,14 @@ async def _pending(data: DataFolder) -> list[str]:
                 )
                 if live:
                     pending.append(f"orders: {live} orders neither complete nor cancelled")
-                unfired = await conn.fetchval(
-                    "SELECT count(*) FROM orders WHERE expires_at > now() - $1::interval",
+                due = await conn.fetchval(
+                    "SELECT count(*) FROM orders"
+                    " WHERE expires_at BETWEEN now() - $1::interval AND now() + $2::interval",
                     TIMER_FIRED_WITHIN,
+                    TIMER_DUE_WITHIN,
                 )
-                if unfired:
-                    pending.append(f"orders: {unfired} expiry timers still to fire")
+                if due:
+                    pending.append(f"orders: {due} expiry timers about to fire")
         finally:
             await conn.close()
     monitor = data.monitor_credentials()
