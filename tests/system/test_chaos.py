@@ -82,7 +82,7 @@ def test_a_small_chaos_run_passes_as_a_whole(
     assert "chaos: passed" in chaos_run.stdout
 
 
-async def test_settling_waits_for_every_order_timer_to_fire(
+async def test_settling_waits_for_the_order_timers_about_to_fire(
     platform: Launcher, chaos_run: subprocess.CompletedProcess[str]
 ) -> None:
     """A paid or cancelled order's timer still fires at its expiresAt: one firing during the
