@@ -285,6 +285,7 @@ async def _lock_order_events(session: AsyncSession, *order_ids: uuid.UUID) -> No
 # it. Core (the tables), so that the values are one row's parameters.
 _ORDERS = Base.metadata.tables[Order.__tablename__]
 _TOMBSTONES = Base.metadata.tables[CancelledOrder.__tablename__]
+_PAYMENTS = Base.metadata.tables[Payment.__tablename__]
 _ADD_ORDER = (
     insert(_ORDERS)
     .values(
@@ -409,7 +410,6 @@ async def cancel_orders(
     return [received for received in cancellations if received.event.id not in done]
 
 
-_PAYMENTS = Base.metadata.tables[Payment.__tablename__]
 _LOCK_ORDERS = DriverStatement(
     select(_ORDERS.c.id)
     .where(_ORDERS.c.id == any_(bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))))

@@ -88,12 +88,15 @@ async def create_ticket(
     return ticket
 
 
-# Built once, run with each ticket's row (the columns the row names): composing a statement
-# per request cost more CPU than PostgreSQL spends running it.
+# The tables, for the statements built once below: composing a statement per request or event
+# cost more CPU than PostgreSQL spends running it.
+_TICKETS = Base.metadata.tables[Ticket.__tablename__]
+_TOMBSTONES = Base.metadata.tables[CancelledOrder.__tablename__]
+# Run with each ticket's row (the columns the row names).
 _INSERT_TICKET = DriverStatement(
-    Base.metadata.tables[Ticket.__tablename__]
-    .insert()
-    .values({name: bindparam(name) for name in ("id", "title", "price", "user_id", "version")})
+    _TICKETS.insert().values(
+        {name: bindparam(name) for name in ("id", "title", "price", "user_id", "version")}
+    )
 )
 
 
@@ -185,10 +188,6 @@ async def reserve(
         await publish(session, _updated_event(ticket, refused_order_id=order_id))
         return
     await publish(session, _updated_event(ticket))
-
-
-_TICKETS = Base.metadata.tables[Ticket.__tablename__]
-_TOMBSTONES = Base.metadata.tables[CancelledOrder.__tablename__]
 
 
 async def reserve_all(
