@@ -92,7 +92,7 @@ async def publish_all(session: AsyncSession, events: Sequence[Outgoing]) -> list
     # The (sub)transaction's first statement here also wakes the relay, in the same statement:
     # delivered at commit, and only then. (A savepoint counts apart: rolled back, its NOTIFY is
     # gone.) Begun first: a session whose first statement this is has no transaction yet.
-    await driver_connection(session)
+    connection = await driver_connection(session)
     transaction = innermost_transaction(session)
     notify = session.info.get(_NOTIFIED) is not transaction
     if len(envelopes) == 1:
@@ -102,7 +102,7 @@ async def publish_all(session: AsyncSession, events: Sequence[Outgoing]) -> list
             "envelope": envelopes[0].model_dump(mode="json", by_alias=True),
             "headers": headers[0],
         }
-        await (_ADD_ONE_AND_NOTIFY if notify else _ADD_ONE).all(session, row)
+        await (_ADD_ONE_AND_NOTIFY if notify else _ADD_ONE).all_on(connection, row)
     else:
         columns = {
             "ids": [envelope.id for envelope in envelopes],
@@ -110,7 +110,7 @@ async def publish_all(session: AsyncSession, events: Sequence[Outgoing]) -> list
             "envelopes": [envelope.model_dump_json(by_alias=True) for envelope in envelopes],
             "headers": [json.dumps(one) for one in headers],
         }
-        await (_ADD_SEVERAL_AND_NOTIFY if notify else _ADD_SEVERAL).all(session, columns)
+        await (_ADD_SEVERAL_AND_NOTIFY if notify else _ADD_SEVERAL).all_on(connection, columns)
     session.info[_NOTIFIED] = transaction
     return envelopes
 
