@@ -14,7 +14,9 @@ A backlog is the consumer's best case: 64 events per fetch and per transaction. 
 ``--arriving-at RATE``, events come instead from another process at a steady RATE a second, as
 on the platform, and it prints the consumer's CPU per event (a no-op handler: the machinery
 alone) beside nats-py's own fetch-and-ack loop fed the same way, and the relay's CPU per event
-when each is committed in a transaction of its own at that rate (as a service's requests are):
+when each is committed in a transaction of its own at that rate (as a service's requests are),
+both ways: handed over at commit (as in a service) and woken by the commit's NOTIFY (as for a
+script's writes):
 
     .venv/bin/python bench/event_pipeline.py --arriving-at 150 --events 1500
 """
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -56,6 +59,7 @@ from ticketing_common.testing import TestDatabase
 BARE_SUBJECT = "ticket.bench"
 # Long enough for a relay to send the last event committed, short beside a run.
 RELAY_GRACE_SECONDS = 0.2
+RELAY_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -208,8 +212,10 @@ class ArrivalCosts:
     nats_py_alone: float  # a pull consumer's fetch(64) and ack, nothing else
     consumer: float  # ConsumerRunner: the same, plus its unit of work with a no-op handler
     # OutboxRelay, each event committed in a transaction of its own at ``rate`` (this process's
-    # CPU committing them with the relay running, less committing them with no relay)
-    relay: float
+    # CPU committing them with the relay running, less committing them with no relay): the
+    # session attached to it (each event handed over at commit), or not (woken by a NOTIFY)
+    relay_handed_over: list[float]  # one per round
+    relay_woken: list[float]
 
 
 async def publish_at(url: str, subject: str | None, rate: float, count: int) -> None:
@@ -291,16 +297,38 @@ async def measure_arrivals(rate: float, count: int, folder: Path) -> ArrivalCost
         runner.stop()
         await task
 
-        committing = await _committing_at(sessionmaker, rate, count)
-        relay = OutboxRelay(bench.engine, js)
-        relaying = asyncio.create_task(relay.run())
-        with_relay = await _committing_at(sessionmaker, rate, count)
-        unsent = await _unsent(sessionmaker, RELAY_GRACE_SECONDS + 10.0)
-        relay.stop()
-        await relaying
-        if unsent:
-            raise RuntimeError(f"the running relay left {unsent} events in the outbox")
-    return ArrivalCosts(rate, count, alone, ours, with_relay - committing)
+        # Each a difference of two runs, a few tenths of a millisecond of about two: taken in
+        # turns, the median of three rounds.
+        handed_over, woken = [], []
+        for _ in range(RELAY_ROUNDS):
+            handed_over.append(await _relay_cpu_per_event(bench, rate, count, attached=True))
+            woken.append(await _relay_cpu_per_event(bench, rate, count, attached=False))
+    return ArrivalCosts(rate, count, alone, ours, handed_over, woken)
+
+
+async def _relay_cpu_per_event(bench: Servers, rate: float, count: int, *, attached: bool) -> float:
+    """The relay's CPU per event, each committed alone at ``rate``: committing with it running,
+    less committing with none (sessions attached to one that never sends, if ``attached``)."""
+    sessionmaker = make_sessionmaker(bench.engine)
+    if attached:
+        OutboxRelay(bench.engine, bench.js).attach(sessionmaker)
+    committing = await _committing_at(sessionmaker, rate, count)
+    sweeper = OutboxRelay(bench.engine, bench.js)  # sends those before the one measured runs
+    await sweeper.flush()
+    await sweeper.close()
+    relay = OutboxRelay(bench.engine, bench.js)
+    if attached:
+        relay.attach(sessionmaker)
+    relaying = asyncio.create_task(relay.run())
+    with_relay = await _committing_at(sessionmaker, rate, count)
+    unsent = await _unsent(sessionmaker, RELAY_GRACE_SECONDS + 10.0)
+    relay.stop()
+    await relaying
+    if unsent:
+        raise RuntimeError(f"the running relay left {unsent} events in the outbox")
+    if attached and relay.sent_at_commit != count:
+        raise RuntimeError(f"{relay.sent_at_commit} of {count} events were handed over")
+    return with_relay - committing
 
 
 async def _unsent(sessionmaker: async_sessionmaker[AsyncSession], timeout: float) -> int:
@@ -356,7 +384,12 @@ def main() -> None:
         print(f"{costs.events} events arriving at {costs.rate:g}/s, this process's CPU per event:")
         print(f"nats-py alone (fetch, ack): {costs.nats_py_alone:6.3f} ms")
         print(f"consumer runner, no-op    : {costs.consumer:6.3f} ms")
-        print(f"outbox relay, one a commit: {costs.relay:6.3f} ms")
+        for name, rounds in (
+            ("outbox relay, handed over", costs.relay_handed_over),
+            ("outbox relay, woken      ", costs.relay_woken),
+        ):
+            spread = ", ".join(f"{one:.3f}" for one in rounds)
+            print(f"{name}: {statistics.median(rounds):6.3f} ms (rounds: {spread})")
         return
     # On uvloop, as every service runs (uvicorn takes it when installed).
     rates = uvloop.run(measure(args.events, args.per_transaction, temporary_folder()))

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import pytest
 from nats.js import JetStreamContext
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from ticketing_common.database_url import PLAIN, with_driver
 from ticketing_common.db import transaction
 from ticketing_common.events import TicketCreated
 from ticketing_common.messaging import OutboxRelay, Outgoing, ensure_stream, publish, publish_all
@@ -46,8 +49,12 @@ class Pipeline:
         return relay
 
     @contextlib.asynccontextmanager
-    async def running_relay(self, poll_seconds: float = 60.0) -> AsyncIterator[OutboxRelay]:
+    async def running_relay(
+        self, poll_seconds: float = 60.0, *, attached: bool = False
+    ) -> AsyncIterator[OutboxRelay]:
         relay = self.relay(poll_seconds=poll_seconds, publish_timeout=1.0)
+        if attached:  # as a service runs it: its sessions hand their events over at commit
+            relay.attach(self.sessionmaker)
         task = asyncio.create_task(relay.run())
         try:
             yield relay
@@ -201,12 +208,14 @@ async def test_rolled_back_transaction_publishes_nothing(
     assert titles == ["committed"]
 
 
+@pytest.mark.parametrize("attached", [False, True], ids=["swept", "handed-over"])
 async def test_nats_outage_loses_nothing_and_duplicates_nothing(
-    pipeline: Pipeline, nats_server: NatsServer, event_probe: EventProbe
+    pipeline: Pipeline, nats_server: NatsServer, event_probe: EventProbe, attached: bool
 ) -> None:
-    # Two relays, as two replicas of a service would run.
+    # Two relays, as two replicas of a service would run; the first one's sessions hand their
+    # events over at commit, or not.
     async with (
-        pipeline.running_relay(poll_seconds=0.2) as first,
+        pipeline.running_relay(poll_seconds=0.2, attached=attached) as first,
         pipeline.running_relay(poll_seconds=0.2) as second,
     ):
         nats_server.stop()
@@ -215,8 +224,14 @@ async def test_nats_outage_loses_nothing_and_duplicates_nothing(
             async with transaction(pipeline.sessionmaker) as session:
                 committed.append((await publish(session, ticket_created(f"t{i}"))).id)
 
+        # Each fails in turn: a sweep that finds every row locked by the other succeeds.
+        failed: set[int] = set()
+
         async def both_relays_tried_and_failed() -> bool:
-            return first.consecutive_failures > 0 and second.consecutive_failures > 0
+            failed.update(
+                n for n, relay in enumerate((first, second)) if relay.consecutive_failures
+            )
+            return len(failed) == 2
 
         await eventually(both_relays_tried_and_failed, timeout=15)
         assert await unpublished(pipeline.sessionmaker) == 20
@@ -355,3 +370,153 @@ async def test_relay_whose_connection_is_cut_makes_it_again_at_once(
             "ticket.created", lambda e: e.data["title"] == "after", timeout=10
         )
     assert received.id == envelope.id
+
+
+# Handed over at commit: a service's sessions are attached to its relay.
+
+
+async def test_an_attached_session_hands_its_events_over_at_commit_with_no_notify(
+    pipeline: Pipeline, event_probe: EventProbe
+) -> None:
+    """Sent at once without a sweep, marked sent; the commit wakes no relay through PostgreSQL
+    (a session not attached still does: its NOTIFY, delivered after, shows none came before)."""
+    listener = await asyncpg.connect(with_driver(pipeline.engine.url, driver=PLAIN))
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener("outbox", lambda *args: heard.put_nowait(args[2]))
+
+    async def commit_and_receive(title: str) -> None:
+        request_id_var.set(f"req {title}")
+        try:
+            async with transaction(pipeline.sessionmaker) as session:
+                envelope = await publish(session, ticket_created(title))
+        finally:
+            request_id_var.set(None)
+        received = await event_probe.wait_for(
+            "ticket.created", lambda e: e.id == envelope.id, timeout=5
+        )
+        assert received.id == envelope.id
+        await eventually(lambda: _no_unpublished(pipeline.sessionmaker), timeout=5)
+        msg = await pipeline.jetstream.get_last_msg("EVENTS", "ticket.created")
+        assert msg.headers is not None
+        assert msg.headers["Nats-Msg-Id"] == str(envelope.id)
+        assert msg.headers["X-Request-Id"] == f"req {title}"
+
+    try:
+        # A 60 s poll: only the hand-over can send within the probe's timeout. The second event
+        # comes once the relay is idle, its sweep at start long done.
+        async with pipeline.running_relay(poll_seconds=60, attached=True) as relay:
+            await commit_and_receive("first")
+            before = (relay.sent_at_commit, relay.sent_by_sweep)
+            await commit_and_receive("second")
+            assert (relay.sent_at_commit, relay.sent_by_sweep) == (before[0] + 1, before[1])
+            assert relay.sent_at_commit + relay.sent_by_sweep == 2
+        # Not attached: its NOTIFY is the first and only one heard.
+        async with transaction(async_sessionmaker(pipeline.engine)) as session:
+            await publish(session, ticket_created("not attached"))
+        assert await asyncio.wait_for(heard.get(), 5) == "outbox"
+        assert heard.empty()
+    finally:
+        await listener.close()
+
+
+async def test_events_of_a_savepoint_go_with_the_transaction_and_not_if_rolled_back(
+    pipeline: Pipeline, event_probe: EventProbe
+) -> None:
+    """Handed over when the transaction commits, not when a savepoint is released; never if
+    their savepoint, or the transaction, rolls back; nor if the session closes uncommitted."""
+    relay = pipeline.relay()
+    relay.attach(pipeline.sessionmaker)
+    async with pipeline.sessionmaker() as session:
+        async with session.begin_nested():
+            await publish(session, ticket_created("released"))
+        savepoint = await session.begin_nested()
+        await publish(session, ticket_created("rolled back"))
+        async with session.begin_nested():  # inside the one rolled back
+            await publish(session, ticket_created("released inside the rolled back"))
+        await savepoint.rollback()
+        await publish(session, ticket_created("outer"))
+        assert await relay.flush() == 0  # nothing committed, nothing handed over yet
+        await session.commit()
+
+        await publish(session, ticket_created("closed uncommitted"))
+        await session.close()
+        await publish(session, ticket_created("in a transaction rolled back"))
+        await session.rollback()
+        await publish(session, ticket_created("last"))
+        await session.commit()
+    assert await relay.flush() == 3
+    assert (relay.sent_at_commit, relay.sent_by_sweep) == (3, 0)
+    titles = [e.data["title"] for e in await event_probe.all("ticket.created")]
+    assert titles == ["released", "outer", "last"]
+    assert await unpublished(pipeline.sessionmaker) == 0
+
+
+async def test_events_handed_over_to_a_relay_that_died_are_swept_by_the_next(
+    pipeline: Pipeline, event_probe: EventProbe
+) -> None:
+    """Committed and handed over, then the process died before sending: in the outbox still."""
+    dead = pipeline.relay()
+    dead.attach(pipeline.sessionmaker)
+    async with transaction(pipeline.sessionmaker) as session:
+        envelope = await publish(session, ticket_created("orphan"))
+    await dead.close()  # never sends
+    async with pipeline.running_relay(poll_seconds=60) as relay:
+        received = await event_probe.wait_for("ticket.created", timeout=5)
+        assert received.id == envelope.id
+        assert relay.sent_by_sweep == 1
+    assert await unpublished(pipeline.sessionmaker) == 0
+
+
+async def test_an_event_swept_while_handed_over_is_stored_once(
+    pipeline: Pipeline, event_probe: EventProbe
+) -> None:
+    """A sweep (another replica's) can claim a row between its commit and its hand-over being
+    sent: both send it, the duplicate window keeps one, and the sweep's mark stays."""
+    attached = pipeline.relay()
+    attached.attach(pipeline.sessionmaker)
+    async with transaction(pipeline.sessionmaker) as session:
+        await publish(session, ticket_created("twice sent"))
+    assert await pipeline.relay().flush() == 1  # the sweep first
+    async with pipeline.sessionmaker() as session:
+        marked = await session.scalar(select(outbox.c.published_at))
+    assert await attached.flush() == 1  # then the hand-over: acked as a duplicate
+    assert len(await event_probe.all("ticket.created")) == 1
+    info = await pipeline.jetstream.stream_info("EVENTS")
+    assert info.state.messages == 1
+    async with pipeline.sessionmaker() as session:
+        assert await session.scalar(select(outbox.c.published_at)) == marked
+
+
+async def test_a_relay_kept_busy_by_hand_overs_still_sweeps_every_poll(
+    pipeline: Pipeline, event_probe: EventProbe
+) -> None:
+    """Another replica died after a commit, before sending: the row waits for a sweep, which
+    comes every poll even while commits wake this relay far more often."""
+    async with pipeline.running_relay(poll_seconds=0.5, attached=True):
+        other_replica = async_sessionmaker(pipeline.engine)
+        pipeline.relay().attach(other_replica)  # dies: never sends
+        async with transaction(other_replica) as session:
+            orphan = await publish(session, ticket_created("orphan"))
+
+        async def steady_commits() -> None:
+            for n in itertools.count():
+                async with transaction(pipeline.sessionmaker) as session:
+                    await publish(session, ticket_created(f"steady {n}"))
+                await asyncio.sleep(0.05)  # 20 commits a second, each a wake-up
+
+        async def orphan_sent() -> bool:
+            async with pipeline.sessionmaker() as session:
+                marked = await session.scalar(
+                    select(outbox.c.published_at).where(outbox.c.id == orphan.id)
+                )
+            return marked is not None
+
+        committing = asyncio.create_task(steady_commits())
+        try:
+            await eventually(orphan_sent, timeout=5)
+        finally:
+            committing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committing
+    received = await event_probe.wait_for("ticket.created", lambda e: e.id == orphan.id)
+    assert received.data["title"] == "orphan"

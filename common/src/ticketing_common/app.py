@@ -79,6 +79,7 @@ async def run_service(
         poll_seconds=settings.outbox_poll_seconds,
         stream_replicas=settings.nats_stream_replicas,
     )
+    relay.attach(sessionmaker)  # what requests and handlers commit is sent at once
     runner = (
         ConsumerRunner(
             consumer,

@@ -2,15 +2,21 @@
 
 ``publish(session, event)`` (``publish_all`` for several at once) adds the event to the
 ``outbox`` table in the caller's transaction, so the state change and its events commit (or roll
-back) together. The transaction's first ``publish`` also sends a ``NOTIFY`` (in the same
-statement as its insert), which PostgreSQL delivers only on commit: the relay wakes once per
-transaction, at once, and a slow poll is the safety net. The relay, on a PostgreSQL
-connection of its own (the one that LISTENs: no pool, no session), claims a batch of
-unpublished rows and marks them published in one statement, in a transaction (``FOR UPDATE SKIP
-LOCKED``: replicas share the work without taking the same row), publishes them back to back,
-each with ``Nats-Msg-Id`` = event id (a row republished after a crash is dropped by JetStream's
-duplicate window, and by every inbox), awaits their acks together, unmarks those not acked and
-commits; it retries them with backoff while NATS is down.
+back) together. Then the relay sends them to JetStream, each with ``Nats-Msg-Id`` = event id (a
+row sent twice is dropped by JetStream's duplicate window, and by every inbox). Two ways:
+
+- **Handed over at commit.** A service's sessions are attached to its relay
+  (:meth:`OutboxRelay.attach`): as a transaction commits, the events it wrote go to the relay in
+  memory, and it sends them at once, awaits their acks together and marks them sent in one
+  statement. No ``NOTIFY``, no claim: at a steady rate, where most commits write one event, that
+  halves what an event costs to send. Events of a savepoint rolled back are never handed over.
+- **Swept.** The relay also claims what is committed and unsent, in a transaction (``FOR UPDATE
+  SKIP LOCKED``: replicas share the work without taking the same row), sends it and commits the
+  marks, unmarking what was not acked; it retries with backoff while NATS is down. It sweeps at
+  start, every poll, after a failure, and when woken by a ``NOTIFY``: a session not attached (a
+  script, a tool) sends one with its first insert, which PostgreSQL delivers on commit. So what a
+  crash or a NATS outage left behind goes out, and a row a sweep takes while it is being handed
+  over is sent twice, which the duplicate window absorbs.
 
 What consumers may and may not assume: every committed event arrives, at least once; events of
 one service normally arrive in commit order, but a retried publish can land after later ones and
@@ -28,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,9 +43,10 @@ import asyncpg
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
-from sqlalchemy import Text, bindparam, case, cast, delete, func, select, text, update
+from sqlalchemy import Text, bindparam, case, cast, delete, event, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction
 
 from ticketing_common.database_url import PLAIN, with_driver
 from ticketing_common.db import DriverStatement, driver_connection, innermost_transaction
@@ -57,6 +65,11 @@ INBOX_CUTOFF = text("now() - interval '30 days'")
 PRUNE_EVERY_SECONDS = 600.0
 MAX_BACKOFF_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 5.0
+# Events handed over by commits and not sent yet, at most: the sweep sends any beyond.
+MAX_HANDED_OVER = 10_000
+# Events handed over and acked are marked sent together, this long after the first: one
+# statement (and one commit on the database) for all that a steady rate sends meanwhile.
+MARK_SENT_AFTER_SECONDS = 0.1
 # Named, so that an operator tells the relay's connection apart in pg_stat_activity.
 _RELAY_SETTINGS = {"application_name": "outbox-relay"}
 
@@ -84,35 +97,58 @@ async def publish_all(session: AsyncSession, events: Sequence[Outgoing]) -> list
     """Add several events to the outbox in one statement, in this order (a consumer handling a
     batch of events publishes what they cause with this, each with its cause's request id)."""
     envelopes = [EventEnvelope.wrap(outgoing.event) for outgoing in events]
-    subjects = [
-        outgoing.nats_subject or envelope.subject.value
+    messages = [
+        _Message(
+            envelope.id,
+            outgoing.nats_subject or envelope.subject.value,
+            envelope.model_dump_json(by_alias=True),
+            _headers(outgoing),
+        )
         for outgoing, envelope in zip(events, envelopes, strict=True)
     ]
-    headers = [_headers(outgoing) for outgoing in events]
-    # The (sub)transaction's first statement here also wakes the relay, in the same statement:
-    # delivered at commit, and only then. (A savepoint counts apart: rolled back, its NOTIFY is
-    # gone.) Begun first: a session whose first statement this is has no transaction yet.
-    connection = await driver_connection(session)
+    connection = await driver_connection(session)  # begins the transaction if need be
+    relay: OutboxRelay | None = session.info.get(_RELAY)
+    # Not attached to a relay: the (sub)transaction's first statement here also wakes the
+    # relays, in the same statement; delivered at commit, and only then. (A savepoint counts
+    # apart: rolled back, its NOTIFY is gone.)
     transaction = innermost_transaction(session)
-    notify = session.info.get(_NOTIFIED) is not transaction
-    if len(envelopes) == 1:
+    notify = relay is None and session.info.get(_NOTIFIED) is not transaction
+    if len(messages) == 1:
+        message = messages[0]
         row = {
-            "id": envelopes[0].id,
-            "nats_subject": subjects[0],
-            "envelope": envelopes[0].model_dump(mode="json", by_alias=True),
-            "headers": headers[0],
+            "id": message.id,
+            "nats_subject": message.nats_subject,
+            "envelope": message.envelope,
+            "headers": message.headers,
         }
         await (_ADD_ONE_AND_NOTIFY if notify else _ADD_ONE).all_on(connection, row)
     else:
         columns = {
-            "ids": [envelope.id for envelope in envelopes],
-            "subjects": subjects,
-            "envelopes": [envelope.model_dump_json(by_alias=True) for envelope in envelopes],
-            "headers": [json.dumps(one) for one in headers],
+            "ids": [message.id for message in messages],
+            "subjects": [message.nats_subject for message in messages],
+            "envelopes": [message.envelope for message in messages],
+            "headers": [json.dumps(message.headers) for message in messages],
         }
         await (_ADD_SEVERAL_AND_NOTIFY if notify else _ADD_SEVERAL).all_on(connection, columns)
-    session.info[_NOTIFIED] = transaction
+    if relay is None:
+        session.info[_NOTIFIED] = transaction
+    else:
+        # Handed to the relay when the transaction commits; forgotten if this (sub)transaction
+        # rolls back (the listeners below).
+        sync_session = session.sync_session
+        innermost = sync_session.get_nested_transaction() or sync_session.get_transaction()
+        session.info.setdefault(_UNSENT, []).append((innermost, messages))
     return envelopes
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """An outbox row as it is sent: the envelope as JSON text, the headers without the id."""
+
+    id: uuid.UUID
+    nats_subject: str
+    envelope: str
+    headers: dict[str, str]
 
 
 def _headers(outgoing: Outgoing) -> dict[str, str]:
@@ -124,11 +160,59 @@ def _headers(outgoing: Outgoing) -> dict[str, str]:
 
 # The session's key for the transaction whose commit will wake the relay already.
 _NOTIFIED = "outbox_notified"
+# The session's keys for its relay (set by ``OutboxRelay.attach``), and for the events its
+# transaction wrote: (the innermost transaction that wrote them, the events).
+_RELAY = "outbox_relay"
+_UNSENT = "outbox_unsent"
+
+
+@event.listens_for(Session, "after_commit")
+def _hand_over_committed(session: Session) -> None:
+    root = session.get_transaction()
+    if root is not None and root.is_active:
+        return  # a savepoint released: its events wait for the transaction's commit
+    unsent = session.info.pop(_UNSENT, None)
+    if unsent:
+        session.info[_RELAY].offer([message for _, messages in unsent for message in messages])
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
+    unsent = session.info.get(_UNSENT)
+    if unsent:
+        session.info[_UNSENT] = [
+            (written_in, messages)
+            for written_in, messages in unsent
+            if not _within(written_in, previous_transaction)
+        ]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_not_committed(session: Session, transaction: SessionTransaction) -> None:
+    # A transaction closed without a commit (the session closed): nothing of it is sent.
+    if transaction.parent is None:
+        session.info.pop(_UNSENT, None)
+
+
+def _within(transaction: SessionTransaction | None, outer: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is outer:
+            return True
+        transaction = transaction.parent
+    return False
+
+
 # Built once: composing a statement per event cost more CPU than PostgreSQL spends running it.
 # One event's row as parameters: cheaper than the arrays below by about a tenth of a
 # millisecond, and most publishes are of one event (a request's).
 _ONE_ROW = outbox.insert().values(
-    {name: bindparam(name) for name in ("id", "nats_subject", "envelope", "headers")}
+    {
+        "id": bindparam("id"),
+        "nats_subject": bindparam("nats_subject"),
+        # As the JSON text it is sent as: encoded once.
+        "envelope": cast(bindparam("envelope", type_=Text), JSONB),
+        "headers": bindparam("headers"),
+    }
 )
 # Several rows as arrays: one prepared statement for any number of events, the rows taking
 # their positions in the arrays' order.
@@ -156,7 +240,8 @@ class _StreamMissingError(Exception):
 
 
 class OutboxRelay:
-    """Sends what was committed to the outbox of ``engine``'s database to JetStream.
+    """Sends what was committed to the outbox of ``engine``'s database to JetStream: what the
+    sessions attached to it hand over as they commit, and what it sweeps.
 
     It keeps one connection of its own, made with asyncpg alone: it LISTENs on it and runs its
     few statements on it. Measured: a wake-up that sends one event cost 0.77 ms of CPU through a
@@ -184,9 +269,18 @@ class OutboxRelay:
         self._stream_replicas = stream_replicas
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
+        # Handed over by commits, not sent yet; and whether a sweep is wanted.
+        self._handed_over: list[_Message] = []
+        self._sweep_due = True
+        # Ids of events handed over and acked, to mark sent by (the event loop's time) _mark_at.
+        self._acked: list[uuid.UUID] = []
+        self._mark_at = 0.0
         self._next_prune = 0.0
         # Flushes that failed in a row (NATS or the database unreachable); 0 when healthy.
         self.consecutive_failures = 0
+        # Events sent, by how they came: handed over by a commit, or swept.
+        self.sent_at_commit = 0
+        self.sent_by_sweep = 0
         # Built once: it runs on every wake-up. The rows chosen once (MATERIALIZED), so that no
         # plan can run the locking, limited choice twice and claim more than a batch.
         claimed = (
@@ -212,14 +306,32 @@ class OutboxRelay:
             )
         )
 
+    def attach(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        """Have the sessions of ``sessionmaker`` hand the events they write to this relay as
+        their transactions commit, to be sent at once (no ``NOTIFY``, no claim)."""
+        info = dict(sessionmaker.kw.get("info") or {})
+        info[_RELAY] = self
+        sessionmaker.configure(info=info)
+
+    def offer(self, messages: list[_Message]) -> None:
+        """Events just committed, to send now. Not kept while sending fails, nor beyond a bound:
+        they are in the outbox, and the sweep sends them."""
+        if self.consecutive_failures or len(self._handed_over) >= MAX_HANDED_OVER:
+            self._sweep_due = True
+            return
+        self._handed_over.extend(messages)
+        self._wake.set()
+
     def stop(self) -> None:
         self._stopped.set()
         self._wake.set()
 
     async def run(self) -> None:
         """Publish until stopped; a final flush sends what was committed before the stop."""
+        loop = asyncio.get_running_loop()
         backoff = 0.0
-        self._wake.set()  # rows committed while no relay was running go out at once
+        next_sweep = loop.time()  # rows committed while no relay was running go out at once
+        self._wake.set()
         try:
             while not self._stopped.is_set():
                 if backoff:
@@ -227,16 +339,27 @@ class OutboxRelay:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopped.wait(), backoff)
                 else:
+                    # A sweep every poll, whatever else wakes it.
+                    due = min(next_sweep, self._mark_at) if self._acked else next_sweep
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
+                        await asyncio.wait_for(self._wake.wait(), max(0.0, due - loop.time()))
                 self._wake.clear()
                 if self._stopped.is_set():
                     break
+                if loop.time() >= next_sweep:
+                    self._sweep_due = True
                 try:
-                    await self.flush()
+                    await self._send_handed_over()
+                    if self._acked and (self._sweep_due or loop.time() >= self._mark_at):
+                        await self._mark_sent()
+                    if self._sweep_due:
+                        await self._sweep()
+                        next_sweep = loop.time() + self._poll_seconds
                     backoff = 0.0
                     self.consecutive_failures = 0
                 except Exception as exc:
+                    self._handed_over.clear()  # in the outbox: swept once sending works again
+                    self._sweep_due = True
                     self.consecutive_failures += 1
                     backoff = min(max(backoff * 2, 0.1), MAX_BACKOFF_SECONDS)
                     log.warning("outbox relay failed, retrying in %.1fs: %r", backoff, exc)
@@ -275,10 +398,63 @@ class OutboxRelay:
         return connection
 
     def _wake_up(self, *_: Any) -> None:
+        self._sweep_due = True
         self._wake.set()
 
     async def flush(self) -> int:
-        """Publish every committed, unpublished row; return how many were published."""
+        """Publish what was handed over and every committed, unpublished row; return how many
+        were published."""
+        sent = await self._send_handed_over()
+        await self._mark_sent()
+        return sent + await self._sweep()
+
+    async def _send_handed_over(self) -> int:
+        """Send the events handed over by commits, a batch at a time. Those acked are marked
+        sent a moment later, together (``_mark_sent``); one not acked is left to the sweep,
+        which retries it (and counts a refusal)."""
+        sent = 0
+        while self._handed_over:
+            batch = self._handed_over[: self._batch_size]
+            del self._handed_over[: self._batch_size]
+            results = await self._send(batch)
+            acked = [message.id for message, error in zip(batch, results, strict=True) if not error]
+            if acked and not self._acked:
+                self._mark_at = asyncio.get_running_loop().time() + MARK_SENT_AFTER_SECONDS
+            self._acked.extend(acked)
+            sent += len(acked)
+            self.sent_at_commit += len(acked)
+            if len(acked) < len(batch):
+                self._sweep_due = True
+        return sent
+
+    async def _mark_sent(self) -> None:
+        """Mark the events acked since the last time as sent, in one statement. Until then a
+        sweep would send them again (this relay's marks them first): JetStream's duplicate
+        window drops the second."""
+        if self._acked:
+            await _MARK_SENT.all_on(await self._connected(), {"ids": self._acked})
+            self._acked = []
+
+    async def _send(self, messages: Sequence[_Message]) -> list[BaseException | None]:
+        """Publish back to back, in order (each task sends before its first pause), and await
+        the acks together; the error of each message not acked."""
+        results = await asyncio.gather(
+            *(
+                self._js.publish(
+                    message.nats_subject,
+                    message.envelope.encode(),
+                    timeout=self._publish_timeout,
+                    headers={**message.headers, "Nats-Msg-Id": str(message.id)},
+                )
+                for message in messages
+            ),
+            return_exceptions=True,
+        )
+        return [result if isinstance(result, BaseException) else None for result in results]
+
+    async def _sweep(self) -> int:
+        """Claim and publish every committed, unpublished row."""
+        self._sweep_due = False  # a wake-up while sweeping asks for another sweep
         total = 0
         while True:
             try:
@@ -289,6 +465,7 @@ class OutboxRelay:
                 await ensure_stream(self._js, self._stream_replicas)
                 continue
             total += published
+            self.sent_by_sweep += published
             if not more:
                 return total
 
@@ -299,25 +476,17 @@ class OutboxRelay:
             # commit, and a crash in between rolls the marks back.
             claimed = await self._claim.all_on(connection)
             rows = sorted(claimed, key=lambda row: row.position)
-            # Sent back to back, in order (each task sends before its first pause), and their
-            # acks awaited together.
-            results = await asyncio.gather(
-                *(
-                    self._js.publish(
-                        row.nats_subject,
-                        row.envelope.encode(),
-                        timeout=self._publish_timeout,
-                        headers={**json.loads(row.headers), "Nats-Msg-Id": str(row.id)},
-                    )
+            results = await self._send(
+                [
+                    _Message(row.id, row.nats_subject, row.envelope, json.loads(row.headers))
                     for row in rows
-                ),
-                return_exceptions=True,
+                ]
             )
             unsent = []
             refused: list[tuple[Any, APIError]] = []
             failure: BaseException | None = None  # the first, raised once the rest is settled
             for row, result in zip(rows, results, strict=True):
-                if not isinstance(result, BaseException):
+                if result is None:
                     continue
                 unsent.append(row.id)
                 if isinstance(result, NoStreamResponseError | NoRespondersError):
@@ -366,10 +535,15 @@ class OutboxRelay:
 
 
 # The relay's own statements, on its own connection.
-_UNMARK = DriverStatement(
+_IDS = bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))
+# Not if a sweep marked it first (a row it claimed while the row was being handed over).
+_MARK_SENT = DriverStatement(
     update(outbox)
-    .where(outbox.c.id == func.any(bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))))
-    .values(published_at=None)
+    .where(outbox.c.id == func.any(_IDS), outbox.c.published_at.is_(None))
+    .values(published_at=func.now())
+)
+_UNMARK = DriverStatement(
+    update(outbox).where(outbox.c.id == func.any(_IDS)).values(published_at=None)
 )
 _ATTEMPTS = outbox.c.attempts + 1
 _COUNT_REFUSAL = DriverStatement(
