@@ -30,6 +30,7 @@ from ticketing_common.messaging.parking import Parkable, list_parked, park
 from ticketing_common.messaging.tables import inbox
 from ticketing_common.observability import REQUEST_ID_HEADER, request_id_var
 from ticketing_common.testing.helpers import eventually
+from ticketing_common.testing.plugin import NatsServer
 from ticketing_common.testing.stand_ins import effects
 
 MAX_DELIVERIES = 3
@@ -243,6 +244,34 @@ async def test_runner_recreates_a_deleted_consumer(
         await jetstream.delete_consumer("EVENTS", "test-consumer")
         await send(jetstream, "after")
         await eventually(lambda: _notes_are(sessionmaker, ["before", "after"]), timeout=30)
+
+
+async def test_a_runner_started_while_nats_is_down_consumes_once_it_is_back(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    jetstream: JetStreamContext,
+    nats_server: NatsServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A service (re)started during a NATS outage: its consumer cannot be made yet. The runner
+    keeps trying, and does not die (a dead one would leave every later event unhandled)."""
+    caplog.set_level(logging.WARNING, logger="ticketing_common.messaging")
+    await ensure_stream(jetstream)
+    runner = ConsumerRunner(make_consumer(set(), set(), []), jetstream, sessionmaker)
+    nats_server.stop()
+    task = asyncio.create_task(runner.run())
+
+    async def tried_twice() -> bool:
+        return sum("cannot make the consumer yet" in r.message for r in caplog.records) >= 2
+
+    try:
+        await eventually(tried_twice, timeout=30)
+    finally:
+        nats_server.start()
+    await send(jetstream, "after the outage")
+    await eventually(lambda: _notes_are(sessionmaker, ["after the outage"]), timeout=30)
+    assert not task.done()
+    runner.stop()
+    await asyncio.wait_for(task, 10)
 
 
 async def test_a_handler_past_its_time_budget_has_failed_and_is_parked(

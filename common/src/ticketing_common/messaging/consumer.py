@@ -70,7 +70,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from pydantic import ValidationError
 from sqlalchemy import Text, any_, bindparam, func, select
 from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
@@ -389,7 +389,9 @@ class ConsumerRunner:
     async def run(self) -> None:
         """Fetch and dispatch until stopped, then let the running handlers finish and hand
         back every other message in hand."""
-        sub = await self._subscribe()
+        sub = await self._first_subscription()
+        if sub is None:
+            return  # stopped before NATS answered
         heartbeat = asyncio.create_task(self._keep_in_progress())
         try:
             await self._fetch_loop(sub)
@@ -451,6 +453,24 @@ class ConsumerRunner:
         """Sleep, cut short by a stop."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _first_subscription(self) -> JetStreamContext.PullSubscription | None:
+        """Make the durable consumer and bind to it, retried while NATS does not answer (a
+        service started, or restarted, during a NATS outage); None if stopped first. JetStream
+        refusing the consumer is a bug, not an outage: raised, and the service is unhealthy."""
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                return await self._subscribe()
+            except Exception as exc:
+                if isinstance(exc, APIError) and not isinstance(exc, ServiceUnavailableError):
+                    raise
+                failures += 1
+                log.warning(
+                    "cannot make the consumer yet (%d in a row), retrying: %r", failures, exc
+                )
+                await self._pause(min(failures, 5))
+        return None
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         await self.ensure_consumer()
