@@ -21,6 +21,7 @@ from ticketing_common.database_url import PLAIN, with_driver
 from ticketing_common.db import transaction
 from ticketing_common.events import TicketCreated
 from ticketing_common.messaging import OutboxRelay, Outgoing, ensure_stream, publish, publish_all
+from ticketing_common.messaging import outbox as outbox_module
 from ticketing_common.messaging.tables import outbox
 from ticketing_common.observability import request_id_var
 from ticketing_common.testing import EventProbe
@@ -521,3 +522,20 @@ async def test_a_relay_kept_busy_by_hand_overs_still_sweeps_every_poll(
                 await committing
     received = await event_probe.wait_for("ticket.created", lambda e: e.id == orphan.id)
     assert received.data["title"] == "orphan"
+
+
+async def test_events_handed_over_beyond_the_bound_are_left_to_the_sweep(
+    pipeline: Pipeline, event_probe: EventProbe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relay that cannot keep up holds a bounded number in memory; the rest are in the
+    outbox, and its next sweep sends them."""
+    monkeypatch.setattr(outbox_module, "MAX_HANDED_OVER", 2)
+    relay = pipeline.relay()
+    relay.attach(pipeline.sessionmaker)
+    for n in range(5):
+        async with transaction(pipeline.sessionmaker) as session:
+            await publish(session, ticket_created(f"t{n}"))
+    assert await relay.flush() == 5
+    assert (relay.sent_at_commit, relay.sent_by_sweep) == (2, 3)
+    titles = sorted(e.data["title"] for e in await event_probe.all("ticket.created"))
+    assert titles == [f"t{n}" for n in range(5)]
