@@ -50,7 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
 from ticketing_common.database_url import PLAIN, with_driver
-from ticketing_common.db import DriverStatement, driver_connection, innermost_transaction
+from ticketing_common.db import DriverStatement, driver_connection
 from ticketing_common.events import Event, EventEnvelope
 from ticketing_common.messaging.streams import ensure_stream
 from ticketing_common.messaging.tables import inbox, outbox
@@ -109,10 +109,12 @@ async def publish_all(session: AsyncSession, events: Sequence[Outgoing]) -> list
     ]
     connection = await driver_connection(session)  # begins the transaction if need be
     relay: OutboxRelay | None = session.info.get(_RELAY)
+    # The savepoint open, else the transaction: what these rows commit or roll back with.
+    sync_session = session.sync_session
+    transaction = sync_session.get_nested_transaction() or sync_session.get_transaction()
     # Not attached to a relay: the (sub)transaction's first statement here also wakes the
     # relays, in the same statement; delivered at commit, and only then. (A savepoint counts
     # apart: rolled back, its NOTIFY is gone.)
-    transaction = innermost_transaction(session)
     notify = relay is None and session.info.get(_NOTIFIED) is not transaction
     if len(messages) == 1:
         message = messages[0]
@@ -136,9 +138,7 @@ async def publish_all(session: AsyncSession, events: Sequence[Outgoing]) -> list
     else:
         # Handed to the relay when the transaction commits; forgotten if this (sub)transaction
         # rolls back (the listeners below).
-        sync_session = session.sync_session
-        innermost = sync_session.get_nested_transaction() or sync_session.get_transaction()
-        session.info.setdefault(_UNSENT, []).append((innermost, messages))
+        session.info.setdefault(_UNSENT, []).append((transaction, messages))
     return envelopes
 
 
@@ -274,7 +274,7 @@ class OutboxRelay:
         self._busy = asyncio.Lock()
         # Handed over by commits, not sent yet; and whether a sweep is wanted.
         self._handed_over: list[_Message] = []
-        self._sweep_due = True
+        self._sweep_due = False  # ``run`` sweeps at once anyway, ``flush`` always
         # Ids of events handed over and acked, to mark sent by (the event loop's time) _mark_at.
         self._acked: list[uuid.UUID] = []
         self._mark_at = 0.0
@@ -334,7 +334,6 @@ class OutboxRelay:
         loop = asyncio.get_running_loop()
         backoff = 0.0
         next_sweep = loop.time()  # rows committed while no relay was running go out at once
-        self._wake.set()
         try:
             while not self._stopped.is_set():
                 if backoff:
