@@ -58,7 +58,9 @@ def test_quick_bench_writes_a_well_formed_table_and_the_plots(tmp_path: Path) ->
     for what in (
         "`POST /api/orders` at saturation, orders process directly",
         "`POST /api/orders` at saturation, through the edge",
+        "`POST /api/orders` at saturation, the same flow wired bare: one insert, one publish",
         "CPU per purchase fully propagated, every process",
+        "CPU per purchase, the same flow wired bare (no outbox, inbox, ORM, middleware or logs)",
         "relay: outbox to JetStream, one process",
         "consumer: handler + inbox row, one process",
         "RSS of the largest service, idle",
@@ -77,6 +79,12 @@ def test_quick_bench_writes_a_well_formed_table_and_the_plots(tmp_path: Path) ->
     expiries = raw["cpuMsPerExpiredOrder"]  # the cancellations' cost, everywhere they go
     assert {"orders", "tickets", "payments", "postgres"} <= expiries.keys()
     assert sum(expiries.values()) > 0  # (one process alone may spend less than a clock tick)
+
+    # The burst's purchases through the same flow wired bare: every part spent CPU on them.
+    bare = raw["bare"]["cpuMsPerPurchase"]
+    assert bare.keys() == {"orders", "tickets", "payments", "expiration", "postgres", "nats"}
+    assert bare["orders"] > 0 and bare["postgres"] > 0 and bare["nats"] > 0
+    assert raw["bare"]["propagationP99Ms"] > 0 and raw["bare"]["ordersAtSaturationPerSecond"] > 0
 
     for plot in ("latency.png", "throughput.png", "cpu.png"):
         assert (tmp_path / plot).read_bytes().startswith(PNG_SIGNATURE), plot
