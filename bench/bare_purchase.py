@@ -259,12 +259,21 @@ class Saturation:
 
 
 @dataclass(frozen=True)
+class Steady:
+    """Purchases offered at a steady rate: how many were kept up with, how fast each went."""
+
+    offered: float
+    achieved: float  # purchases a second, from the first sent to the last propagated
+    propagation: list[float]  # seconds from each 201 to its ticket.updated
+
+
+@dataclass(frozen=True)
 class BareCosts:
     purchases: int
     cpu_ms: dict[str, float]  # per purchase, by process (postgres and nats included)
-    propagation: list[float]  # seconds from each 201 to its ticket.updated
-    # Then ``POST /api/orders`` at saturation (new tickets, as many connections as asked).
-    saturation: list[Answer]
+    burst: Steady  # those purchases, the CPU's
+    faster: Steady | None  # then more, at a higher rate (no CPU read)
+    saturation: list[Answer]  # then ``POST /api/orders`` flat out
 
 
 async def _database(postgres: EmbeddedPostgres, tickets: int) -> tuple[str, list[str]]:
@@ -294,6 +303,47 @@ async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) ->
         await asyncio.sleep(0.01)
 
 
+class _Wiring:
+    """The four parts running, on a PostgreSQL and a NATS of their own, and what each ticket's
+    ``ticket.updated`` was seen at."""
+
+    def __init__(self, js: JetStreamContext, orders_url: str, pids: dict[str, int]) -> None:
+        self.js = js
+        self.orders_url = orders_url
+        self.meter = Meter(pids)  # each process with what runs under it (PostgreSQL's backends)
+        self.reserved: dict[str, float] = {}  # ticket id -> loop time
+
+    async def on_reserved(self, msg: Msg) -> None:
+        self.reserved[json.loads(msg.data)["id"]] = asyncio.get_running_loop().time()
+
+    async def steady(self, requests: Sequence[Request], offered: float) -> Steady:
+        """``requests`` at ``offered`` a second, until each propagated and every part is idle."""
+        pool = connections(self.orders_url, 256)
+        started = asyncio.get_running_loop().time()
+        answers = await open_loop(pool, requests, offered)
+        for connection in pool:
+            connection.close()
+        refused = [a.status for a in answers if a.status != 201]
+        if refused:
+            raise RuntimeError(f"the bare orders refused {len(refused)} orders: {refused[:5]}")
+
+        async def propagated() -> bool:
+            return all(a.request.tag in self.reserved for a in answers)
+
+        async def settled() -> bool:  # every event handled and acked, orders' own too
+            infos = [await self.js.consumer_info(STREAM_NAME, f"bare-{r}") for r in READS]
+            return not any(info.num_pending or info.num_ack_pending for info in infos)
+
+        await _until(propagated)
+        await _until(settled)
+        last = max(self.reserved[a.request.tag] for a in answers)
+        return Steady(
+            offered,
+            len(answers) / (last - started),
+            [self.reserved[a.request.tag] - a.done for a in answers],
+        )
+
+
 async def measure(
     purchases: int,
     rate: float,
@@ -302,12 +352,15 @@ async def measure(
     folder: Path,
     *,
     fetch_pause: float = FETCH_PAUSE_SECONDS,
+    faster: tuple[float, int] | None = None,
     saturation: Saturation | None = None,
 ) -> BareCosts:
-    """``purchases`` at ``rate`` a second through the bare wiring, then orders at
-    ``saturation`` if asked; ``order_request(ticket_id, i)`` is the i-th ``POST /api/orders``
-    (a ``loadgen.Request``, with a cookie signed with ``jwt_key``); ``fetch_pause``: the
-    consumers' pause after a fetch that drained the stream."""
+    """``purchases`` at ``rate`` a second through the bare wiring, with every process's CPU;
+    then, if asked, ``faster`` = (a rate, a count) and orders at ``saturation``.
+    ``order_request(ticket_id, i)`` is the i-th ``POST /api/orders`` (a ``loadgen.Request``,
+    with a cookie signed with ``jwt_key``); ``fetch_pause``: the consumers' pause after a fetch
+    that drained the stream."""
+    faster_rate, faster_count = faster or (0.0, 0)
     saturation = saturation or Saturation(0.0, 0, 0)
     postgres = EmbeddedPostgres(folder / "pg", durable=True)
     nats_server = EmbeddedNats(folder / "nats")
@@ -315,7 +368,8 @@ async def measure(
     nats_server.start()
     parts: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        url, tickets = await _database(postgres, purchases + saturation.tickets)
+        url, tickets = await _database(postgres, purchases + faster_count + saturation.tickets)
+        requests = [order_request(ticket, i) for i, ticket in enumerate(tickets)]
         nc = await nats.connect(nats_server.url)
         js = nc.jetstream()
         await ensure_stream(js)
@@ -340,53 +394,27 @@ async def measure(
             return all(info.num_waiting for info in infos)
 
         await _until(fetching)
-
-        loop = asyncio.get_running_loop()
-        reserved: dict[str, float] = {}
-        all_reserved = asyncio.Event()
-
-        async def on_reserved(msg: Msg) -> None:
-            reserved[json.loads(msg.data)["id"]] = loop.time()
-            if len(reserved) == purchases:
-                all_reserved.set()
-
-        watching = await nc.subscribe("ticket.updated", cb=on_reserved)
-        pids = {role: part.pid for role, part in parts.items()}
         assert postgres.process is not None and nats_server.process is not None
+        pids = {role: part.pid for role, part in parts.items()}
         pids |= {"postgres": postgres.process.pid, "nats": nats_server.process.pid}
-        meter = Meter(pids)  # each process with what runs under it (PostgreSQL's backends)
-        before = meter.cpu()
-        pool = connections(f"http://127.0.0.1:{port}", 256)
-        requests = [order_request(ticket, i) for i, ticket in enumerate(tickets[:purchases])]
-        answers = await open_loop(pool, requests, rate)
-        for connection in pool:
-            connection.close()
-        refused = [a.status for a in answers if a.status != 201]
-        if refused:
-            raise RuntimeError(f"the bare orders refused {len(refused)} orders: {refused[:5]}")
-        await asyncio.wait_for(all_reserved.wait(), 60)
+        wiring = _Wiring(js, f"http://127.0.0.1:{port}", pids)
+        await nc.subscribe("ticket.updated", cb=wiring.on_reserved)
 
-        async def settled() -> bool:  # every event handled and acked, orders' own too
-            infos = [await js.consumer_info(STREAM_NAME, f"bare-{role}") for role in READS]
-            return not any(info.num_pending or info.num_ack_pending for info in infos)
-
-        await _until(settled)
-        after = meter.cpu()
-        await watching.unsubscribe()
-        await nc.close()
+        before = wiring.meter.cpu()
+        burst = await wiring.steady(requests[:purchases], rate)
+        after = wiring.meter.cpu()
+        cpu_ms = {name: 1000 * (after[name] - before[name]) / purchases for name in pids}
+        more = requests[purchases : purchases + faster_count]
+        at_faster = await wiring.steady(more, faster_rate) if more else None
         saturated: list[Answer] = []
         if saturation.seconds:
-            pool = connections(f"http://127.0.0.1:{port}", saturation.connections)
-            more = (order_request(t, i) for i, t in enumerate(tickets[purchases:], purchases))
-            saturated = await closed_loop(pool, more, saturation.seconds)
+            pool = connections(wiring.orders_url, saturation.connections)
+            rest = iter(requests[purchases + faster_count :])
+            saturated = await closed_loop(pool, rest, saturation.seconds)
             for connection in pool:
                 connection.close()
-        return BareCosts(
-            purchases,
-            {name: 1000 * (after[name] - before[name]) / purchases for name in pids},
-            [reserved[a.request.tag] - a.done for a in answers],
-            saturated,
-        )
+        await nc.close()
+        return BareCosts(purchases, cpu_ms, burst, at_faster, saturated)
     finally:
         for part in parts.values():
             part.terminate()
@@ -411,6 +439,9 @@ def main() -> None:
         type=float,
         default=FETCH_PAUSE_SECONDS,
         help="seconds a consumer waits after a fetch that drained the stream (the runner's)",
+    )
+    parser.add_argument(
+        "--faster", type=float, default=500.0, help="then 5 s at this rate (0: not)"
     )
     parser.add_argument(
         "--saturation-seconds", type=float, default=10.0, help="then orders flat out (0: not)"
@@ -446,6 +477,7 @@ def main() -> None:
                 lambda ticket, i: order(ticket, buyers[i % len(buyers)]),
                 temporary_folder(),
                 fetch_pause=args.fetch_pause,
+                faster=(args.faster, round(5 * args.faster)),
                 saturation=Saturation(args.saturation_seconds, len(buyers), 5000),
             )
         )
@@ -456,8 +488,13 @@ def main() -> None:
         for name, ms in sorted(costs.cpu_ms.items(), key=lambda kv: -kv[1]):
             print(f"  {name:<11} {ms:5.2f} ms")
         print(f"  {'every process':<11} {sum(costs.cpu_ms.values()):5.2f} ms per purchase")
-        p50, p99 = (1000 * percentile(costs.propagation, p) for p in (50, 99))
-        print(f"  propagation p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+        for step in (costs.burst, costs.faster):
+            if step is not None:
+                p50, p99 = (1000 * percentile(step.propagation, p) for p in (50, 99))
+                print(
+                    f"at {step.offered:g}/s offered: {step.achieved:.0f} purchases/s, "
+                    f"propagation p50 {p50:.0f} ms, p99 {p99:.0f} ms"
+                )
         if costs.saturation:
             saturated = [a for a in costs.saturation if a.status == 201]
             p99 = 1000 * percentile([a.latency for a in saturated], 99)

@@ -85,6 +85,7 @@ EXPIRY_MARGIN_SECONDS = 2.0
 EXPECTED_RATE = 150.0
 PLATFORM_START_SECONDS = 30.0
 BARE_START_SECONDS = 15.0
+SUSTAINED_TARGET = 500.0  # purchases a second
 # A steady rate is kept up with when the last purchase has propagated within this long after
 # the last order was sent: no backlog is piling up.
 BACKLOG_SLACK_SECONDS = 1.0
@@ -128,6 +129,7 @@ class Plan:
             + BARE_START_SECONDS
             + self.burst_seconds
             + self.saturation_seconds
+            + self.sweep_seconds
         )
 
     @classmethod
@@ -501,7 +503,7 @@ class Bench:
         plan = self.plan
         self.progress.start(
             "the same purchases, wired bare, then its orders at saturation",
-            BARE_START_SECONDS + plan.burst_seconds + plan.saturation_seconds,
+            BARE_START_SECONDS + plan.burst_seconds + plan.sweep_seconds + plan.saturation_seconds,
         )
         self.results.bare = await bare_purchase.measure(
             plan.burst_orders,
@@ -509,6 +511,7 @@ class Bench:
             self.key,
             lambda ticket, i: order(ticket, self.buyers[i % len(self.buyers)]),
             event_pipeline.temporary_folder(),
+            faster=(SUSTAINED_TARGET, round(SUSTAINED_TARGET * plan.sweep_seconds)),
             saturation=bare_purchase.Saturation(
                 plan.saturation_seconds, plan.connections, plan.saturation_pool
             ),
@@ -673,16 +676,16 @@ def table_rows(results: Results) -> list[Row]:
             "reservation reaching tickets in that burst: p99",
             p99_ms(results.burst_propagation),
             "ms",
-            p99_ms(wired.propagation) if wired else math.nan,
+            p99_ms(wired.burst.propagation) if wired else math.nan,
             wired_bare,
         ),
         against(
             "sustained purchases end to end, propagation p99 ≤ 100 ms",
             best.achieved if best else 0.0,
             "purchases/s",
-            500.0,
-            "≥ 500/s",
-            best is not None and best.achieved >= 500,
+            SUSTAINED_TARGET,
+            f"≥ {SUSTAINED_TARGET:g}/s",
+            best is not None and best.achieved >= SUSTAINED_TARGET,
         ),
     ]
     if fastest is not None:
@@ -691,10 +694,27 @@ def table_rows(results: Results) -> list[Row]:
                 f"fastest steady rate kept up with ({fastest.offered:g}/s offered)",
                 fastest.achieved,
                 "purchases/s",
-                500.0,
+                SUSTAINED_TARGET,
                 "target",
             )
         )
+    if wired is not None and wired.faster is not None:
+        rows += [
+            beside(
+                f"{wired_bare}, {wired.faster.offered:g}/s offered",
+                wired.faster.achieved,
+                "purchases/s",
+                wired.faster.offered,
+                "offered",
+            ),
+            beside(
+                f"{wired_bare}, {wired.faster.offered:g}/s offered: propagation p99",
+                p99_ms(wired.faster.propagation),
+                "ms",
+                100.0,
+                "the sustained target's limit",
+            ),
+        ]
     rows += [at_200_p99("propagation", 25.0), at_200_p99("order_latencies", 30.0)]
     if (pipe := results.pipeline) is not None:
         rows += [
@@ -818,8 +838,15 @@ def raw_figures(results: Results) -> dict[str, Any]:
         "pipeline": asdict(results.pipeline) if results.pipeline else None,
         "bare": {
             "cpuMsPerPurchase": results.bare.cpu_ms,
-            "propagationP50Ms": 1000 * percentile(results.bare.propagation, 50),
-            "propagationP99Ms": p99_ms(results.bare.propagation),
+            "propagationP50Ms": 1000 * percentile(results.bare.burst.propagation, 50),
+            "propagationP99Ms": p99_ms(results.bare.burst.propagation),
+            "faster": {
+                "offered": results.bare.faster.offered,
+                "achieved": results.bare.faster.achieved,
+                "propagationP99Ms": p99_ms(results.bare.faster.propagation),
+            }
+            if results.bare.faster
+            else None,
             "ordersAtSaturationPerSecond": rate(created(results.bare.saturation)),
         }
         if results.bare
