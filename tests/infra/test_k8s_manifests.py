@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 import yaml
+from fastapi import FastAPI
 from pydantic import ValidationError
 
-from ticketing_common.settings import ServiceSettings
+from ticketing_common.cli import KEEP_ALIVE_SECONDS, make_server
+from ticketing_common.settings import ServiceSettings, WebSettings
 from ticketing_local import edge
 
 from .manifests import (
@@ -137,6 +139,16 @@ def test_the_ingress_controller_has_the_local_edges_header_and_timeout_limits() 
     assert int(size.removesuffix("k")) * 1024 == edge.MAX_HEADER_BYTES
     assert f"{settings['client-header-timeout']}s" == edge.READ_HEADER_TIMEOUT
     assert f"{settings['client-body-timeout']}s" == edge.READ_BODY_TIMEOUT
+
+
+def test_every_proxy_closes_an_idle_connection_to_a_service_before_the_service_does() -> None:
+    # Else a request sent just as the service closes it is lost: a 502, or the edge's 503.
+    settings = yaml.safe_load((K8S / "ingress-nginx-controller.yaml").read_text())["data"]
+    assert int(settings["upstream-keepalive-timeout"]) == edge.UPSTREAM_IDLE_SECONDS
+    assert edge.UPSTREAM_IDLE_SECONDS < KEEP_ALIVE_SECONDS
+    # What the services' server is made with.
+    server = make_server(FastAPI(), WebSettings(jwt_key="k" * 32), "127.0.0.1", 0)
+    assert server.config.timeout_keep_alive == KEEP_ALIVE_SECONDS
 
 
 def shared_settings(overlay: Overlay) -> dict[str, str]:

@@ -34,6 +34,11 @@ T = TypeVar("T")
 
 # Kubernetes gives 30s between SIGTERM and SIGKILL; finish in-flight work well inside that.
 GRACEFUL_SHUTDOWN_SECONDS = 20
+# How long a service keeps an idle connection open for the next request: longer than the proxy
+# in front of it keeps its own idle (the local edge and ingress-nginx: 60s), so the proxy closes
+# first. uvicorn's default (5s) left a race: the proxy sent a request on a connection the
+# service was closing, and its client got a 503 (a POST is not tried again).
+KEEP_ALIVE_SECONDS = 75
 
 
 def service_main(
@@ -173,6 +178,7 @@ def make_server(app: FastAPI, settings: WebSettings, host: str, port: int) -> uv
         # No `Server: uvicorn`: an answer does not name the software behind it.
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     return _Server(config)
 

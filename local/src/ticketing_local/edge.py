@@ -60,6 +60,11 @@ ENCODED_SEPARATOR = r"(?i)%2e|%2f|%5c"
 # that refused a connection is left out (the launcher restarts it within seconds).
 REPLICA_TRY_DURATION = "5s"
 REPLICA_FAIL_DURATION = "5s"
+# How long a connection to a service is kept idle for the next request: shorter than the
+# services keep it (ticketing_common.cli.KEEP_ALIVE_SECONDS), so the edge closes it first. The
+# other way round, a request sent just as the service closes the connection is lost, and a POST
+# cannot be tried again: its client got a 503.
+UPSTREAM_IDLE_SECONDS = 60.0
 
 # A service's base URL, or its replicas' base URLs.
 Upstreams = Mapping[str, str | Sequence[str]]
@@ -251,6 +256,10 @@ def _proxy_to(addresses: Sequence[str]) -> dict[str, Any]:
     proxy: dict[str, Any] = {
         "handler": "reverse_proxy",
         "upstreams": [{"dial": f"{a.hostname}:{a.port}"} for a in dials],
+        "transport": {
+            "protocol": "http",
+            "keep_alive": {"idle_timeout": f"{int(UPSTREAM_IDLE_SECONDS * 1000)}ms"},
+        },
     }
     if len(dials) > 1:
         # A refused connection never reached the service: Caddy tries another replica then,
