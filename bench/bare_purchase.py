@@ -60,6 +60,8 @@ from ticketing_common.database_url import PLAIN, with_driver
 from ticketing_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port, wait_for_port
 from ticketing_common.messaging.consumer import FETCH_PAUSE_SECONDS, FETCH_SECONDS
 from ticketing_common.messaging.streams import STREAM_NAME, ensure_stream
+from ticketing_common.testing import TestDatabase
+from ticketing_common.testing.helpers import eventually
 
 FETCH_BATCH = 64  # as the platform's runner asks
 EXPIRY = timedelta(hours=1)  # no timer fires during a run
@@ -278,10 +280,7 @@ class BareCosts:
 
 async def _database(postgres: EmbeddedPostgres, tickets: int) -> tuple[str, list[str]]:
     """A database with the four parts' tables, ``tickets`` tickets in it; its URL and the ids."""
-    admin = await asyncpg.connect(with_driver(postgres.url, driver=PLAIN))
-    await admin.execute("CREATE DATABASE bare")
-    await admin.close()
-    url = with_driver(postgres.database_url("bare"), driver=PLAIN)
+    url = with_driver((await TestDatabase.create(postgres.url, "bare")).url, driver=PLAIN)
     conn = await asyncpg.connect(url)
     await conn.execute(SCHEMA)
     ids = [uuid.uuid4() for _ in range(tickets)]
@@ -293,14 +292,6 @@ async def _database(postgres: EmbeddedPostgres, tickets: int) -> tuple[str, list
     await conn.executemany("INSERT INTO order_tickets (id, title, price) VALUES ($1, $2, $3)", rows)
     await conn.close()
     return url, [str(t) for t in ids]
-
-
-async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("the bare wiring did not get there in time")
-        await asyncio.sleep(0.01)
 
 
 class _Wiring:
@@ -334,8 +325,8 @@ class _Wiring:
             infos = [await self.js.consumer_info(STREAM_NAME, f"bare-{r}") for r in READS]
             return not any(info.num_pending or info.num_ack_pending for info in infos)
 
-        await _until(propagated)
-        await _until(settled)
+        await eventually(propagated, timeout=60, interval=0.01)
+        await eventually(settled, timeout=60, interval=0.01)
         last = max(self.reserved[a.request.tag] for a in answers)
         return Steady(
             offered,
@@ -393,7 +384,7 @@ async def measure(
             infos = [await js.consumer_info(STREAM_NAME, f"bare-{role}") for role in READS]
             return all(info.num_waiting for info in infos)
 
-        await _until(fetching)
+        await eventually(fetching, timeout=60, interval=0.01)
         assert postgres.process is not None and nats_server.process is not None
         pids = {role: part.pid for role, part in parts.items()}
         pids |= {"postgres": postgres.process.pid, "nats": nats_server.process.pid}

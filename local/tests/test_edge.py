@@ -44,18 +44,29 @@ def test_the_table_routes_by_whole_path_segments_longest_prefix_first() -> None:
 
 
 class StandIn:
-    """A service that records every request it receives and answers with what it saw."""
+    """A service that records every request it receives and answers with what it saw (the
+    port of the connection it came on too), keeping an idle connection ``keep_alive`` seconds
+    as uvicorn does."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_alive: int = 5) -> None:
         self.port = free_port()
         self.received: list[dict[str, Any]] = []
         app = Starlette(routes=[StarletteRoute("/{path:path}", self.echo, methods=["GET", "POST"])])
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            proxy_headers=False,  # the connection's own port, not the forwarded client's
+            timeout_keep_alive=keep_alive,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     async def echo(self, request: Request) -> JSONResponse:
+        assert request.client is not None
         seen = {
+            "port": request.client.port,
             "path": request.url.path,
             "body": (await request.body()).decode(),
             "headers": [[k.decode(), v.decode()] for k, v in request.headers.raw],
@@ -257,30 +268,6 @@ def test_replicas_are_balanced_and_served_on_a_balanced_address(tmp_path: Path) 
     assert "headers" not in proxy  # the web client's own request id passes through
 
 
-class PortEcho:
-    """A service that answers each request with the port of the connection it came on (not the
-    forwarded client's), and keeps an idle connection open ``keep_alive`` seconds, as uvicorn
-    does."""
-
-    def __init__(self, keep_alive: int) -> None:
-        self.port = free_port()
-        app = Starlette(routes=[StarletteRoute("/{path:path}", self.echo, methods=["POST"])])
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            proxy_headers=False,
-            timeout_keep_alive=keep_alive,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    async def echo(self, request: Request) -> JSONResponse:
-        assert request.client is not None
-        return JSONResponse({"port": request.client.port}, status_code=201)
-
-
 def test_the_edge_closes_an_idle_connection_to_a_service_before_the_service_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -288,7 +275,7 @@ def test_the_edge_closes_an_idle_connection_to_a_service_before_the_service_does
     # round, a request the edge sends just as the service closes the connection is lost, and a
     # POST is not tried again: one in a few thousand got a 503 under load.
     monkeypatch.setattr(edge_module, "UPSTREAM_IDLE_SECONDS", 0.5)
-    service = PortEcho(keep_alive=5)
+    service = StandIn(keep_alive=5)
     service.thread.start()
     wait_for_port(service.port, 10)
     process, url = start_caddy(tmp_path / "state", {"auth": f"http://127.0.0.1:{service.port}"})

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -147,8 +148,10 @@ async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
     return driver
 
 
-def innermost_transaction(session: AsyncSession) -> object:
-    """The savepoint open in ``session``, else its transaction (None before it begins)."""
+def innermost_transaction(session: AsyncSession | Session) -> object:
+    """The savepoint open in ``session``, else its transaction (None before it begins). Of an
+    ``AsyncSession``, its own proxies; of its ``sync_session``, what SQLAlchemy's session
+    events are given."""
     return session.get_nested_transaction() or session.get_transaction()
 
 

@@ -50,7 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
 from ticketing_common.database_url import PLAIN, with_driver
-from ticketing_common.db import DriverStatement, driver_connection
+from ticketing_common.db import DriverStatement, driver_connection, innermost_transaction
 from ticketing_common.events import Event, EventEnvelope
 from ticketing_common.messaging.streams import ensure_stream
 from ticketing_common.messaging.tables import inbox, outbox
@@ -109,9 +109,8 @@ async def publish_all(session: AsyncSession, events: Sequence[Outgoing]) -> list
     ]
     connection = await driver_connection(session)  # begins the transaction if need be
     relay: OutboxRelay | None = session.info.get(_RELAY)
-    # The savepoint open, else the transaction: what these rows commit or roll back with.
-    sync_session = session.sync_session
-    transaction = sync_session.get_nested_transaction() or sync_session.get_transaction()
+    # What these rows commit or roll back with, as the session listeners below see it.
+    transaction = innermost_transaction(session.sync_session)
     # Not attached to a relay: the (sub)transaction's first statement here also wakes the
     # relays, in the same statement; delivered at commit, and only then. (A savepoint counts
     # apart: rolled back, its NOTIFY is gone.)
